@@ -1,0 +1,44 @@
+"""Exception types shared by every layer."""
+
+import errno as _errno
+import os
+
+
+class NsboxError(Exception):
+    """Base class for everything nsbox raises."""
+
+
+class SandboxError(NsboxError):
+    """The sandbox could not be set up; nothing was started."""
+
+
+class PolicyError(SandboxError, ValueError):
+    """A policy, a policy file or a seccomp profile is invalid."""
+
+
+class UnsupportedKernel(SandboxError):
+    """The running kernel (or its configuration) lacks a required feature."""
+
+
+class SyscallError(SandboxError, OSError):
+    """A system call failed; the message names the call and its key arguments."""
+
+    def __init__(self, err: int, call: str, detail: str = "", hint: str = ""):
+        self.call = call
+        self.detail = detail
+        self.hint = hint
+        text = f"{call}({detail}): {_errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
+        if hint:
+            text += f"; {hint}"
+        OSError.__init__(self, err, text)
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+
+class ExecFailed(SandboxError):
+    """The command itself could not be executed inside the sandbox."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

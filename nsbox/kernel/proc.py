@@ -1,0 +1,26 @@
+"""Process attributes: no_new_privs, parent-death signal, subreaper, fd hygiene."""
+
+from nsbox import _ffi
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+
+def set_no_new_privs() -> None:
+    _ffi.prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    _ffi.prctl(PR_SET_PDEATHSIG, sig, what=f"PR_SET_PDEATHSIG, {sig}")
+
+
+def set_child_subreaper() -> None:
+    _ffi.prctl(PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
+
+
+def cloexec_from(first_fd: int) -> None:
+    """Mark every fd >= first_fd close-on-exec, so nothing the caller held leaks in."""
+    _ffi.syscall("close_range", first_fd, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC,
+                 detail=f"{first_fd}, ~0, CLOSE_RANGE_CLOEXEC")

@@ -1,0 +1,67 @@
+"""Supervision shared by the sandbox's PID 1 and the foreground caller.
+
+Both block the watched signals and take them with sigwaitinfo, so a signal can't
+slip in between fork and wait. A signal the terminal sent (SI_KERNEL) already
+reached the whole foreground process group, the command included, so only
+signals sent by a process are forwarded.
+"""
+
+import os
+import signal
+
+SI_KERNEL = 0x80
+# Python ignores these at start-up; a command must get the defaults back.
+_PYTHON_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _noop(signum, frame):
+    pass
+
+
+def watch_signals(signals) -> None:
+    """Block `signals` and give them a handler (PID 1 drops default-action signals)."""
+    for sig in signals:
+        signal.signal(sig, _noop)
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+
+def reset_signals(signals) -> None:
+    """Default dispositions and an empty mask, as a freshly exec'd command expects."""
+    for sig in tuple(signals) + _PYTHON_IGNORED:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def exit_code(status: int) -> int:
+    """Shell convention: a command killed by signal N gives 128+N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def supervise(child: int, forwarded, watched) -> int:
+    """Forward signals to `child` and reap everything until `child` ends."""
+    while True:
+        info = signal.sigwaitinfo(watched)
+        if info.si_signo == signal.SIGCHLD:
+            status = _reap(child)
+            if status is not None:
+                return exit_code(status)
+        elif info.si_signo in forwarded and info.si_code != SI_KERNEL:
+            try:
+                os.kill(child, info.si_signo)
+            except ProcessLookupError:
+                pass
+
+
+def _reap(child: int):
+    """Reap every exited child (orphans are re-parented to PID 1); `child`'s status if it ended."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == child:
+            found = status

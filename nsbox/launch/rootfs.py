@@ -1,0 +1,86 @@
+"""Replay the plan's mount steps to build the sandbox's root, then pivot into it."""
+
+import os
+
+from nsbox.kernel import mounts
+
+STAGE = "/tmp"  # where the new root is assembled; private to this mount namespace
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+
+
+def build_and_enter(steps, use_mount_api: bool) -> None:
+    mounts.make_private_recursive()
+    # Take every writable tree from the host before anything is stacked on STAGE:
+    # a workspace under /tmp would otherwise resolve into the read-only copy.
+    sources = {s.source: _grab_writable(s.source, use_mount_api)
+               for s in steps if s.kind == "bind_rw"}
+    for step in steps:
+        target = STAGE + step.target if step.target != "/" else STAGE
+        if step.kind == "root_readonly":
+            _attach_root(readonly=True, use_mount_api=use_mount_api)
+        elif step.kind == "root_writable":
+            _attach_root(readonly=False, use_mount_api=use_mount_api)
+        elif step.kind == "tmpfs":
+            mounts.mount_tmpfs(target, mode=step.mode)
+        elif step.kind == "dev":
+            _populate_dev(target)
+        elif step.kind == "bind_rw":
+            os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
+            _attach_writable(sources[step.source], target, use_mount_api)
+        elif step.kind == "bind_new":
+            os.makedirs(target, exist_ok=True)
+            mounts.bind(STAGE + step.source, target)
+        elif step.kind == "proc":
+            mounts.mount_proc(target)
+        else:
+            raise ValueError(f"unknown mount step {step.kind!r}")
+    mounts.pivot_into(STAGE)
+
+
+def _attach_root(readonly: bool, use_mount_api: bool) -> None:
+    if use_mount_api:
+        tree = mounts.clone_tree("/")
+        flags = mounts.MOUNT_ATTR_NOSUID | mounts.MOUNT_ATTR_NODEV
+        if readonly:
+            flags |= mounts.MOUNT_ATTR_RDONLY
+        mounts.set_attrs_recursive(tree, flags, what="'/'")
+        mounts.attach(tree, STAGE, what="'/'")
+        os.close(tree)
+    else:
+        mounts.bind("/", STAGE)
+        if readonly:
+            mounts.remount_readonly_recursive(STAGE)
+
+
+def _grab_writable(path: str, use_mount_api: bool) -> int:
+    if use_mount_api:
+        tree = mounts.clone_tree(path)
+        # Only add restrictions: a read-only submount inside a writable root stays so.
+        mounts.set_attrs_recursive(tree, mounts.MOUNT_ATTR_NOSUID | mounts.MOUNT_ATTR_NODEV,
+                                   what=repr(path))
+        return tree
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _attach_writable(fd: int, target: str, use_mount_api: bool) -> None:
+    if use_mount_api:
+        mounts.attach(fd, target)
+    else:
+        mounts.bind(f"/proc/self/fd/{fd}", target)
+    os.close(fd)
+
+
+def _populate_dev(dev: str) -> None:
+    mounts.mount_tmpfs(dev, mode=0o755, flags=mounts.MS_NOSUID | mounts.MS_NOEXEC)
+    for name in DEVICES:
+        node = f"{dev}/{name}"
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        mounts.bind(f"/dev/{name}", node, recursive=False)
+    os.mkdir(f"{dev}/pts", 0o755)
+    mounts.mount_devpts(f"{dev}/pts")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    mounts.mount_tmpfs(f"{dev}/shm", mode=0o1777)
+    for name, points_to in DEV_LINKS.items():
+        os.symlink(points_to, f"{dev}/{name}")

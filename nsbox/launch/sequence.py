@@ -1,0 +1,112 @@
+"""The launch sequence, in order. Read top to bottom.
+
+caller:   unshare namespaces -> write id maps -> fork PID 1
+PID 1:    build the new root -> pivot_root -> hostname -> loopback -> fork the command
+command:  chdir -> fds -> drop capabilities -> no_new_privs -> parent-death signal
+          -> Landlock -> seccomp -> exec
+"""
+
+import os
+import select
+import signal
+
+from nsbox.kernel import caps, landlock, namespaces, net, proc, seccomp
+from nsbox.launch import errorpipe, init, rootfs, trace
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+WATCHED_SIGNALS = FORWARDED_SIGNALS + (signal.SIGCHLD,)
+
+
+class Channel:
+    """The pipes shared by the caller and the sandbox's processes."""
+
+    def __init__(self):
+        self.error_r, self.error_w = os.pipe2(os.O_CLOEXEC)
+        # The caller holds the write end for its whole life: EOF tells PID 1 it died.
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+
+
+def enter_namespaces(plan) -> None:
+    """Runs in the caller's process (which must be single-threaded)."""
+    namespaces.unshare(plan.ns_flags)
+    # Id maps before any mount: mounting needs capabilities the map makes valid.
+    namespaces.write_id_maps(plan.uid, plan.gid)
+
+
+def fork_init(plan, channel: Channel) -> int:
+    """Fork the sandbox's PID 1; returns its pid as seen by the caller."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _init_main(plan, channel)
+        finally:
+            os._exit(errorpipe.SETUP_FAILED)
+    os.close(channel.error_w)
+    os.close(channel.lifeline_r)
+    return pid
+
+
+def _init_main(plan, channel: Channel) -> None:
+    step = "parent-death signal"
+    try:
+        os.close(channel.lifeline_w)
+        os.close(channel.error_r)
+        proc.set_parent_death_signal(signal.SIGKILL)
+        if select.select([channel.lifeline_r], [], [], 0)[0]:
+            os._exit(errorpipe.SETUP_FAILED)  # the caller died before we could watch it
+        step = "mounts"
+        rootfs.build_and_enter(plan.mounts, plan.use_mount_api)
+        step = "hostname"
+        from nsbox import _ffi
+        _ffi.sethostname(plan.hostname)
+        if plan.loopback:
+            step = "loopback"
+            net.loopback_up()
+        init.watch_signals(WATCHED_SIGNALS)
+        step = "fork command"
+        command_pid = os.fork()
+    except BaseException as err:
+        errorpipe.report(channel.error_w, step, err)
+        os._exit(errorpipe.SETUP_FAILED)
+    if command_pid == 0:
+        try:
+            _command_main(plan, channel)
+        finally:
+            os._exit(errorpipe.SETUP_FAILED)
+    os.close(channel.error_w)
+    os._exit(init.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS))
+
+
+def _command_main(plan, channel: Channel) -> None:
+    step = "signals"
+    try:
+        init.reset_signals(WATCHED_SIGNALS)
+        step = "chdir"
+        os.chdir(plan.cwd)
+        step = "close fds"
+        proc.cloexec_from(3)
+        step = "drop capabilities"
+        caps.drop_all(plan.last_cap)
+        step = "no_new_privs"
+        proc.set_no_new_privs()
+        step = "parent-death signal"
+        proc.set_parent_death_signal(signal.SIGKILL)
+        # Landlock after the final root exists: its rules open paths in the new root.
+        if plan.landlock is not None:
+            step = "landlock"
+            landlock.restrict_self(plan.landlock)
+        # seccomp last: everything before it may use calls the filter denies.
+        if plan.seccomp_bpf is not None:
+            step = "seccomp"
+            seccomp.load_filter(plan.seccomp_bpf)
+        trace.mark("exec")
+    except BaseException as err:
+        errorpipe.report(channel.error_w, step, err)
+        os._exit(errorpipe.SETUP_FAILED)
+    try:
+        os.execvpe(plan.argv[0], plan.argv, plan.env)
+    except BaseException as err:
+        errorpipe.report(channel.error_w, "exec", err)
+        os._exit(errorpipe.NOT_FOUND if isinstance(err, FileNotFoundError)
+                 else errorpipe.CANNOT_EXECUTE)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what nsbox's demo, tests and benchmark need, from nothing.
+#   setup.sh packages   Debian packages (as root; skipped when present)
+#   setup.sh venv [DIR] a virtualenv in DIR (default .venv) with nsbox and test deps
+#   setup.sh user       the unprivileged test user (as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEST_USER=${NSBOX_TEST_USER:-nsbox-test}
+# The system interpreter, so that an unprivileged user can run the venv too
+# (an interpreter under /root is out of its reach).
+PYTHON=${PYTHON:-$(command -v /usr/bin/python3 || command -v python3)}
+
+packages() {
+  local need=()
+  "$PYTHON" -m venv --help >/dev/null 2>&1 && "$PYTHON" -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+  command -v git >/dev/null || need+=(git)
+  command -v setpriv >/dev/null || need+=(util-linux)
+  command -v runuser >/dev/null || need+=(util-linux)
+  command -v make >/dev/null || need+=(make)
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
+  for extra in "$@"; do need+=("$extra"); done
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "setup: missing Debian packages: ${need[*]} (run as root to install them)" >&2
+      return 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+venv() {
+  local dir=${1:-.venv}
+  if [ "$(id -u)" = 0 ]; then packages; fi
+  if [ ! -x "$dir/bin/python" ]; then
+    "$PYTHON" -m venv "$dir"
+  fi
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check \
+    -e ".[test]" --config-settings editable_mode=compat 2>&1 | grep -v '^WARNING: Location' || true
+  "$dir/bin/python" -c 'import nsbox, cffi, pytest' >/dev/null
+}
+
+user() {
+  id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+}
+
+"$@"
