@@ -39,7 +39,7 @@ venv() {
   fi
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   "$dir/bin/python" -m pip install -q --disable-pip-version-check \
-    -e ".[test]" --config-settings editable_mode=compat 2>&1 | grep -v '^WARNING: Location' || true
+    -e ".[test]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
   "$dir/bin/python" -c 'import nsbox, cffi, pytest' >/dev/null
 }
 

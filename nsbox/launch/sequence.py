@@ -105,8 +105,27 @@ def _command_main(plan, channel: Channel) -> None:
         errorpipe.report(channel.error_w, step, err)
         os._exit(errorpipe.SETUP_FAILED)
     try:
-        os.execvpe(plan.argv[0], plan.argv, plan.env)
+        os.execve(_find_executable(plan.argv[0], plan.env.get("PATH", os.defpath)),
+                  plan.argv, plan.env)
     except BaseException as err:
         errorpipe.report(channel.error_w, "exec", err)
         os._exit(errorpipe.NOT_FOUND if isinstance(err, FileNotFoundError)
                  else errorpipe.CANNOT_EXECUTE)
+
+
+def _find_executable(name: str, search_path: str) -> str:
+    """PATH lookup as a shell does it: the first existing regular file wins.
+
+    Unlike execvp, a PATH directory we may not enter means "not here" (127),
+    not "permission denied" (126).
+    """
+    if "/" in name:
+        return name
+    for directory in search_path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        try:
+            if os.path.isfile(candidate):
+                return candidate
+        except OSError:
+            continue
+    raise FileNotFoundError(2, "command not found", name)
