@@ -30,18 +30,24 @@ def exec_command(args: list) -> int:
         return SETUP_FAILED
     from nsbox.errors import NsboxError
     from nsbox.launch import foreground, prepare
-    from nsbox.policy.model import Policy
 
     values = parsed.values
     try:
-        policy = Policy(
-            preset=values.get("preset", "workspace-write"),
-            workspace=values.get("workspace"),
-            writable=tuple(values.get("writable", ())),
-            network=values.get("network", "none"),
-        )
+        policy = policy_from_options(values)
         plan = prepare.prepare(parsed.command, policy, cwd=values.get("cwd"))
         return foreground.run(plan)
     except NsboxError as err:
         sys.stderr.write(f"nsbox: {err}\n")
         return SETUP_FAILED
+
+
+def policy_from_options(values: dict):
+    """The one place where `nsbox exec` options become a Policy."""
+    from nsbox.policy.model import Policy
+
+    return Policy(
+        preset=values.get("preset", "workspace-write"),
+        workspace=values.get("workspace"),
+        writable=tuple(values.get("writable", ())),
+        network=values.get("network", "none"),
+    )
