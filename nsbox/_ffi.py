@@ -5,7 +5,6 @@ failure deep in the launch sequence reads as `mount('/usr' -> '/x', MS_BIND): EP
 """
 
 import os
-import platform
 
 from nsbox._libc import ffi
 from nsbox.errors import SyscallError
@@ -35,7 +34,7 @@ _COMMON_SYSCALLS = {
     "landlock_add_rule": 445,
     "landlock_restrict_self": 446,
 }
-MACHINE = platform.machine()
+MACHINE = os.uname().machine
 SYSCALLS = {**_ARCH_SYSCALLS.get(MACHINE, {}), **_COMMON_SYSCALLS}
 
 

@@ -1,7 +1,5 @@
 """Argument parsing for `nsbox exec`, kept free of typer: it is on the start-up path."""
 
-from dataclasses import dataclass, field
-
 # option -> (field, metavar or None for a switch, repeatable, help)
 OPTIONS = {
     "--workspace": ("workspace", "DIR", False, "writable working tree (default: current directory)"),
@@ -19,11 +17,13 @@ class UsageError(Exception):
     pass
 
 
-@dataclass
 class ExecArgs:
-    command: list = field(default_factory=list)
-    values: dict = field(default_factory=dict)
-    show_help: bool = False
+    """Parsed `nsbox exec` arguments (a plain class: dataclasses cost ~10 ms to import)."""
+
+    def __init__(self):
+        self.command = []
+        self.values = {}
+        self.show_help = False
 
 
 def parse(args: list) -> ExecArgs:

@@ -1,5 +1,120 @@
-"""Landlock: ABI detection and restricting the calling thread. (Being written.)"""
+"""Landlock: ABI detection and restricting the calling thread with a prepared ruleset.
+
+The ruleset arrives as plain data (nsbox.policy.landlock_rules.Ruleset); this
+module only opens its paths and makes the three syscalls.
+"""
+
+import errno
+import os
+import stat
+
+from nsbox import _ffi
+from nsbox.errors import SyscallError
+
+# linux/landlock.h: filesystem rights, with the ABI that introduced them.
+ACCESS_FS_EXECUTE = 1 << 0
+ACCESS_FS_WRITE_FILE = 1 << 1
+ACCESS_FS_READ_FILE = 1 << 2
+ACCESS_FS_READ_DIR = 1 << 3
+ACCESS_FS_REMOVE_DIR = 1 << 4
+ACCESS_FS_REMOVE_FILE = 1 << 5
+ACCESS_FS_MAKE_CHAR = 1 << 6
+ACCESS_FS_MAKE_DIR = 1 << 7
+ACCESS_FS_MAKE_REG = 1 << 8
+ACCESS_FS_MAKE_SOCK = 1 << 9
+ACCESS_FS_MAKE_FIFO = 1 << 10
+ACCESS_FS_MAKE_BLOCK = 1 << 11
+ACCESS_FS_MAKE_SYM = 1 << 12
+ACCESS_FS_REFER = 1 << 13  # ABI 2
+ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
+ACCESS_FS_IOCTL_DEV = 1 << 15  # ABI 5
+ACCESS_FS_RESOLVE_UNIX = 1 << 16  # ABI 9
+
+ACCESS_NET_BIND_TCP = 1 << 0  # ABI 4
+ACCESS_NET_CONNECT_TCP = 1 << 1  # ABI 4
+
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+# The only rights a rule on a non-directory may carry (others give EINVAL).
+ACCESS_FILE = (ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE
+               | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV | ACCESS_FS_RESOLVE_UNIX)
+
+CREATE_RULESET_VERSION = 1 << 0
+RULE_PATH_BENEATH = 1
+RULE_NET_PORT = 2
+
+KERNEL_FIX = ("enable Landlock: build the kernel with CONFIG_SECURITY_LANDLOCK=y and add "
+              "it to the boot parameter lsm=...,landlock (or CONFIG_LSM)")
+
+
+def abi_version() -> int:
+    """The running kernel's Landlock ABI; 0 when Landlock is missing or disabled."""
+    try:
+        return _ffi.syscall("landlock_create_ruleset", _ffi.NULL, 0, CREATE_RULESET_VERSION,
+                            detail="NULL, 0, LANDLOCK_CREATE_RULESET_VERSION")
+    except SyscallError as err:
+        # ENOSYS: not built in; EOPNOTSUPP: built in but not enabled at boot.
+        if err.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
+            return 0
+        raise
+
+
+def unavailable_reason() -> str:
+    """Why abi_version() is 0, with the fix."""
+    try:
+        _ffi.syscall("landlock_create_ruleset", _ffi.NULL, 0, CREATE_RULESET_VERSION)
+    except SyscallError as err:
+        if err.errno == errno.EOPNOTSUPP:
+            return f"Landlock is built into this kernel but disabled at boot; {KERNEL_FIX}"
+        return f"this kernel has no Landlock (CONFIG_SECURITY_LANDLOCK is off); {KERNEL_FIX}"
+    return ""
 
 
 def restrict_self(ruleset) -> None:
-    raise NotImplementedError
+    """Create the ruleset, add its rules and enforce it on the calling thread.
+
+    Needs no_new_privs (or CAP_SYS_ADMIN). Paths that do not exist are skipped:
+    a missing rule only takes access away.
+    """
+    attr = _ffi.new("struct landlock_ruleset_attr *", {
+        "handled_access_fs": ruleset.handled_fs,
+        "handled_access_net": ruleset.handled_net,
+        "scoped": ruleset.scoped,
+    })
+    ruleset_fd = _ffi.syscall(
+        "landlock_create_ruleset", attr, _ffi.ffi.sizeof("struct landlock_ruleset_attr"), 0,
+        detail=f"fs={ruleset.handled_fs:#x} net={ruleset.handled_net:#x} "
+               f"scoped={ruleset.scoped:#x}")
+    try:
+        for rule in ruleset.paths:
+            _add_path_rule(ruleset_fd, rule.path, rule.access)
+        for port, access in ruleset.ports:
+            _add_port_rule(ruleset_fd, port, access)
+        _ffi.syscall("landlock_restrict_self", ruleset_fd, 0, detail=f"fd {ruleset_fd}")
+    finally:
+        os.close(ruleset_fd)
+
+
+def _add_path_rule(ruleset_fd: int, path: str, access: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            access &= ACCESS_FILE
+        if not access:
+            return
+        rule = _ffi.new("struct landlock_path_beneath_attr *",
+                        {"allowed_access": access, "parent_fd": fd})
+        _ffi.syscall("landlock_add_rule", ruleset_fd, RULE_PATH_BENEATH, rule, 0,
+                     detail=f"{path!r}, access={access:#x}")
+    finally:
+        os.close(fd)
+
+
+def _add_port_rule(ruleset_fd: int, port: int, access: int) -> None:
+    rule = _ffi.new("struct landlock_net_port_attr *", {"allowed_access": access, "port": port})
+    _ffi.syscall("landlock_add_rule", ruleset_fd, RULE_NET_PORT, rule, 0,
+                 detail=f"port {port}, access={access:#x}")

@@ -46,6 +46,11 @@ def write_id_maps(uid: int, gid: int) -> None:
         f.write(f"{gid} {gid} 1")
 
 
+def set_hostname(name: str) -> None:
+    """Set the hostname of the (new) UTS namespace."""
+    _ffi.sethostname(name)
+
+
 def _read_sysctl(path: str):
     try:
         with open(path) as f:

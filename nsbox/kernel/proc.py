@@ -24,3 +24,12 @@ def cloexec_from(first_fd: int) -> None:
     """Mark every fd >= first_fd close-on-exec, so nothing the caller held leaks in."""
     _ffi.syscall("close_range", first_fd, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC,
                  detail=f"{first_fd}, ~0, CLOSE_RANGE_CLOEXEC")
+
+
+PR_SET_NAME = 15
+
+
+def set_name(name: str) -> None:
+    """Name shown by ps for this process (at most 15 bytes)."""
+    buf = _ffi.cstr(name[:15])
+    _ffi.prctl(PR_SET_NAME, int(_ffi.ffi.cast("uintptr_t", buf)), what=f"PR_SET_NAME, {name!r}")

@@ -58,8 +58,8 @@ def _init_main(plan, channel: Channel) -> None:
         step = "mounts"
         rootfs.build_and_enter(plan.mounts, plan.use_mount_api)
         step = "hostname"
-        from nsbox import _ffi
-        _ffi.sethostname(plan.hostname)
+        namespaces.set_hostname(plan.hostname)
+        proc.set_name("nsbox-init")
         if plan.loopback:
             step = "loopback"
             net.loopback_up()

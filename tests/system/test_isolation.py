@@ -1,0 +1,280 @@
+"""Escape attempts against the default sandbox; each checks the host afterwards."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import IS_ROOT, nsbox_cmd
+
+PY = "/usr/bin/python3"  # an interpreter every test user can run inside the sandbox
+
+
+def host_home():
+    return os.path.expanduser("~")
+
+
+@pytest.mark.parametrize("directory", ["HOME", "/etc", "/usr", "/var/tmp"])
+def test_writes_outside_workspace_fail_and_leave_host_unchanged(nsbox_exec, directory):
+    target_dir = host_home() if directory == "HOME" else directory
+    name = f"nsbox-escape-{os.getpid()}"
+    target = os.path.join(target_dir, name)
+    r = nsbox_exec(f"echo pwned > '{target}'")
+    assert r.returncode != 0
+    assert b"Read-only file system" in r.stderr or b"Permission denied" in r.stderr
+    assert not os.path.exists(target)
+
+
+def test_cannot_delete_home_contents(nsbox_exec, tmp_path):
+    marker = os.path.join(host_home(), f".nsbox-keep-{os.getpid()}")
+    with open(marker, "w") as f:
+        f.write("keep")
+    try:
+        r = nsbox_exec(f"rm -f '{marker}'")
+        assert r.returncode != 0
+        assert open(marker).read() == "keep"
+    finally:
+        os.unlink(marker)
+
+
+def test_tmp_is_private(nsbox_exec, tmp_path):
+    name = f"/tmp/nsbox-private-{os.getpid()}"
+    r = nsbox_exec(f"echo inside > {name} && ls /tmp")
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(name)
+    # Host /tmp contents are not visible inside (only the workspace's own mount point path).
+    host_only = tmp_path / "host-only"
+    host_only.write_text("x")
+    r = nsbox_exec(f"cat '{host_only}'")
+    assert r.returncode != 0
+
+
+def test_tmpdir_points_at_private_tmp(nsbox_exec):
+    r = nsbox_exec("echo $TMPDIR")
+    assert r.stdout == b"/tmp\n"
+
+
+def test_symlink_out_of_workspace_cannot_be_written_through(nsbox_exec, workspace):
+    victim_dir = host_home()
+    victim = os.path.join(victim_dir, f".nsbox-victim-{os.getpid()}")
+    with open(victim, "w") as f:
+        f.write("original")
+    try:
+        os.symlink(victim, workspace / "link")
+        r = nsbox_exec("echo overwritten > link")
+        assert r.returncode != 0
+        assert open(victim).read() == "original"
+    finally:
+        os.unlink(victim)
+
+
+def test_only_sandbox_processes_are_visible(nsbox_exec):
+    r = nsbox_exec("ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '")
+    pids = [int(p) for p in r.stdout.split()]
+    assert pids and max(pids) < 20, r.stdout
+    assert 1 in pids
+
+
+def test_every_host_mount_is_read_only(nsbox_exec, workspace):
+    """Submounts of / included (the recursive read-only bind must reach them)."""
+    r = nsbox_exec(["cat", "/proc/self/mountinfo"])
+    assert r.returncode == 0, r.stderr
+    ours = {str(workspace), "/tmp", "/run", "/dev", "/dev/shm", "/dev/pts", "/proc"}
+    writable = []
+    for line in r.stdout.decode().splitlines():
+        fields = line.split()
+        point, opts = fields[4], fields[5].split(",")
+        if point in ours or point.startswith("/dev/") or point.startswith("/proc/"):
+            continue
+        if "rw" in opts:
+            writable.append(point)
+    assert writable == []
+
+
+def test_legacy_remount_fallback_is_read_only_too(workspace):
+    env = dict(os.environ, NSBOX_TEST_LEGACY_MOUNTS="1")
+    r = subprocess.run(nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c",
+                                 "mkdir /sys/fs/cgroup/nsbox-probe; cat /proc/self/mountinfo; "
+                                 "echo ok > inside"),
+                       capture_output=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists("/sys/fs/cgroup/nsbox-probe")
+    assert (workspace / "inside").read_text() == "ok\n"
+    for line in r.stdout.decode().splitlines():
+        fields = line.split()
+        if fields[4] in ("/", "/usr", "/etc", "/sys", "/sys/fs/cgroup"):
+            assert "ro" in fields[5].split(","), line
+
+
+def _host_unix_listener(path):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chmod(path, 0o777)
+    srv.listen(1)
+    srv.settimeout(0.5)
+    return srv
+
+
+def test_host_unix_socket_under_run_is_unreachable(nsbox_exec):
+    base = "/run" if IS_ROOT else "/run/lock"
+    if not os.access(base, os.W_OK):
+        pytest.skip(f"{base} is not writable for this user; no host socket to plant")
+    path = f"{base}/nsbox-test-{os.getpid()}.sock"
+    srv = _host_unix_listener(path)
+    try:
+        probe = (f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({path!r}); "
+                 "print('connected')")
+        r = nsbox_exec([PY, "-c", probe])
+        assert r.returncode != 0
+        assert b"connected" not in r.stdout
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+        os.unlink(path)
+
+
+def test_run_inside_is_empty(nsbox_exec):
+    r = nsbox_exec("ls -A /run")
+    assert r.returncode == 0
+    assert r.stdout == b""
+
+
+def test_host_loopback_tcp_is_unreachable(nsbox_exec):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(0.5)
+    port = srv.getsockname()[1]
+    try:
+        probe = (f"import socket; s = socket.socket(); s.settimeout(3); "
+                 f"s.connect(('127.0.0.1', {port})); print('connected')")
+        r = nsbox_exec([PY, "-c", probe])
+        assert r.returncode != 0
+        assert b"connected" not in r.stdout
+        with pytest.raises(socket.timeout):
+            srv.accept()
+    finally:
+        srv.close()
+
+
+def test_loopback_inside_works(nsbox_exec):
+    probe = (
+        "import socket, threading\n"
+        "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1)\n"
+        "port = srv.getsockname()[1]\n"
+        "def serve():\n"
+        "    c, _ = srv.accept(); c.sendall(c.recv(10).upper()); c.close()\n"
+        "threading.Thread(target=serve).start()\n"
+        "cli = socket.create_connection(('127.0.0.1', port)); cli.sendall(b'ping')\n"
+        "print(cli.recv(10).decode())\n"
+    )
+    r = nsbox_exec([PY, "-c", probe])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"PING\n"
+
+
+def _processes_with(marker: str):
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_orphans_die_when_command_exits(nsbox_exec):
+    marker = f"31{os.getpid() % 100000:05d}"
+    r = nsbox_exec(f"setsid sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & echo started")
+    assert r.stdout == b"started\n"
+    deadline = time.monotonic() + 5
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+
+
+def test_sigkill_of_nsbox_kills_the_sandbox(workspace):
+    marker = f"32{os.getpid() % 100000:05d}"
+    proc = subprocess.Popen(nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c",
+                                      f"sleep {marker} & echo ready; wait"),
+                            stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    assert _processes_with(marker)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+
+
+def test_twenty_sandboxes_in_parallel(tmp_path):
+    results = {}
+
+    def one(i):
+        ws = tmp_path / f"ws{i}"
+        ws.mkdir()
+        r = subprocess.run(nsbox_cmd("exec", "--workspace", str(ws), "--", "sh", "-c",
+                                     f"echo {i} > n; cat n"), capture_output=True, timeout=120)
+        results[i] = (r.returncode, r.stdout, (ws / "n").read_text())
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: (0, f"{i}\n".encode(), f"{i}\n") for i in range(20)}
+
+
+def test_hostname_and_ids(nsbox_exec):
+    r = nsbox_exec("hostname; id -u; id -g")
+    assert r.stdout.split() == [b"nsbox", str(os.getuid()).encode(), str(os.getgid()).encode()]
+
+
+def test_no_capabilities_inside(nsbox_exec):
+    r = nsbox_exec("grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status")
+    assert r.returncode == 0
+    for line in r.stdout.decode().splitlines():
+        assert line.split()[1] == "0000000000000000", line
+
+
+def test_no_new_privs_is_set(nsbox_exec):
+    r = nsbox_exec("grep NoNewPrivs /proc/self/status")
+    assert r.stdout.split() == [b"NoNewPrivs:", b"1"]
+
+
+def test_inherited_fds_are_closed(workspace):
+    r_fd, w_fd = os.pipe()
+    try:
+        r = subprocess.run(nsbox_cmd("exec", "--workspace", str(workspace), "--", "ls", "/proc/self/fd"),
+                           capture_output=True, pass_fds=(w_fd,), timeout=60)
+        fds = sorted(int(x) for x in r.stdout.split())
+        assert w_fd not in fds
+        assert all(fd <= 3 for fd in fds), fds  # 0-2 and ls's own directory fd
+    finally:
+        os.close(r_fd)
+        os.close(w_fd)
+
+
+def test_blocked_user_namespaces_give_125_and_name_the_setting(workspace):
+    # Inside a fresh user namespace we own the per-namespace limit, so setting it
+    # to 0 blocks nested user namespaces for real.
+    script = ("echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"")
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh",
+                        *nsbox_cmd("exec", "--workspace", str(workspace), "--", "true")],
+                       capture_output=True, timeout=60)
+    if b"max_user_namespaces" in r.stderr and r.returncode != 125:
+        pytest.skip(f"cannot set the limit here: {r.stderr!r}")
+    assert r.returncode == 125, r.stderr
+    assert b"max_user_namespaces" in r.stderr
+    assert b"sysctl" in r.stderr

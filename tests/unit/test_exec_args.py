@@ -1,0 +1,36 @@
+import pytest
+
+from nsbox import exec_args
+
+
+def test_command_after_double_dash():
+    parsed = exec_args.parse(["--workspace", "/w", "--", "ls", "-l"])
+    assert parsed.values["workspace"] == "/w"
+    assert parsed.command == ["ls", "-l"]
+
+
+def test_command_starts_at_first_non_option():
+    parsed = exec_args.parse(["--cwd=/x", "make", "--jobs", "2"])
+    assert parsed.values["cwd"] == "/x"
+    assert parsed.command == ["make", "--jobs", "2"]
+
+
+def test_repeatable_option_collects_values():
+    parsed = exec_args.parse(["--writable", "/a", "--writable", "/b", "true"])
+    assert parsed.values["writable"] == ["/a", "/b"]
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(exec_args.UsageError, match="--frobnicate"):
+        exec_args.parse(["--frobnicate", "true"])
+
+
+def test_missing_value_is_named():
+    with pytest.raises(exec_args.UsageError, match="--workspace"):
+        exec_args.parse(["--workspace"])
+
+
+def test_help_lists_every_option():
+    text = exec_args.help_text()
+    for name in exec_args.OPTIONS:
+        assert name in text
