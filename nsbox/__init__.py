@@ -10,6 +10,15 @@ _LAZY = {
     "PolicyError": "nsbox.errors",
     "UnsupportedKernel": "nsbox.errors",
     "SyscallError": "nsbox.errors",
+    "SetupFailed": "nsbox.errors",
+    "run": "nsbox.api",
+    "run_async": "nsbox.api",
+    "Popen": "nsbox.api",
+    "Session": "nsbox.api",
+    "Result": "nsbox.api",
+    "PIPE": "nsbox.api",
+    "STDOUT": "nsbox.api",
+    "DEVNULL": "nsbox.api",
 }
 
 __all__ = sorted(_LAZY)

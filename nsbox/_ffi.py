@@ -140,4 +140,9 @@ def cstr(value) -> "ffi.CData":
     return ffi.new("char[]", _b(value))
 
 
+def from_buffer(ctype: str, data: bytes):
+    """A C array viewing `data` without copying it (e.g. a BPF program)."""
+    return ffi.from_buffer(ctype, data)
+
+
 NULL = ffi.NULL

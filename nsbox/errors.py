@@ -42,3 +42,12 @@ class ExecFailed(SandboxError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class SetupFailed(SandboxError):
+    """A step of the launch sequence failed inside the new sandbox; the command never ran."""
+
+    def __init__(self, step: str, err: int, message: str):
+        super().__init__(f"sandbox setup failed at {step}: {message}")
+        self.step = step
+        self.errno = err

@@ -7,7 +7,27 @@ OPTIONS = {
     "--writable": ("writable", "PATH", True, "extra writable root; repeatable"),
     "--preset": ("preset", "NAME", False, "read-only | workspace-write (default) | full-access"),
     "--network": ("network", "MODE", False, "none (default: empty namespace, loopback only) | host"),
+    "--seccomp": ("seccomp", "NAME|PATH", False,
+                  "seccomp profile: default | strict | a JSON file (see 'nsbox profiles list')"),
+    "--isolation": ("isolation", "MODE", False,
+                    "full (default: namespaces + Landlock) | landlock (no namespaces) | auto"),
+    "--best-effort": ("best_effort", None, False,
+                      "run without protections this kernel lacks (listed on stderr)"),
 }
+OPTIONS.update({
+    "--hide": ("hide", "PATH", True, "make PATH unreadable and empty inside; repeatable"),
+    "--unhide": ("unhide", "PATH", True, "do not hide PATH (e.g. one of the default secret stores)"),
+    "--env-keep": ("env_keep", "NAME", True, "pass variable NAME through even if it looks secret"),
+    "--setenv": ("setenv", "NAME=VALUE", True, "set a variable inside; repeatable"),
+    "--clearenv": ("clearenv", None, False, "start from PATH, HOME, TERM and LANG only"),
+    "--policy": ("policy", "FILE", False,
+                 "policy file (default: WORKSPACE/.nsbox/policy.toml, ~/.config/nsbox/config.toml)"),
+    "--json-status": ("json_status", "FILE", False, "write a JSON record of the run to FILE"),
+})
+OPTIONS["--limit"] = ("limit", "NAME=VALUE", True,
+                      "resource limit; repeatable: pids=N memory=SIZE cpu=CORES wall=SECONDS "
+                      "tmp=SIZE nofile=N fsize=SIZE (e.g. memory=512M; NAME=none lifts a default; "
+                      "defaults pids=4096 tmp=1G nofile=4096)")
 ALIASES = {"-w": "--workspace", "-C": "--cwd"}
 
 USAGE = "usage: nsbox exec [OPTIONS] [--] CMD [ARGS...]"
@@ -71,5 +91,6 @@ def help_text() -> str:
         shown = f"{name} {metavar}" if metavar else name
         lines.append(f"  {shown:<22} {text}")
     lines += ["", "Exit status: CMD's own; 125 if nsbox failed to set up the sandbox;",
-              "126 if CMD cannot be executed; 127 if CMD is not found."]
+              "126 if CMD cannot be executed; 127 if CMD is not found;",
+              "124 if the wall limit killed it."]
     return "\n".join(lines)

@@ -19,6 +19,8 @@ packages() {
   command -v runuser >/dev/null || need+=(util-linux)
   command -v make >/dev/null || need+=(make)
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  # seccomp tests install a wheel with the system pip inside a sandbox.
+  "$PYTHON" -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
   [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
   for extra in "$@"; do need+=("$extra"); done
   if [ ${#need[@]} -gt 0 ]; then

@@ -11,35 +11,6 @@ import stat
 from nsbox import _ffi
 from nsbox.errors import SyscallError
 
-# linux/landlock.h: filesystem rights, with the ABI that introduced them.
-ACCESS_FS_EXECUTE = 1 << 0
-ACCESS_FS_WRITE_FILE = 1 << 1
-ACCESS_FS_READ_FILE = 1 << 2
-ACCESS_FS_READ_DIR = 1 << 3
-ACCESS_FS_REMOVE_DIR = 1 << 4
-ACCESS_FS_REMOVE_FILE = 1 << 5
-ACCESS_FS_MAKE_CHAR = 1 << 6
-ACCESS_FS_MAKE_DIR = 1 << 7
-ACCESS_FS_MAKE_REG = 1 << 8
-ACCESS_FS_MAKE_SOCK = 1 << 9
-ACCESS_FS_MAKE_FIFO = 1 << 10
-ACCESS_FS_MAKE_BLOCK = 1 << 11
-ACCESS_FS_MAKE_SYM = 1 << 12
-ACCESS_FS_REFER = 1 << 13  # ABI 2
-ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
-ACCESS_FS_IOCTL_DEV = 1 << 15  # ABI 5
-ACCESS_FS_RESOLVE_UNIX = 1 << 16  # ABI 9
-
-ACCESS_NET_BIND_TCP = 1 << 0  # ABI 4
-ACCESS_NET_CONNECT_TCP = 1 << 1  # ABI 4
-
-SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
-SCOPE_SIGNAL = 1 << 1  # ABI 6
-
-# The only rights a rule on a non-directory may carry (others give EINVAL).
-ACCESS_FILE = (ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE
-               | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV | ACCESS_FS_RESOLVE_UNIX)
-
 CREATE_RULESET_VERSION = 1 << 0
 RULE_PATH_BENEATH = 1
 RULE_NET_PORT = 2
@@ -75,7 +46,8 @@ def restrict_self(ruleset) -> None:
     """Create the ruleset, add its rules and enforce it on the calling thread.
 
     Needs no_new_privs (or CAP_SYS_ADMIN). Paths that do not exist are skipped:
-    a missing rule only takes access away.
+    a missing rule only takes access away. Symlinks are never followed, so a rule
+    lands on the path the parent listed and nowhere else.
     """
     attr = _ffi.new("struct landlock_ruleset_attr *", {
         "handled_access_fs": ruleset.handled_fs,
@@ -88,7 +60,7 @@ def restrict_self(ruleset) -> None:
                f"scoped={ruleset.scoped:#x}")
     try:
         for rule in ruleset.paths:
-            _add_path_rule(ruleset_fd, rule.path, rule.access)
+            _add_path_rule(ruleset_fd, rule.path, rule.access, ruleset.file_access)
         for port, access in ruleset.ports:
             _add_port_rule(ruleset_fd, port, access)
         _ffi.syscall("landlock_restrict_self", ruleset_fd, 0, detail=f"fd {ruleset_fd}")
@@ -96,14 +68,17 @@ def restrict_self(ruleset) -> None:
         os.close(ruleset_fd)
 
 
-def _add_path_rule(ruleset_fd: int, path: str, access: int) -> None:
+def _add_path_rule(ruleset_fd: int, path: str, access: int, file_access: int) -> None:
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            access &= ACCESS_FILE
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISLNK(mode):
+            return
+        if not stat.S_ISDIR(mode):
+            access &= file_access  # other rights on a non-directory are EINVAL
         if not access:
             return
         rule = _ffi.new("struct landlock_path_beneath_attr *",

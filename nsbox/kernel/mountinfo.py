@@ -1,14 +1,9 @@
 """Parse /proc/self/mountinfo."""
 
-from typing import NamedTuple
+from collections import namedtuple
 
-
-class Mount(NamedTuple):
-    mount_id: int
-    parent_id: int
-    mount_point: str
-    options: str
-    fstype: str
+# A namedtuple, not typing.NamedTuple: importing typing costs ~2 ms of start-up.
+Mount = namedtuple("Mount", "mount_id parent_id mount_point options fstype")
 
 
 def _unescape(field: str) -> str:

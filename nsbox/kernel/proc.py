@@ -4,6 +4,7 @@ from nsbox import _ffi
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
@@ -18,6 +19,17 @@ def set_parent_death_signal(sig: int) -> None:
 
 def set_child_subreaper() -> None:
     _ffi.prctl(PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
+
+
+def is_child_subreaper() -> bool:
+    flag = _ffi.new("int *")
+    _ffi.prctl(PR_GET_CHILD_SUBREAPER, int(_ffi.ffi.cast("uintptr_t", flag)),
+               what="PR_GET_CHILD_SUBREAPER")
+    return bool(flag[0])
+
+
+def clear_child_subreaper() -> None:
+    _ffi.prctl(PR_SET_CHILD_SUBREAPER, 0, what="PR_SET_CHILD_SUBREAPER, 0")
 
 
 def cloexec_from(first_fd: int) -> None:

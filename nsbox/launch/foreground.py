@@ -1,25 +1,48 @@
 """Run one sandboxed command from the calling process, as `nsbox exec` does."""
 
 import sys
+import time
 
-from nsbox.launch import errorpipe, init, sequence
+from nsbox.launch import errorpipe, init, limits, sequence, trace
 
 
-def run(plan) -> int:
+def run(plan, on_limit=None) -> int:
     """Start the sandbox, wait for it, return the exit code. The caller must be single-threaded.
 
     The calling process itself enters the new user namespace (it only waits there),
-    which spares one fork on the CLI's start-up path.
+    which spares one fork on the CLI's start-up path. `on_limit(hit)` is called with
+    the limits.LimitHit when a resource limit ended the command (for run records).
     """
-    channel = sequence.Channel()
-    init.watch_signals(sequence.WATCHED_SIGNALS)
-    sequence.enter_namespaces(plan)
-    pid1 = sequence.fork_init(plan, channel)
-    failure = errorpipe.read_failure(channel.error_r)
-    code = init.supervise(pid1, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS)
+    trace.mark("launch")
+    # The cgroup is made with the caller's own credentials, before the user namespace.
+    active = limits.start(plan.limits)
+    code, timed_out = errorpipe.SETUP_FAILED, False
+    try:
+        channel = sequence.Channel()
+        channel.limits = active
+        init.watch_signals(sequence.WATCHED_SIGNALS)
+        sequence.enter_namespaces(plan)
+        deadline = limits.deadline(plan.limits, time.monotonic())
+        pid1 = sequence.fork_init(plan, channel)
+        trace.mark("wait for exec")
+        failure = errorpipe.read_failure(channel.error_r)
+        trace.mark("wait for exit")
+        code = init.supervise(pid1, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
+                              deadline=deadline)
+        timed_out = (deadline is not None and code == init.WALL_TIMEOUT
+                     and time.monotonic() >= deadline)
+        trace.mark("exited")
+    finally:
+        hit = limits.finish(active, code, timed_out)
+        if active is not None and active.removal_failed:
+            sys.stderr.write("nsbox: warning: the sandbox's cgroup could not be removed\n")
     if failure is not None:
         sys.stderr.write(f"nsbox: {describe(failure, plan.argv[0])}\n")
         return failure.exit_code
+    if hit is not None:
+        sys.stderr.write(f"nsbox: {hit.message}\n")
+        if on_limit is not None:
+            on_limit(hit)
     return code
 
 

@@ -8,8 +8,10 @@ signals sent by a process are forwarded.
 
 import os
 import signal
+import time
 
 SI_KERNEL = 0x80
+WALL_TIMEOUT = 124  # as timeout(1): the wall limit ended the command
 # Python ignores these at start-up; a command must get the defaults back.
 _PYTHON_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -38,19 +40,40 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def supervise(child: int, forwarded, watched) -> int:
-    """Forward signals to `child` and reap everything until `child` ends."""
+def supervise(child: int, forwarded, watched, deadline=None) -> int:
+    """Forward signals to `child` and reap everything until `child` ends.
+
+    At `deadline` (time.monotonic()) `child` is killed, and if that is what ended
+    it, the result is WALL_TIMEOUT. Killing PID 1 ends its whole PID namespace.
+    """
+    killed = False
     while True:
-        info = signal.sigwaitinfo(watched)
+        if deadline is None or killed:
+            info = signal.sigwaitinfo(watched)
+        else:
+            info = signal.sigtimedwait(watched, max(0.0, deadline - time.monotonic()))
+            if info is None:
+                killed = _kill(child)
+                continue
         if info.si_signo == signal.SIGCHLD:
             status = _reap(child)
             if status is not None:
+                if killed and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+                    return WALL_TIMEOUT
                 return exit_code(status)
         elif info.si_signo in forwarded and info.si_code != SI_KERNEL:
             try:
                 os.kill(child, info.si_signo)
             except ProcessLookupError:
                 pass
+
+
+def _kill(child: int) -> bool:
+    try:
+        os.kill(child, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
 
 
 def _reap(child: int):

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from nsbox.errors import PolicyError
 from nsbox.kernel import caps, namespaces
+from nsbox.launch import isolation, limits, protect, seccomp_filter, trace
 from nsbox.policy import plan as policy_plan
+from nsbox.policy.env import sandbox_env
 from nsbox.policy.model import Policy
 
 _NS_FLAGS = {
@@ -35,11 +37,17 @@ class LaunchPlan:
     policy: Policy
     landlock: object = None  # a Landlock ruleset, applied in the command process
     seccomp_bpf: bytes | None = None  # compiled filter, loaded last before exec
+    isolation: str = "full"  # what this run achieves: full | landlock
+    isolation_missing: tuple = ()  # protections left out under best effort, in words
+    isolation_fallback: str = ""  # why `auto` settled for less than full
+    private_tmp: str | None = None  # landlock isolation: per-run TMPDIR, created and removed
+    limits: object = None  # launch.limits.LimitsPlan: resource limits and their mechanisms
 
 
 def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
             env: dict | None = None) -> LaunchPlan:
     """Validate and resolve a policy for one command; raises PolicyError on bad input."""
+    trace.mark("prepare")
     policy = policy or Policy()
     if not argv:
         raise PolicyError("no command given: nsbox exec [OPTIONS] -- CMD [ARGS...]")
@@ -47,21 +55,41 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     extra = tuple(resolve_dir(p, "writable root") for p in policy.writable)
     workdir = resolve_dir(cwd, "working directory") if cwd else workspace
     writable = policy_plan.writable_roots(policy, workspace, extra)
+    host_env = dict(os.environ if env is None else env)
+    guard = protect.resolve(policy, workspace, writable, host_env.get("HOME"))
+    writable += guard.extra_writable
     steps = policy_plan.mount_steps(
         policy, writable,
-        var_run_is_dir=os.path.isdir("/var/run") and not os.path.islink("/var/run"))
+        var_run_is_dir=os.path.isdir("/var/run") and not os.path.islink("/var/run"),
+        protections=guard.steps())
     ns_flags = 0
     for name in policy_plan.namespaces(policy):
         ns_flags |= _NS_FLAGS[name]
-    full_env = dict(os.environ if env is None else env)
-    full_env["TMPDIR"] = "/tmp"
-    full_env.update(policy.extra_env)
+    iso = isolation.resolve(policy)
+    private_tmp = isolation.private_tmp_path() if iso.mode == isolation.LANDLOCK else None
+    steps = isolation.with_test_switches(steps)
+    # hidden: paths Landlock must make unreadable too (e.g. the policy's hidden list).
+    landlock_rules = isolation.ruleset(iso, policy, writable, private_tmp,
+                                       hidden=guard.landlock_hidden)
+    full_env = sandbox_env(policy, host_env, tmpdir=private_tmp or "/tmp")
+    limits_plan = limits.plan(policy.limits, policy.best_effort,
+                              namespaced=iso.mode != isolation.LANDLOCK)
+    # A cached filter is trusted by later runs: never cache where this command can write.
+    command_writes = writable + ((private_tmp,) if private_tmp else ()) + (
+        ("/",) if any(step.kind == "root_writable" for step in steps) else ())
+    # Without a network namespace, seccomp is what keeps inet sockets from the host's network.
+    seccomp_bpf = seccomp_filter.bpf_for(
+        policy, command_writes, host_env,
+        deny_inet=policy.network == "none" and iso.mode == isolation.LANDLOCK)
     return LaunchPlan(
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
         uid=os.getuid(), gid=os.getgid(), ns_flags=ns_flags, mounts=steps,
         hostname=policy.hostname, loopback="net" in policy_plan.namespaces(policy),
         use_mount_api=os.environ.get("NSBOX_TEST_LEGACY_MOUNTS") != "1",
-        last_cap=caps.last_cap(), policy=policy)
+        last_cap=caps.last_cap(), policy=policy, landlock=landlock_rules,
+        isolation=iso.mode, isolation_missing=iso.missing,
+        isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,
+        seccomp_bpf=seccomp_bpf)
 
 
 def resolve_dir(path: str, what: str) -> str:

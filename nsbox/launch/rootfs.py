@@ -3,6 +3,7 @@
 import os
 
 from nsbox.kernel import mounts
+from nsbox.launch import trace
 
 STAGE = "/tmp"  # where the new root is assembled; private to this mount namespace
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -16,6 +17,7 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
     # a workspace under /tmp would otherwise resolve into the read-only copy.
     sources = {s.source: _grab_writable(s.source, use_mount_api)
                for s in steps if s.kind == "bind_rw"}
+    empty_file = _make_empty_file() if any(s.kind == "mask_file" for s in steps) else None
     for step in steps:
         target = STAGE + step.target if step.target != "/" else STAGE
         if step.kind == "root_readonly":
@@ -23,7 +25,7 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
         elif step.kind == "root_writable":
             _attach_root(readonly=False, use_mount_api=use_mount_api)
         elif step.kind == "tmpfs":
-            mounts.mount_tmpfs(target, mode=step.mode)
+            mounts.mount_tmpfs(target, mode=step.mode, size=step.size)
         elif step.kind == "dev":
             _populate_dev(target)
         elif step.kind == "bind_rw":
@@ -32,11 +34,49 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
         elif step.kind == "bind_new":
             os.makedirs(target, exist_ok=True)
             mounts.bind(STAGE + step.source, target)
+        elif step.kind == "pin":
+            _bind_onto_itself(target, readonly=False, use_mount_api=use_mount_api)
+        elif step.kind == "bind_ro":
+            _bind_onto_itself(target, readonly=True, use_mount_api=use_mount_api)
+        elif step.kind == "mask_dir":
+            mounts.mount_tmpfs(target, mode=0o555, size=4096, flags=mounts.MS_RDONLY
+                               | mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC)
+        elif step.kind == "mask_file":
+            mounts.bind(f"/proc/self/fd/{empty_file}", target, recursive=False)
+            mounts.remount_readonly_recursive(target)
         elif step.kind == "proc":
             mounts.mount_proc(target)
         else:
             raise ValueError(f"unknown mount step {step.kind!r}")
+    if empty_file is not None:
+        os.close(empty_file)
+    trace.mark("pivot_root")
     mounts.pivot_into(STAGE)
+
+
+def _make_empty_file() -> int:
+    """An O_PATH fd of an empty read-only file on a private tmpfs, the source for file masks.
+
+    The tmpfs sits under STAGE, so the root attached next covers it; the fd keeps it alive.
+    """
+    mounts.mount_tmpfs(STAGE, mode=0o700, size=4096)
+    path = STAGE + "/empty"
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _bind_onto_itself(target: str, readonly: bool, use_mount_api: bool) -> None:
+    """Make `target` a mount point (it can't be renamed, removed or renamed over), maybe read-only."""
+    if use_mount_api:
+        tree = mounts.clone_tree(target)
+        if readonly:
+            mounts.set_attrs_recursive(tree, mounts.MOUNT_ATTR_RDONLY, what=repr(target))
+        mounts.attach(tree, target, what=repr(target))
+        os.close(tree)
+    else:
+        mounts.bind(target, target)
+        if readonly:
+            mounts.remount_readonly_recursive(target)
 
 
 def _attach_root(readonly: bool, use_mount_api: bool) -> None:

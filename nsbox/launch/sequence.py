@@ -1,8 +1,9 @@
 """The launch sequence, in order. Read top to bottom.
 
 caller:   unshare namespaces -> write id maps -> fork PID 1
-PID 1:    build the new root -> pivot_root -> hostname -> loopback -> fork the command
-command:  chdir -> fds -> drop capabilities -> no_new_privs -> parent-death signal
+PID 1:    join the limits' cgroup -> build the new root -> pivot_root -> hostname -> loopback
+          -> fork the command
+command:  chdir -> fds -> rlimits -> drop capabilities -> no_new_privs -> parent-death signal
           -> Landlock -> seccomp -> exec
 """
 
@@ -11,7 +12,7 @@ import select
 import signal
 
 from nsbox.kernel import caps, landlock, namespaces, net, proc, seccomp
-from nsbox.launch import errorpipe, init, rootfs, trace
+from nsbox.launch import errorpipe, init, limits, rootfs, trace
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -25,17 +26,28 @@ class Channel:
         self.error_r, self.error_w = os.pipe2(os.O_CLOEXEC)
         # The caller holds the write end for its whole life: EOF tells PID 1 it died.
         self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self.limits = None  # limits.Active: PID 1 joins its cgroup first
+        # A warm session: called with the plan in place of exec, once every
+        # restriction is applied; it serves commands and returns an exit code.
+        self.serve = None
 
 
 def enter_namespaces(plan) -> None:
     """Runs in the caller's process (which must be single-threaded)."""
+    trace.mark("unshare")
     namespaces.unshare(plan.ns_flags)
     # Id maps before any mount: mounting needs capabilities the map makes valid.
+    trace.mark("id maps")
     namespaces.write_id_maps(plan.uid, plan.gid)
 
 
 def fork_init(plan, channel: Channel) -> int:
     """Fork the sandbox's PID 1; returns its pid as seen by the caller."""
+    trace.mark("fork pid1")
+    if channel.limits is None and plan.limits is not None:
+        # A caller that did not create the limits' cgroup itself gets it here:
+        # PID 1 must never start outside it. The caller removes it (limits.finish).
+        channel.limits = limits.start(plan.limits)
     pid = os.fork()
     if pid == 0:
         try:
@@ -48,23 +60,31 @@ def fork_init(plan, channel: Channel) -> int:
 
 
 def _init_main(plan, channel: Channel) -> None:
-    step = "parent-death signal"
+    trace.mark("pid1 start")
+    step = "cgroup"
     try:
         os.close(channel.lifeline_w)
         os.close(channel.error_r)
+        # Into the limits' cgroup before anything runs (or forks) in the sandbox.
+        limits.join(channel.limits)
+        step = "parent-death signal"
         proc.set_parent_death_signal(signal.SIGKILL)
         if select.select([channel.lifeline_r], [], [], 0)[0]:
             os._exit(errorpipe.SETUP_FAILED)  # the caller died before we could watch it
         step = "mounts"
+        trace.mark("mounts")
         rootfs.build_and_enter(plan.mounts, plan.use_mount_api)
         step = "hostname"
+        trace.mark("hostname")
         namespaces.set_hostname(plan.hostname)
         proc.set_name("nsbox-init")
         if plan.loopback:
             step = "loopback"
+            trace.mark("loopback")
             net.loopback_up()
         init.watch_signals(WATCHED_SIGNALS)
         step = "fork command"
+        trace.mark("fork command")
         command_pid = os.fork()
     except BaseException as err:
         errorpipe.report(channel.error_w, step, err)
@@ -79,6 +99,7 @@ def _init_main(plan, channel: Channel) -> None:
 
 
 def _command_main(plan, channel: Channel) -> None:
+    trace.mark("command start")
     step = "signals"
     try:
         init.reset_signals(WATCHED_SIGNALS)
@@ -86,6 +107,8 @@ def _command_main(plan, channel: Channel) -> None:
         os.chdir(plan.cwd)
         step = "close fds"
         proc.cloexec_from(3)
+        step = "rlimits"
+        limits.apply_rlimits(plan.limits)
         step = "drop capabilities"
         caps.drop_all(plan.last_cap)
         step = "no_new_privs"
@@ -95,15 +118,20 @@ def _command_main(plan, channel: Channel) -> None:
         # Landlock after the final root exists: its rules open paths in the new root.
         if plan.landlock is not None:
             step = "landlock"
+            trace.mark("landlock")
             landlock.restrict_self(plan.landlock)
         # seccomp last: everything before it may use calls the filter denies.
         if plan.seccomp_bpf is not None:
             step = "seccomp"
+            trace.mark("seccomp load")
             seccomp.load_filter(plan.seccomp_bpf)
         trace.mark("exec")
     except BaseException as err:
         errorpipe.report(channel.error_w, step, err)
         os._exit(errorpipe.SETUP_FAILED)
+    if channel.serve is not None:
+        os.close(channel.error_w)  # EOF: the session is ready
+        os._exit(channel.serve(plan))
     try:
         os.execve(_find_executable(plan.argv[0], plan.env.get("PATH", os.defpath)),
                   plan.argv, plan.env)

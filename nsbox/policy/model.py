@@ -1,9 +1,21 @@
 """The sandbox policy: frozen, pure data. No I/O and no kernel calls here."""
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+
+from nsbox.policy import defaults
+from nsbox.policy.limits import Limits
 
 PRESETS = ("read-only", "workspace-write", "full-access")
+# An "allowlist" mode (named hosts through a filtering proxy) would slot in here,
+# with its host list as a separate field.
 NETWORK_MODES = ("none", "host")
+# Fields left as None take their value from the preset when the Policy is built.
+_PRESET_DEFAULTS = {
+    "network": defaults.network_for,
+    "hidden": defaults.hidden_for,
+    "protected": defaults.protected_for,
+    "git_protected": defaults.git_protected_for,
+}
 ISOLATION_MODES = ("full", "landlock", "auto")
 
 
@@ -14,26 +26,79 @@ class Policy:
     preset: str = "workspace-write"
     workspace: str | None = None  # None: the current directory
     writable: tuple[str, ...] = ()  # extra writable roots
-    network: str = "none"
+    network: str | None = None  # None: "host" for full-access, else "none"
     seccomp: str = "default"  # profile name or path
     isolation: str = "full"
     best_effort: bool = False  # run with what can be applied instead of failing closed
     hostname: str = "nsbox"
-    extra_env: tuple[tuple[str, str], ...] = field(default=())
+    extra_env: tuple[tuple[str, str], ...] = field(default=())  # set last, wins over all
+    # Filesystem rules; None means the preset's defaults (see policy/defaults.py).
+    hidden: tuple[str, ...] | None = None  # unreadable, shown as empty; "~" is $HOME
+    protected: tuple[str, ...] | None = None  # read-only inside the workspace; "dir/" = a directory
+    git_protected: tuple[str, ...] | None = None  # read-only inside every writable git dir
+    # Environment: inherited minus secret-looking names, unless kept.
+    env_keep: tuple[str, ...] = ()
+    clearenv: bool = False  # start from PATH, HOME, TERM and LANG only
+    limits: Limits = Limits()  # resource ceilings; a mapping such as {"memory": "512M"} works too
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)
+        for name, default_for in _PRESET_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default_for(self.preset))
+        for name in ("writable", "hidden", "protected", "git_protected", "env_keep"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
+                raise_policy(f"{name} must be a list of strings, not {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "extra_env", tuple(tuple(kv) for kv in self.extra_env))
+        for pair in self.extra_env:
+            if len(pair) != 2 or not pair[0] or "=" in pair[0]:
+                raise_policy(f"extra_env entries must be (NAME, value) pairs; got {pair!r}")
         check_choice("network", self.network, NETWORK_MODES)
         check_choice("isolation", self.isolation, ISOLATION_MODES)
-        if isinstance(self.writable, (str, bytes)):
-            raise_policy(f"writable must be a list of paths, not {self.writable!r}")
+        if not isinstance(self.limits, Limits):
+            object.__setattr__(self, "limits", Limits.from_mapping(self.limits))
 
     def with_changes(self, **changes) -> "Policy":
+        """A copy with `changes`; a new preset re-derives the fields still at the old preset's defaults."""
+        if "preset" in changes:
+            for name, default_for in _PRESET_DEFAULTS.items():
+                if name not in changes and getattr(self, name) == default_for(self.preset):
+                    changes[name] = None
         return replace(self, **changes)
+
+    def hiding(self, *paths: str) -> "Policy":
+        return replace(self, hidden=self.hidden + tuple(p for p in paths if p not in self.hidden))
+
+    def unhiding(self, *paths: str) -> "Policy":
+        return replace(self, hidden=tuple(p for p in self.hidden if p not in paths))
+
+    def as_dict(self) -> dict:
+        """Every field as JSON-ready data, in declaration order."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def digest(self) -> str:
+        """A stable fingerprint of the policy, for logs and run records."""
+        import hashlib
+        import json
+
+        text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def workspace_writable(self) -> bool:
         return self.preset != "read-only"
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
 
 
 def check_choice(name: str, value, choices) -> None:

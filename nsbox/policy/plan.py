@@ -11,10 +11,14 @@ from nsbox.policy.model import Policy
 
 @dataclass(frozen=True)
 class MountStep:
-    kind: str  # root_readonly | root_writable | tmpfs | dev | proc | bind_rw | bind_new
+    # root_readonly | root_writable | tmpfs | dev | proc | bind_rw | bind_new
+    # | pin (bind a path onto itself: a mount point can't be renamed or removed)
+    # | bind_ro (the same, read-only) | mask_dir | mask_file (empty, read-only)
+    kind: str
     target: str
     source: str = ""
     mode: int = 0
+    size: int = 0  # tmpfs size in bytes; 0: the kernel's default (half of RAM)
 
 
 NAMESPACES_ALWAYS = ("user", "mount", "pid", "ipc", "uts", "cgroup")
@@ -36,7 +40,41 @@ def writable_roots(policy: Policy, workspace: str, extra: tuple) -> tuple:
     return tuple(unique)
 
 
-def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False) -> tuple:
+# Trees the sandbox gets fresh copies of; host paths below them are not visible anyway.
+PRIVATE_TREES = ("/tmp", "/run", "/dev", "/proc")
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _depth(path: str) -> int:
+    return path.rstrip("/").count("/")
+
+
+def visible_hidden(hidden: tuple, writable: tuple) -> tuple:
+    """The (path, is_dir) masks worth mounting: none under another mask or a private tree."""
+    kept = []
+    for path, is_dir in sorted(set(hidden), key=lambda h: (_depth(h[0]), h[0])):
+        if any(_under(path, other) for other, _ in kept):
+            continue
+        if any(_under(path, t) for t in PRIVATE_TREES) and not any(_under(path, w) for w in writable):
+            continue
+        kept.append((path, is_dir))
+    return tuple(kept)
+
+
+def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = ()) -> tuple:
+    """Steps that go on top of the writable roots: pins, then read-only binds, then masks."""
+    steps = [MountStep("pin", p, p) for p in sorted(set(pinned), key=_depth)]
+    steps += [MountStep("bind_ro", p, p) for p in sorted(set(readonly), key=_depth)]
+    # Masks last: a hidden path inside a writable or protected tree stays hidden.
+    steps += [MountStep("mask_dir" if is_dir else "mask_file", p) for p, is_dir in hidden]
+    return tuple(steps)
+
+
+def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
+                protections: tuple = ()) -> tuple:
     """The new root, in order. Later steps mount on top of earlier ones."""
     steps = []
     if policy.preset == "full-access":
@@ -45,7 +83,7 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False) -
         steps.append(MountStep("root_readonly", "/", "/"))
     # Private /tmp and /run come before the writable binds: a workspace under /tmp
     # must be mounted on top of the tmpfs, not hidden by it.
-    steps.append(MountStep("tmpfs", "/tmp", mode=0o1777))
+    steps.append(MountStep("tmpfs", "/tmp", mode=0o1777, size=policy.limits.tmp or 0))
     # A fresh /run hides the host's D-Bus, docker, ssh-agent and gpg-agent sockets.
     steps.append(MountStep("tmpfs", "/run", mode=0o755))
     if var_run_is_dir:
@@ -54,5 +92,6 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False) -
     # Shallow roots first so a nested root is mounted on top of its parent.
     for root in sorted(writable, key=lambda p: p.count("/")):
         steps.append(MountStep("bind_rw", root, root))
+    steps.extend(protections)
     steps.append(MountStep("proc", "/proc"))
     return tuple(steps)

@@ -1,0 +1,450 @@
+"""Start-up latency of `nsbox exec` and the library against bubblewrap and friends.
+
+Run by `make bench` (bench/run.sh) as an unprivileged user. Every case runs
+`true` in a sandbox as close to nsbox's default as the peer allows. Cases are
+interleaved round-robin so machine drift hits them all alike. Nothing here
+fails on timing: targets are reported, not enforced.
+
+    python bench/bench.py [--quick] [--runs N] [--results DIR]
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # this checkout's nsbox even without an installed venv
+
+from nsbox.launch import trace  # noqa: E402  (after the path fix)
+
+# Ratio to bubblewrap's p50 that each case should stay under.
+TARGETS = {"nsbox exec -- true": 4.5, "nsbox.run(['true'])": 1.0, "Session.run(['true'])": 0.3}
+BWRAP = "bwrap (same isolation)"
+
+
+class Case:
+    """One way of running `true`; `run()` returns wall time in ns and raises on failure."""
+
+    def __init__(self, name: str, argv=None, call=None, note: str = ""):
+        self.name, self.argv, self.call, self.note = name, argv, call, note
+        self.samples = []
+
+    def run(self) -> int:
+        if self.call is not None:
+            start = time.perf_counter_ns()
+            self.call()
+            return time.perf_counter_ns() - start
+        return spawn_and_wait(self.argv)
+
+
+def spawn_and_wait(argv, env=None) -> int:
+    """posix_spawn + waitpid: the cheapest way to time a command from Python."""
+    start = time.perf_counter_ns()
+    pid = os.posix_spawn(argv[0], argv, env if env is not None else _ENV,
+                         file_actions=_QUIET)
+    _, status = os.waitpid(pid, 0)
+    elapsed = time.perf_counter_ns() - start
+    if status != 0:
+        raise RuntimeError(f"exit status {os.waitstatus_to_exitcode(status)}")
+    return elapsed
+
+
+_ENV = {k: v for k, v in os.environ.items() if not k.startswith("NSBOX_TRACE")}
+_QUIET = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+
+
+def why_it_fails(argv) -> str:
+    """The command's own words, for the note that says why a case is skipped."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=_ENV)
+    except (OSError, subprocess.SubprocessError) as err:
+        return str(err)
+    text = (r.stderr or r.stdout).strip().splitlines()
+    return f"exit {r.returncode}: {text[-1] if text else 'no output'}"
+
+
+# --- the peers -------------------------------------------------------------------------
+
+def bwrap_argv(bwrap: str, workspace: str, extra_binds=()) -> list:
+    """bubblewrap with nsbox's default isolation: every namespace, read-only /,
+    minimal /dev, fresh /proc, private /tmp and /run, writable workspace."""
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--hostname", "nsbox",
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--tmpfs", "/run", "--bind", workspace, workspace]
+    for path in extra_binds:
+        argv += ["--bind", path, path]
+    return argv + ["--chdir", workspace, "true"]
+
+
+def nsbox_argv(script: list, writable=()) -> list:
+    argv = list(script) + ["exec"]
+    for path in writable:
+        argv += ["--writable", path]
+    return argv + ["--", "true"]
+
+
+def nsbox_script() -> list:
+    """The venv's console script, as a user would type `nsbox`."""
+    script = os.path.join(os.path.dirname(sys.executable), "nsbox")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "nsbox"]
+
+
+def library():
+    """(nsbox module, notes): run/Session are picked up as soon as they exist."""
+    import nsbox
+
+    return nsbox, {name: hasattr(nsbox, name) for name in ("run", "Session")}
+
+
+def returncode_of(result) -> int:
+    return getattr(result, "returncode", result if isinstance(result, int) else 0)
+
+
+def check_ok(result) -> None:
+    code = returncode_of(result)
+    if code != 0:
+        raise RuntimeError(f"returned exit status {code}")
+
+
+def build_cases(workspace: str, notes: list) -> tuple:
+    """(cases, cleanups). A peer that is missing is left out with a note."""
+    cases, cleanups = [], []
+    true = shutil.which("true") or "/bin/true"
+    cases.append(Case("/bin/true", [true], note="fork+exec floor"))
+    unshare = shutil.which("unshare")
+    if unshare:
+        cases.append(Case("unshare -Urmpfn true", [unshare, "-Urmpfn", true]))
+    else:
+        notes.append("unshare (util-linux) not found: its case is skipped")
+    bwrap = shutil.which("bwrap")
+    if bwrap:
+        cases.append(Case(BWRAP, bwrap_argv(bwrap, workspace)))
+    else:
+        notes.append("bubblewrap not found: its cases are skipped and no ratios are given "
+                     "(as root, `make bench` installs it)")
+    python3 = shutil.which("python3") or sys.executable
+    cases.append(Case("python3 -c pass", [python3, "-c", "pass"], note="reference"))
+    cases.append(Case("nsbox exec -- true", nsbox_argv(nsbox_script()), note="CLI"))
+
+    nsbox, have = library()
+    if bwrap:
+        argv = bwrap_argv(bwrap, workspace)
+        cases.append(Case("subprocess.run(bwrap)",
+                          call=lambda: check_ok(subprocess.run(argv)), note="in-process"))
+    if have["run"]:
+        cases.append(Case("nsbox.run(['true'])", call=lambda: check_ok(nsbox.run(["true"])),
+                          note="in-process, fresh sandbox"))
+    else:
+        notes.append("nsbox.run does not exist yet: library fresh case skipped")
+    if have["Session"]:
+        try:
+            session = open_session(nsbox)
+            cases.append(Case("Session.run(['true'])",
+                              call=lambda: check_ok(session.run(["true"])),
+                              note="in-process, warm session"))
+            cleanups.append(lambda: close_session(session))
+        except Exception as err:  # a broken Session is reported, not fatal
+            notes.append(f"Session could not be opened ({err}): session case skipped")
+    else:
+        notes.append("nsbox.Session does not exist yet: session case and memory skipped")
+    return cases, cleanups
+
+
+def open_session(nsbox):
+    session = nsbox.Session()
+    enter = getattr(session, "__enter__", None)
+    return enter() or session if enter else session
+
+
+def close_session(session) -> None:
+    if hasattr(session, "__exit__"):
+        session.__exit__(None, None, None)
+    elif hasattr(session, "close"):
+        session.close()
+
+
+# --- measuring -------------------------------------------------------------------------
+
+def warm_up(cases: list, rounds: int, notes: list) -> list:
+    """Run each case `rounds` times; a case that fails is dropped with a note."""
+    working = []
+    for case in cases:
+        try:
+            for _ in range(max(rounds, 1)):
+                case.run()
+            working.append(case)
+        except Exception as err:
+            reason = why_it_fails(case.argv) if case.argv else str(err)
+            notes.append(f"{case.name}: skipped, it fails here ({reason})")
+    return working
+
+
+def round_robin(cases: list, runs: int) -> None:
+    """Interleave the cases; each round starts one case later so none is always first."""
+    for i in range(runs):
+        k = i % len(cases)
+        for case in cases[k:] + cases[:k]:
+            case.samples.append(case.run())
+
+
+def bind_scaling(script, bwrap, workspace, counts, runs, warmup) -> dict:
+    """p50 latency against the number of extra writable bind mounts."""
+    base = tempfile.mkdtemp(prefix="binds-", dir=workspace)
+    dirs = []
+    for i in range(max(counts)):
+        dirs.append(os.path.join(base, f"d{i}"))
+        os.mkdir(dirs[-1])
+    cases = []
+    for n in counts:
+        cases.append(Case(f"nsbox:{n}", nsbox_argv(script, dirs[:n])))
+        if bwrap:
+            cases.append(Case(f"bwrap:{n}", bwrap_argv(bwrap, workspace, dirs[:n])))
+    notes = []
+    cases = warm_up(cases, warmup, notes)
+    round_robin(cases, runs)
+    shutil.rmtree(base, ignore_errors=True)
+    rows = {}
+    for case in cases:
+        tool, n = case.name.split(":")
+        rows.setdefault(int(n), {})[tool] = report.percentile(case.samples, 50)
+    return {"p50_ns": rows, "notes": notes}
+
+
+def run_concurrently(argv, total: int, width: int) -> float:
+    """Start `total` sandboxes keeping `width` in flight; sandboxes per second."""
+    started = running = 0
+    start = time.perf_counter_ns()
+    while started < total or running:
+        while running < width and started < total:
+            os.posix_spawn(argv[0], argv, _ENV, file_actions=_QUIET)
+            started += 1
+            running += 1
+        _, status = os.wait()
+        running -= 1
+        if status != 0:
+            raise RuntimeError(f"a sandbox failed: {argv}")
+    return total / ((time.perf_counter_ns() - start) / 1e9)
+
+
+def concurrency_scaling(tools: dict, widths, total: int, repeats: int) -> dict:
+    """Throughput (sandboxes/s) against how many run at once; median of `repeats`."""
+    results = {}
+    for width in widths:
+        samples = {name: [] for name in tools}
+        for _ in range(repeats):
+            for name, argv in tools.items():
+                samples[name].append(run_concurrently(argv, max(total, width), width))
+        results[width] = {name: report.percentile(s, 50) for name, s in samples.items()}
+    return results
+
+
+def session_memory(count: int):
+    """PSS added per idle session, summed over the processes each one starts (kB)."""
+    nsbox, have = library()
+    if not have["Session"]:
+        return None, "nsbox.Session does not exist yet: memory per idle session skipped"
+    before = descendants_pss_kb()
+    sessions = []
+    try:
+        for _ in range(count):
+            sessions.append(open_session(nsbox))
+            check_ok(sessions[-1].run(["true"]))
+        time.sleep(0.2)  # let the sessions settle into their idle state
+        after = descendants_pss_kb()
+    except Exception as err:
+        return None, f"memory per idle session not measured: {err}"
+    finally:
+        for session in sessions:
+            close_session(session)
+    return (after - before) / count, ""
+
+
+def descendants_pss_kb() -> int:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - mine
+        mine |= frontier
+    total = 0
+    for pid in mine:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+# --- where the time goes ---------------------------------------------------------------
+
+def traced_runs(argv, runs: int, cwd: str) -> list:
+    """Run `argv` with NSBOX_TRACE on; per run, the marks framed by spawn and reap."""
+    fd, path = tempfile.mkstemp(prefix="nsbox-trace-")
+    os.unlink(path)
+    os.set_inheritable(fd, True)
+    env = dict(_ENV, NSBOX_TRACE="1", NSBOX_TRACE_FD=str(fd))
+    runs_out = []
+    try:
+        for _ in range(runs):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            start = time.monotonic_ns()
+            pid = os.posix_spawn(argv[0], argv, env, file_actions=_QUIET)
+            _, status = os.waitpid(pid, 0)
+            end = time.monotonic_ns()
+            if status != 0:
+                raise RuntimeError(why_it_fails(argv))
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, 1 << 20).decode(errors="replace")
+            runs_out.append([(start, 0, report.SPAWNED)] + trace.parse(text)
+                            + [(end, 0, report.REAPED)])
+    finally:
+        os.close(fd)
+    return runs_out
+
+
+def library_trace(mode: str, runs: int, workspace: str):
+    """Trace nsbox.run / Session.run in a helper process that has imported nsbox."""
+    helper = [sys.executable, os.path.join(HERE, "library_trace.py"), mode, str(runs)]
+    env = dict(_ENV, NSBOX_TRACE="1", NSBOX_TRACE_FD="1")
+    r = subprocess.run(helper, capture_output=True, text=True, cwd=workspace, env=env,
+                       timeout=300)
+    if r.returncode != 0:
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        return None, lines[-1] if lines else f"helper exited {r.returncode}"
+    return report.split_runs(trace.parse(r.stdout)), ""
+
+
+def cli_import_time(script, workspace: str, runs: int = 5) -> dict:
+    """`python -X importtime` of `nsbox exec -- true`: the median run's imports."""
+    python = script[0] if script[0].endswith(("python", "python3")) else _shebang_python(script[0])
+    argv = [python, "-X", "importtime", *([] if script[0] == python else script[:1]),
+            *script[1:], "exec", "--", "true"]
+    best = []
+    for _ in range(runs):
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=workspace, env=_ENV)
+        best.append(report.parse_importtime(r.stderr))
+    best.sort(key=lambda x: x["total_us"])
+    return best[len(best) // 2]
+
+
+def _shebang_python(script: str) -> str:
+    with open(script, "rb") as f:
+        first = f.readline().decode(errors="replace").strip()
+    return first[2:].split()[0] if first.startswith("#!") else sys.executable
+
+
+# --- main ------------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a ~30 s run with fewer iterations")
+    p.add_argument("--runs", type=int, help="timed runs per case (default 200, quick 30)")
+    p.add_argument("--warmup", type=int, help="untimed runs per case first (default 10, quick 3)")
+    p.add_argument("--binds", default="1,8,32,64", help="extra bind mount counts")
+    p.add_argument("--concurrency", default="1,2,4,8,16", help="sandboxes at once")
+    p.add_argument("--results", default=os.path.join(HERE, "results"),
+                   help="where the JSON, PNG and latest.md go")
+    args = p.parse_args(argv)
+    args.runs = args.runs or (30 if args.quick else 200)
+    args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
+    args.scale_runs = max(2, args.runs // 7)
+    args.trace_runs = max(2, min(20, args.runs // 6))
+    args.binds = [int(x) for x in args.binds.split(",") if x]
+    args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
+    args.concurrency_total = 16 if args.quick or args.runs < 50 else 32
+    args.concurrency_repeats = 1 if args.quick or args.runs < 50 else 3
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    notes = []
+    workspace = os.path.realpath(tempfile.mkdtemp(prefix="nsbox-bench-"))
+    os.chdir(workspace)  # nsbox's default workspace is the current directory
+    script = nsbox_script()
+    bwrap = shutil.which("bwrap")
+    results = {"machine": report.machine(), "runs": args.runs, "warmup": args.warmup,
+               "targets": TARGETS, "baseline": BWRAP}
+    cases, cleanups = build_cases(workspace, notes)
+    try:
+        say(f"latency: {len(cases)} cases x {args.runs} runs, round-robin")
+        cases = warm_up(cases, args.warmup, notes)
+        round_robin(cases, args.runs)
+    finally:
+        for cleanup in cleanups:
+            cleanup()
+    results["cases"] = [{"name": c.name, "note": c.note, "samples_ns": c.samples}
+                        for c in cases]
+
+    say("where the time goes: NSBOX_TRACE=1")
+    results["breakdown"] = {}
+    try:
+        results["breakdown"]["nsbox exec -- true"] = report.breakdown(
+            traced_runs(nsbox_argv(script), args.trace_runs, workspace))
+    except RuntimeError as err:
+        notes.append(f"CLI trace failed: {err}")
+    for mode, name in (("run", "nsbox.run(['true'])"), ("session", "Session.run(['true'])")):
+        runs, why = library_trace(mode, args.trace_runs, workspace)
+        if runs:
+            results["breakdown"][name] = report.breakdown(runs)
+        else:
+            notes.append(f"{name} breakdown skipped: {why}")
+    results["import_time"] = cli_import_time(script, workspace)
+
+    say(f"scaling: extra bind mounts {args.binds}")
+    scaling = bind_scaling(script, bwrap, workspace, args.binds, args.scale_runs,
+                           min(args.warmup, 2))
+    notes += scaling.pop("notes")
+    results["binds"] = scaling["p50_ns"]
+
+    say(f"scaling: sandboxes at once {args.concurrency}")
+    tools = {"nsbox exec": nsbox_argv(script)}
+    if bwrap:
+        tools["bwrap"] = bwrap_argv(bwrap, workspace)
+    try:
+        results["concurrency"] = concurrency_scaling(
+            tools, args.concurrency, args.concurrency_total, args.concurrency_repeats)
+    except RuntimeError as err:
+        notes.append(f"concurrency: {err}")
+        results["concurrency"] = {}
+    memory, why = session_memory(4 if args.quick else 8)
+    results["session_memory_kb"] = memory
+    if why:
+        notes.append(why)
+
+    results["notes"] = notes
+    results["elapsed_s"] = round(time.time() - started, 1)
+    os.chdir("/")
+    shutil.rmtree(workspace, ignore_errors=True)
+    text = report.markdown(results)
+    print(text)
+    written = report.write(results, text, args.results)
+    say("wrote " + ", ".join(written))
+    return 0
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f"bench: {message}\n")
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

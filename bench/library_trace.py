@@ -1,0 +1,54 @@
+"""Traced library launches, for bench.py: `library_trace.py run|session RUNS`.
+
+Runs with NSBOX_TRACE=1 and NSBOX_TRACE_FD=1 in the workspace, so every mark,
+including the "call"/"returned" pair around each launch, lands on stdout.
+Exits 3 with a reason on stderr when the library API is not there yet.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import nsbox  # noqa: E402
+from nsbox.launch import trace  # noqa: E402
+
+WARMUP = 3
+
+
+def main(mode: str, runs: int) -> int:
+    if not trace.ENABLED:
+        sys.stderr.write("set NSBOX_TRACE=1\n")
+        return 2
+    if mode == "run":
+        if not hasattr(nsbox, "run"):
+            sys.stderr.write("nsbox.run does not exist yet\n")
+            return 3
+        launch, close = (lambda: nsbox.run(["true"])), (lambda: None)
+    else:
+        if not hasattr(nsbox, "Session"):
+            sys.stderr.write("nsbox.Session does not exist yet\n")
+            return 3
+        session = nsbox.Session()
+        if hasattr(session, "__enter__"):
+            session = session.__enter__() or session
+        launch = lambda: session.run(["true"])  # noqa: E731
+        close = getattr(session, "close", None) or (lambda: session.__exit__(None, None, None))
+    try:
+        for i in range(WARMUP + runs):
+            if i >= WARMUP:
+                trace.mark("call")
+            result = launch()
+            if i >= WARMUP:
+                trace.mark("returned")
+            code = getattr(result, "returncode", 0)
+            if code != 0:
+                sys.stderr.write(f"true exited {code}\n")
+                return 1
+    finally:
+        close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,575 @@
+"""Sandboxed commands from Python, shaped like subprocess: run, Popen, run_async, Session.
+
+Safe to call from many threads and from asyncio: the calling process never
+forks a sandbox itself. A small single-threaded fork server (started on first
+use, see nsbox.launch.forkserver) does, and hands back the pipes; when the
+calling process dies, the server and every sandbox die with it.
+
+    import nsbox
+
+    r = nsbox.run(["make", "test"], timeout=600)
+    print(r.returncode, r.stdout.decode())
+
+    with nsbox.Session(nsbox.Policy(workspace="repo")) as s:  # set up once
+        s.run(["git", "status"])                              # fork + exec only
+
+Errors: a bad policy raises nsbox.PolicyError before anything starts; a failed
+setup step inside the sandbox raises nsbox.SetupFailed (both SandboxError). A
+command that can't be executed is not an exception: like a shell (and `nsbox
+exec`), its returncode is 127 (not found) or 126 (not executable) and run()
+appends the reason to the captured stderr.
+"""
+
+import os
+import pickle
+import select
+import signal as _signals
+import time
+from dataclasses import dataclass
+
+from nsbox import errors
+from nsbox.errors import SandboxError, SetupFailed
+from nsbox.launch import errorpipe, forkserver, launcher, prepare, trace, wire
+
+PIPE = -1
+STDOUT = -2
+DEVNULL = -3
+
+_CHUNK = 1 << 20
+_PIPE_SIZE = 1 << 20  # fewer wake-ups for large outputs; best effort
+_F_SETPIPE_SZ = 1031
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished command. returncode follows the shell: 128+N when signal N ended it."""
+
+    args: tuple
+    returncode: int
+    stdout: bytes | None
+    stderr: bytes | None
+    signal: int | None = None  # the signal that ended the command, if one did
+    timed_out: bool = False  # the timeout expired and the command was killed
+    duration_s: float = 0.0
+
+    def check_returncode(self) -> None:
+        if self.returncode:
+            import subprocess
+
+            raise subprocess.CalledProcessError(self.returncode, self.args, self.stdout,
+                                                self.stderr)
+
+
+def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
+        timeout: float | None = None, capture_output: bool = True) -> Result:
+    """Run one command in a fresh sandbox and wait for it.
+
+    policy None is the default policy with the current directory as workspace.
+    env None passes this process's environment (minus secret-looking names, per
+    the policy). stdin is empty unless `input` is given. On timeout the whole
+    sandbox is killed and the output so far is returned with timed_out=True.
+    """
+    return _finish_sync(_popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None,
+                                       input, capture_output), input, timeout)
+
+
+async def run_async(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
+                    timeout: float | None = None, capture_output: bool = True) -> Result:
+    """run() for asyncio: waits in the event loop, no thread per command. Cancelling kills."""
+    proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None, input,
+                          capture_output, started=False)
+    return await _finish_async(proc, input, timeout)
+
+
+class Popen:
+    """A running sandboxed command, like subprocess.Popen.
+
+    stdin/stdout/stderr: None (inherit this process's), PIPE, DEVNULL, STDOUT
+    (stderr only), an fd or a file object. Returns once the command was exec'd;
+    raises PolicyError / SetupFailed if the sandbox could not be built.
+    send_signal() reaches the command (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
+    SIGUSR2, SIGWINCH are forwarded by the sandbox's init); kill() ends the
+    whole sandbox. Dropping the object (or its process exiting) kills it too.
+    """
+
+    def __init__(self, args, *, policy=None, cwd=None, env=None, stdin=None, stdout=None,
+                 stderr=None, _session=None, _started=True):
+        if isinstance(args, (str, bytes)):
+            args = [args]
+        self.args = tuple(args)
+        self.returncode = None
+        self._started = False
+        self.signal = None
+        self.timed_out = False
+        self.exec_error = None  # why the command could not be executed (returncode 126/127)
+        self.duration_s = None
+        self._failure = None
+        self._status = None
+        self._pump = None
+        self._began = time.monotonic()
+        if _session is None:
+            plan = _prepare(self.args, policy, cwd, env)
+        child_fds, ours, to_close = _stdio(stdin, stdout, stderr)
+        try:
+            if _session is None:
+                self._status = _submit_one_shot(plan, child_fds)
+            else:
+                self._status = _session._submit(self.args, cwd, env, child_fds)
+        except BaseException:
+            for fd in ours:
+                if fd is not None:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in to_close:
+                os.close(fd)
+        self.stdin = os.fdopen(ours[0], "wb") if ours[0] is not None else None
+        self.stdout = os.fdopen(ours[1], "rb") if ours[1] is not None else None
+        self.stderr = os.fdopen(ours[2], "rb") if ours[2] is not None else None
+        if _started:
+            while self._failure is None and not self._started:
+                self._on_record(self._status.recv(wire.MAX_RECORD))
+            self._raise_setup_failure()
+
+    def poll(self):
+        """The returncode if the command has ended, else None; never blocks."""
+        while self.returncode is None and _readable(self._status, 0):
+            self._on_record(self._status.recv(wire.MAX_RECORD))
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the command; raises subprocess.TimeoutExpired (it keeps running)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not _readable(self._status, left):
+                import subprocess
+
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self._on_record(self._status.recv(wire.MAX_RECORD))
+        return self.returncode
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None):
+        """Feed `input`, read stdout/stderr to the end, wait; (stdout, stderr) as bytes or None.
+
+        On timeout raises subprocess.TimeoutExpired; call again to keep collecting.
+        """
+        if self._pump is None:
+            self._pump = _Pump(self, input)
+        if not _pump_sync(self._pump, timeout):
+            import subprocess
+
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self._pump.finish()
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            wire.send_quietly(self._status, wire.signal_request(sig))
+
+    def terminate(self) -> None:
+        self.send_signal(_signals.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(_signals.SIGKILL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+        try:
+            self.wait()
+        finally:
+            self._status.close()
+
+    def _on_record(self, record: bytes) -> None:
+        tag = record[:1]
+        if tag == wire.STARTED:
+            self._started = True
+        elif tag == wire.FAILED:
+            self._started = True
+            self._failure = wire.parse_failed(record)
+        elif tag == wire.EXITED:
+            self._started = True
+            self.returncode, self.signal = wire.parse_exited(record)
+            if self._failure is not None and self._failure[0].step == "exec":
+                failure = self._failure[0]
+                self.returncode, self.signal = failure.exit_code, None
+                self.exec_error = _describe_exec_failure(failure, self.args[0])
+            self.duration_s = time.monotonic() - self._began
+        elif not record:
+            raise SandboxError("the sandbox ended without reporting its exit status "
+                               "(was the nsbox fork server killed?)")
+
+    def _raise_setup_failure(self) -> None:
+        if self._failure is None or self._failure[0].step == "exec":
+            return
+        failure, kind = self._failure
+        self._status.close()
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+        raise _setup_error(failure, kind)
+
+
+class Session:
+    """A warm sandbox: namespaces, mounts, Landlock and seccomp are set up once.
+
+    Each run() forks and execs inside it. Commands share the session's /tmp and
+    workspace view, as in one shell session; two sessions share nothing. env
+    None means the environment at session creation; cwd defaults to the
+    workspace (relative paths are taken from it). A timeout kills the command's
+    process group. close() (or this process dying) kills everything inside.
+    Safe to use from several threads at once.
+    """
+
+    def __init__(self, policy=None, *, cwd=None, env=None):
+        import threading
+
+        self._plan = _prepare(("nsbox-session",), policy, cwd, env)
+        self._lock = threading.Lock()
+        self._closed = False
+        control, control_theirs = wire.socketpair()
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self._status = _submit(launcher.SESSION, self._plan,
+                                   [devnull, devnull, devnull, control_theirs.fileno()])
+        except BaseException:
+            control.close()
+            raise
+        finally:
+            os.close(devnull)
+            control_theirs.close()
+        self._control = control
+        record = self._status.recv(wire.MAX_RECORD)
+        if record[:1] != wire.STARTED:
+            self._closed = True
+            control.close()
+            self._status.close()
+            if record[:1] == wire.FAILED:
+                raise _setup_error(*wire.parse_failed(record))
+            raise SandboxError("the session's sandbox ended before it was ready")
+
+    def run(self, args, *, cwd=None, env=None, input: bytes | None = None,
+            timeout: float | None = None, capture_output: bool = True) -> Result:
+        """Like nsbox.run(), inside this session."""
+        return _finish_sync(_popen_for_run(args, dict(cwd=cwd, env=env), self, input,
+                                           capture_output), input, timeout)
+
+    async def run_async(self, args, *, cwd=None, env=None, input: bytes | None = None,
+                        timeout: float | None = None, capture_output: bool = True) -> Result:
+        proc = _popen_for_run(args, dict(cwd=cwd, env=env), self, input, capture_output,
+                              started=False)
+        return await _finish_async(proc, input, timeout)
+
+    def popen(self, args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None) -> Popen:
+        """Like nsbox.Popen, inside this session; signals go to the command's process group."""
+        return Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                     _session=self)
+
+    def close(self) -> None:
+        """Kill everything in the session and wait until it is gone."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._control.close()
+        wire.send_quietly(self._status, wire.signal_request(_signals.SIGKILL))
+        deadline = time.monotonic() + 10
+        while _readable(self._status, max(0.0, deadline - time.monotonic())):
+            record = self._status.recv(wire.MAX_RECORD)
+            if not record or record[:1] == wire.EXITED:
+                break
+        self._status.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _submit(self, args, cwd, env, fds):
+        if env is not None:
+            from nsbox.policy.env import sandbox_env
+
+            env = sandbox_env(self._plan.policy, env, tmpdir=self._plan.env.get("TMPDIR", "/tmp"))
+        record = wire.encode_command(args, os.path.join(self._plan.cwd, cwd or ""), env)
+        ours, theirs = wire.socketpair()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise SandboxError("the session is closed")
+                wire.send(self._control, record, [theirs.fileno(), *fds])
+        except OSError as err:
+            ours.close()
+            raise SandboxError(f"the session's sandbox has ended ({err})") from None
+        finally:
+            theirs.close()
+        return ours
+
+
+# --- starting ----------------------------------------------------------------------
+
+def _prepare(args, policy, cwd, env):
+    """The launch plan, or PolicyError / UnsupportedKernel before anything starts."""
+    plan = prepare.prepare(args, policy, cwd, env)
+    if getattr(plan, "isolation", "full") != "full":
+        raise errors.UnsupportedKernel(
+            "the nsbox library needs user namespaces, which this host does not allow "
+            f"({plan.isolation_fallback or 'isolation ' + repr(plan.isolation)}); "
+            "Landlock-only isolation is available from `nsbox exec`")
+    return plan
+
+
+def _submit(kind: str, plan, fds):
+    trace.mark("submit")
+    ours, theirs = wire.socketpair()
+    try:
+        forkserver.client().submit(pickle.dumps((kind, plan), pickle.HIGHEST_PROTOCOL),
+                                   [theirs.fileno(), *fds])
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return ours
+
+
+def _submit_one_shot(plan, fds):
+    return _submit(launcher.ONE_SHOT, plan, fds)
+
+
+def _popen_for_run(args, where: dict, session, input, capture_output, started=True) -> Popen:
+    out = PIPE if capture_output else None
+    return Popen(args, stdin=DEVNULL if input is None else PIPE, stdout=out, stderr=out,
+                 _session=session, _started=started, **where)
+
+
+def _stdio(stdin, stdout, stderr):
+    """(fds for the command, our ends or None, fds to close once sent)."""
+    to_close, ours, child = [], [None, None, None], [None, None, None]
+    for i, spec in enumerate((stdin, stdout, stderr)):
+        if spec is None:
+            child[i] = i
+        elif spec == PIPE:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            if i == 0:
+                ours[i], child[i] = w, r
+            else:
+                ours[i], child[i] = r, w
+                try:
+                    import fcntl
+
+                    fcntl.fcntl(r, _F_SETPIPE_SZ, _PIPE_SIZE)
+                except OSError:
+                    pass
+            to_close.append(child[i])
+        elif spec == DEVNULL:
+            child[i] = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            to_close.append(child[i])
+        elif spec == STDOUT and i == 2:
+            child[i] = child[1]
+        elif isinstance(spec, int) and spec >= 0:
+            child[i] = spec
+        elif hasattr(spec, "fileno"):
+            child[i] = spec.fileno()
+        else:
+            for fd in to_close + [fd for fd in ours if fd is not None]:
+                os.close(fd)
+            raise ValueError(f"unsupported stdio value {spec!r}")
+    return child, ours, to_close
+
+
+def _setup_error(failure: errorpipe.Failure, kind: str) -> SandboxError:
+    cls = getattr(errors, kind, None) if kind else None
+    if isinstance(cls, type) and issubclass(cls, SandboxError) and cls not in (
+            errors.SyscallError, errors.ExecFailed, SetupFailed):
+        return cls(failure.message)
+    return SetupFailed(failure.step, failure.errno, failure.message)
+
+
+def _describe_exec_failure(failure: errorpipe.Failure, command: str) -> str:
+    if failure.exit_code == errorpipe.NOT_FOUND:
+        return f"{command}: command not found inside the sandbox"
+    return f"{command}: cannot execute: {failure.message}"
+
+
+def _readable(sock, timeout) -> bool:
+    """Wait up to `timeout` seconds (None: for ever) for a record or EOF."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
+# --- collecting --------------------------------------------------------------------
+
+class _Pump:
+    """Moves input in and output out without deadlock; one step per ready fd."""
+
+    def __init__(self, proc: Popen, input):
+        self.proc = proc
+        self.chunks = {}
+        self.stdin_fd = None
+        self.input = memoryview(input or b"")
+        self.offset = 0
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                os.set_blocking(f.fileno(), False)
+                self.chunks[f.fileno()] = []
+        if proc.stdin is not None:
+            if self.input:
+                self.stdin_fd = proc.stdin.fileno()
+                os.set_blocking(self.stdin_fd, False)
+            else:
+                proc.stdin.close()
+
+    def watched(self):
+        """(fd, wants to write) pairs still of interest."""
+        fds = [(fd, False) for fd in self.chunks]
+        if self.stdin_fd is not None:
+            fds.append((self.stdin_fd, True))
+        if self.proc.returncode is None:
+            fds.append((self.proc._status.fileno(), False))
+        return fds
+
+    @property
+    def done(self) -> bool:
+        return self.proc.returncode is not None
+
+    def step(self, fd: int) -> bool:
+        """Handle one ready fd; True if that fd needs no more watching."""
+        if fd == self.stdin_fd:
+            return self._write()
+        if fd in self.chunks:
+            return not self._read(fd)
+        self.proc._on_record(self.proc._status.recv(wire.MAX_RECORD))
+        return self.proc.returncode is not None
+
+    def _read(self, fd: int) -> bool:
+        """False at EOF."""
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return True
+        if data:
+            self.chunks[fd].append(data)
+            return True
+        return False
+
+    def _write(self) -> bool:
+        try:
+            self.offset += os.write(self.stdin_fd, self.input[self.offset:self.offset + _CHUNK])
+        except BlockingIOError:
+            return False
+        except (BrokenPipeError, ConnectionResetError):
+            self.offset = len(self.input)  # the command stopped reading; as subprocess does
+        if self.offset < len(self.input):
+            return False
+        self.proc.stdin.close()
+        self.stdin_fd = None
+        return True
+
+    def finish(self):
+        """After the exit: what is left in the pipes (the command wrote it before exiting).
+
+        Not waiting for EOF: a background process may hold the pipe open for ever.
+        """
+        outputs = []
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is None:
+                outputs.append(None)
+                continue
+            fd = f.fileno()
+            while True:
+                try:
+                    data = os.read(fd, _CHUNK)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                self.chunks[fd].append(data)
+            outputs.append(b"".join(self.chunks.pop(fd)))
+            f.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc._status.close()
+        return tuple(outputs)
+
+
+def _pump_sync(pump: _Pump, timeout) -> bool:
+    """Run the pump until the command exits; False if the timeout came first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    poller = select.poll()
+    for fd, writing in pump.watched():
+        poller.register(fd, select.POLLOUT if writing else select.POLLIN)
+    while not pump.done:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        events = poller.poll(None if left is None else left * 1000)
+        if not events and deadline is not None and time.monotonic() >= deadline:
+            return False
+        for fd, _ in events:
+            if pump.step(fd):
+                poller.unregister(fd)
+    return True
+
+
+def _finish_sync(proc: Popen, input, timeout) -> Result:
+    pump = _Pump(proc, input)
+    if not _pump_sync(pump, timeout):
+        proc.kill()
+        proc.timed_out = True
+        _pump_sync(pump, None)
+    return _result(proc, pump)
+
+
+async def _finish_async(proc: Popen, input, timeout) -> Result:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    pump = _Pump(proc, input)
+    done = loop.create_future()
+    watching = {}
+
+    def ready(fd):
+        try:
+            if pump.step(fd):
+                _unwatch(fd)
+        except BaseException as err:
+            if not done.done():
+                done.set_exception(err)
+            return
+        if pump.done and not done.done():
+            done.set_result(None)
+
+    def _unwatch(fd):
+        writing = watching.pop(fd, None)
+        if writing is not None:
+            (loop.remove_writer if writing else loop.remove_reader)(fd)
+
+    try:
+        for fd, writing in pump.watched():
+            watching[fd] = writing
+            (loop.add_writer if writing else loop.add_reader)(fd, ready, fd)
+        await asyncio.wait((done,), timeout=timeout)
+        if not done.done():
+            proc.kill()
+            proc.timed_out = True
+        await done
+    finally:
+        for fd in list(watching):
+            _unwatch(fd)
+        if not pump.done:
+            proc.kill()  # cancelled: the sandbox must not run on unseen
+            proc._status.close()
+    return _result(proc, pump)
+
+
+def _result(proc: Popen, pump: _Pump) -> Result:
+    stdout, stderr = pump.finish()
+    proc._raise_setup_failure()
+    if proc.exec_error is not None and stderr is not None:
+        stderr += f"nsbox: {proc.exec_error}\n".encode()
+    return Result(args=proc.args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
+                  signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s)

@@ -1,0 +1,219 @@
+"""`nsbox check`: what this host lets nsbox enforce, with a fix for each gap.
+
+Probes that change the calling process (unshare, loading a seccomp filter) run in
+a forked child, so checking never alters the caller.
+"""
+
+import os
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+def _in_child(probe) -> tuple:
+    """Run `probe()` in a forked child; (True, "") if it returned, else (False, its error)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_end)
+            probe()
+        except BaseException as err:  # reported to the parent, never raised here
+            os.write(write_end, str(err).encode()[:4000])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0, message
+
+
+def _probe_userns() -> None:
+    from nsbox.kernel import namespaces
+
+    uid, gid = os.getuid(), os.getgid()  # after unshare they read as the overflow id
+    namespaces.unshare(namespaces.CLONE_NEWUSER | namespaces.CLONE_NEWNS | namespaces.CLONE_NEWPID
+                       | namespaces.CLONE_NEWNET)
+    namespaces.write_id_maps(uid, gid)
+
+
+def _probe_seccomp() -> None:
+    import struct
+
+    from nsbox.kernel import proc, seccomp
+
+    proc.set_no_new_privs()
+    allow_all = struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
+    seccomp.load_filter(allow_all)
+
+
+def check_kernel() -> dict:
+    u = os.uname()
+    return {"status": OK, "release": u.release, "machine": u.machine}
+
+
+def check_userns() -> dict:
+    works, error = _in_child(_probe_userns)
+    if works:
+        return {"status": OK, "works": True}
+    from nsbox.kernel import namespaces
+
+    return {"status": FAIL, "works": False, "error": error, "fix": namespaces.userns_blocker()}
+
+
+def check_landlock() -> dict:
+    from nsbox.kernel import landlock
+
+    abi = landlock.abi_version()
+    if abi >= 1:
+        out = {"status": OK, "abi": abi}
+        if abi < 4:
+            out.update(status=WARN, note="ABI < 4: no TCP rules (Linux 6.7+)")
+        return out
+    return {"status": FAIL, "abi": 0, "fix": landlock.unavailable_reason()}
+
+
+def check_seccomp() -> dict:
+    mode = _status_field("Seccomp")
+    if mode is None:
+        return {"status": FAIL, "available": False,
+                "fix": "build the kernel with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y"}
+    works, error = _in_child(_probe_seccomp)
+    out = {"status": OK if works else FAIL, "available": works, "mode_here": int(mode)}
+    if not works:
+        out["error"] = error
+    return out
+
+
+def check_cgroup() -> dict:
+    from nsbox.kernel import mountinfo
+
+    mount = mountinfo.find_fstype("cgroup2")
+    if mount is None:
+        return {"status": WARN, "v2": False, "note": "no cgroup2 mount: limits use rlimits only",
+                "fix": "boot with systemd.unified_cgroup_hierarchy=1 or mount cgroup2"}
+    group = ""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    group = line[3:].strip()
+    except OSError:
+        pass
+    path = os.path.join(mount, group.lstrip("/")) if group else mount
+    writable = os.access(path, os.W_OK) and os.access(os.path.join(path, "cgroup.procs"), os.W_OK)
+    controllers = _read_words(os.path.join(path, "cgroup.controllers"))
+    out = {"status": OK if writable else WARN, "v2": True, "mount": mount, "cgroup": path,
+           "delegated": writable, "controllers": controllers}
+    if not writable:
+        out["note"] = "own cgroup not writable: limits use rlimits only"
+        out["fix"] = ("run under a delegated cgroup, e.g. "
+                      "systemd-run --user --scope -p Delegate=yes nsbox ...")
+    return out
+
+
+def check_container() -> dict:
+    evidence = []
+    for marker in ("/.dockerenv", "/run/.containerenv"):
+        if os.path.exists(marker):
+            evidence.append(marker)
+    try:
+        with open("/proc/1/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(b"container="):
+                    evidence.append("pid 1 env " + item.decode(errors="replace"))
+    except OSError:
+        pass
+    try:
+        with open("/proc/1/cgroup") as f:
+            text = f.read()
+        for word in ("docker", "kubepods", "lxc", "containerd", "libpod"):
+            if word in text:
+                evidence.append(f"/proc/1/cgroup mentions {word}")
+                break
+    except OSError:
+        pass
+    # Outside a user namespace the identity map covers the whole id range.
+    try:
+        with open("/proc/self/uid_map") as f:
+            if f.read().split()[:3] != ["0", "0", "4294967295"]:
+                evidence.append("running in a user namespace")
+    except (OSError, IndexError):
+        pass
+    return {"status": OK, "nested": bool(evidence), "evidence": evidence}
+
+
+def run_checks() -> dict:
+    checks = {
+        "kernel": check_kernel(),
+        "user_namespaces": check_userns(),
+        "landlock": check_landlock(),
+        "seccomp": check_seccomp(),
+        "cgroup_v2": check_cgroup(),
+        "container": check_container(),
+    }
+    checks["verdict"] = verdict(checks)
+    return checks
+
+
+def verdict(checks: dict) -> dict:
+    userns = checks["user_namespaces"]["works"]
+    landlock = checks["landlock"]["abi"] >= 1
+    seccomp = checks["seccomp"]["available"]
+    if userns and landlock and seccomp:
+        level, text = "full", "full isolation available (namespaces + Landlock + seccomp)"
+    elif landlock and seccomp:
+        level, text = "landlock", ("user namespaces unavailable: use --isolation landlock "
+                                   "(or auto), which is weaker; see the fix above")
+    elif userns:
+        level, text = "degraded", ("namespaces work but Landlock or seccomp is missing: "
+                                   "only --best-effort runs")
+    else:
+        level, text = "unsupported", "nsbox cannot sandbox commands here; see the fixes above"
+    return {"status": OK if level == "full" else WARN if level == "landlock" else FAIL,
+            "level": level, "summary": text}
+
+
+def render(checks: dict) -> None:
+    """A readable table on stdout."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="nsbox check", show_lines=False)
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("details", overflow="fold")
+    colours = {OK: "green", WARN: "yellow", FAIL: "red"}
+    for name, result in checks.items():
+        status = result.get("status", OK)
+        details = "; ".join(f"{k}: {_short(v)}" for k, v in result.items() if k != "status")
+        table.add_row(name, f"[{colours[status]}]{status}[/]", escape(details))
+    Console().print(table)
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
+def _status_field(name: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _read_words(path: str) -> list:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except OSError:
+        return []

@@ -1,0 +1,151 @@
+"""The fork server: a small single-threaded process that forks every sandbox.
+
+A runner may use threads and asyncio; forking there and running Python before
+exec is unsafe. So the runner starts this server once (a fresh interpreter, on
+first use) and sends it one record per sandbox over a unix socket: the pickled
+launch plan plus, by SCM_RIGHTS, the sandbox's stdio and a status socket. The
+server only forks; each child (nsbox.launch.launcher) reports to the runner itself.
+
+When the runner dies the server reads EOF and exits (and, when it was started
+from the main thread, gets a parent-death signal too); every sandbox has a
+parent-death signal on it, so nothing outlives the runner.
+"""
+
+import errno
+import gc
+import os
+import signal
+import socket
+import sys
+import threading
+
+from nsbox.kernel import proc
+from nsbox.launch import launcher, wire
+
+# Loaded once here so a child never imports on its way to exec.
+from nsbox.launch import errorpipe, prepare, sequence  # noqa: F401
+
+
+def serve(sock: socket.socket) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children report to the runner; let the kernel reap
+    # Keep the collector off the objects loaded so far: a child touching them
+    # would copy their pages.
+    gc.collect()
+    gc.freeze()
+    me = os.getpid()
+    while True:
+        try:
+            payload, fds = wire.receive(sock)
+        except InterruptedError:
+            continue
+        except OSError:
+            payload, fds = b"", []
+        if not payload:
+            os._exit(0)  # the runner is gone; sandboxes follow through their death signal
+        try:
+            pid = os.fork()
+        except OSError as err:
+            if fds:
+                wire.send_quietly(socket.socket(fileno=os.dup(fds[0])), wire.failed("fork", err))
+            pid = -1
+        if pid == 0:
+            launcher.main(payload, fds, sock.fileno(), me)
+        for fd in fds:
+            os.close(fd)
+
+
+def main(argv) -> None:
+    fd, runner_pid, watch_runner = int(argv[1]), int(argv[2]), argv[3] == "1"
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    if watch_runner:
+        proc.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != runner_pid:
+            os._exit(0)
+    serve(sock)
+
+
+class Client:
+    """The runner's side: starts the server on first use, then submits sandboxes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sock = None
+        self._process = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    @property
+    def pid(self):
+        return self._process.pid if self._process is not None else None
+
+    def submit(self, payload: bytes, fds) -> None:
+        """Hand one sandbox to the server; raises SandboxError if it can't be reached."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._sock is None:
+                    self._start()
+                try:
+                    wire.send(self._sock, payload, fds)
+                    return
+                except OSError as err:
+                    if err.errno == errno.EMSGSIZE:
+                        from nsbox.errors import SandboxError
+
+                        raise SandboxError(
+                            f"the sandbox request is {len(payload)} bytes, more than a unix "
+                            "socket record holds; trim the environment") from None
+                    self._close()  # the server died: start a new one, once
+                    if attempt == 2:
+                        from nsbox.errors import SandboxError
+
+                        raise SandboxError(f"cannot reach the nsbox fork server: {err}") from None
+
+    def _start(self) -> None:
+        import subprocess
+
+        ours, theirs = wire.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.MAX_RECORD * 2)
+        watch = threading.current_thread() is threading.main_thread()
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+        try:
+            # cwd "/": `-m` puts the working directory on sys.path, and a workspace
+            # may hold modules that shadow the standard library.
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "nsbox.launch.forkserver", str(theirs.fileno()),
+                 str(os.getpid()), "1" if watch else "0"],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd="/", env=env,
+                start_new_session=True)
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _forget(self) -> None:
+        # A forked copy of the runner gets its own server: sharing one socket
+        # would keep this server alive after the runner that started it.
+        self._lock = threading.Lock()
+        self._close()
+        self._process = None
+
+
+_client = None
+_client_lock = threading.Lock()
+
+
+def client() -> Client:
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = Client()
+    return _client
+
+
+if __name__ == "__main__":
+    main(sys.argv)

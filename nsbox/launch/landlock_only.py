@@ -1,0 +1,171 @@
+"""Run one command with Landlock isolation only: no namespaces at all.
+
+For hosts where user namespaces are unavailable (containers, AppArmor's userns
+restriction, WSL). Landlock confines writes to the workspace and a per-run
+TMPDIR and denies TCP; seccomp (when compiled) denies inet sockets; nsbox is a
+child subreaper, so whatever the command leaves behind is re-parented to it and
+killed when the command returns.
+
+caller:   cgroup -> subreaper -> create TMPDIR -> fork -> wait -> kill leftovers
+          -> remove cgroup and TMPDIR
+command:  join the cgroup -> chdir -> fds -> rlimits -> drop capabilities (root only)
+          -> no_new_privs
+          -> parent-death signal -> Landlock -> seccomp -> exec
+"""
+
+import os
+import signal
+import stat
+import sys
+import time
+
+from nsbox.kernel import caps, landlock, proc, seccomp
+from nsbox.launch import errorpipe, foreground, init, limits, sequence, trace
+
+
+def run(plan) -> int:
+    """Start the command, wait for it, clean up after it. The caller must be single-threaded."""
+    trace.mark("launch")
+    init.watch_signals(sequence.WATCHED_SIGNALS)
+    # A library caller may have children and a subreaper flag of its own: leave both be.
+    was_subreaper = proc.is_child_subreaper()
+    earlier_children = set(_children())
+    active = limits.start(plan.limits)
+    code, timed_out, failure, pid = errorpipe.SETUP_FAILED, False, None, None
+    try:
+        proc.set_child_subreaper()
+        os.mkdir(plan.private_tmp, 0o700)
+        error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        deadline = limits.deadline(plan.limits, time.monotonic())
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(error_r)
+                _command_main(plan, error_w, parent, active)
+            finally:
+                os._exit(errorpipe.SETUP_FAILED)
+        os.close(error_w)
+        failure = errorpipe.read_failure(error_r)
+        code = init.supervise(pid, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
+                              deadline=deadline)
+        timed_out = (deadline is not None and code == init.WALL_TIMEOUT
+                     and time.monotonic() >= deadline)
+    finally:
+        if pid:
+            kill_leftovers(spare=earlier_children)
+        if not was_subreaper:
+            proc.clear_child_subreaper()
+        hit = limits.finish(active, code, timed_out)
+        try:
+            remove_tree(plan.private_tmp)
+        except OSError as err:
+            sys.stderr.write(f"nsbox: could not remove the sandbox's TMPDIR: {err}\n")
+    if failure is not None:
+        sys.stderr.write(f"nsbox: {foreground.describe(failure, plan.argv[0])}\n")
+        return failure.exit_code
+    if hit is not None:
+        sys.stderr.write(f"nsbox: {hit.message}\n")
+    return code
+
+
+def _command_main(plan, error_w: int, parent: int, active) -> None:
+    step = "cgroup"
+    try:
+        # Into the limits' cgroup before anything runs (or forks).
+        limits.join(active)
+        step = "signals"
+        init.reset_signals(sequence.WATCHED_SIGNALS)
+        step = "chdir"
+        os.chdir(plan.cwd)
+        step = "close fds"
+        proc.cloexec_from(3)
+        step = "rlimits"
+        limits.apply_rlimits(plan.limits)
+        if plan.uid == 0:
+            # Without a user namespace these would be real capabilities on the host.
+            step = "drop capabilities"
+            caps.drop_all(plan.last_cap)
+        step = "no_new_privs"
+        proc.set_no_new_privs()
+        step = "parent-death signal"
+        proc.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:
+            raise ProcessLookupError(3, "nsbox exited before the command started")
+        if plan.landlock is not None:
+            step = "landlock"
+            trace.mark("landlock")
+            landlock.restrict_self(plan.landlock)
+        # seccomp last: everything before it may use calls the filter denies.
+        if plan.seccomp_bpf is not None:
+            step = "seccomp"
+            trace.mark("seccomp load")
+            seccomp.load_filter(plan.seccomp_bpf)
+        trace.mark("exec")
+    except BaseException as err:
+        errorpipe.report(error_w, step, err)
+        os._exit(errorpipe.SETUP_FAILED)
+    try:
+        os.execve(sequence._find_executable(plan.argv[0], plan.env.get("PATH", os.defpath)),
+                  plan.argv, plan.env)
+    except BaseException as err:
+        errorpipe.report(error_w, "exec", err)
+        os._exit(errorpipe.NOT_FOUND if isinstance(err, FileNotFoundError)
+                 else errorpipe.CANNOT_EXECUTE)
+
+
+def kill_leftovers(spare=frozenset()) -> None:
+    """SIGKILL every remaining descendant but `spare`; as subreaper, orphans are our children."""
+    while True:
+        children = [pid for pid in _children() if pid not in spare]
+        if not children:
+            return
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            # A killed child's own children are re-parented to us: the next round gets them.
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _children() -> list:
+    pids = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            continue
+    return pids
+
+
+def remove_tree(top: str) -> None:
+    """Remove the per-run TMPDIR, whatever modes the command left on it.
+
+    Every sandboxed process is dead by now, so nothing can swap a directory for a
+    symlink under us; symlinks are unlinked, never followed.
+    """
+    try:
+        os.chmod(top, 0o700)
+    except FileNotFoundError:
+        return
+    for path, dirs, _ in os.walk(top):
+        for name in dirs:
+            sub = os.path.join(path, name)
+            if not os.path.islink(sub):
+                os.chmod(sub, 0o700)
+    for path, dirs, files in os.walk(top, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(path, name))
+        for name in dirs:
+            sub = os.path.join(path, name)
+            if stat.S_ISDIR(os.lstat(sub).st_mode):
+                os.rmdir(sub)
+            else:
+                os.unlink(sub)
+    os.rmdir(top)

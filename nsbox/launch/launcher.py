@@ -1,0 +1,142 @@
+"""One sandbox, forked by the fork server: the caller's part of the launch sequence.
+
+It enters the namespaces, forks the sandbox's PID 1, and then only relays: the
+start (or setup failure) and the exit go to the runner over the status socket,
+signal requests come back the other way. The runner going away (EOF on the
+status socket) or the fork server dying (parent-death signal) ends the sandbox.
+"""
+
+import os
+import pickle
+import select
+import signal
+import socket
+import time
+
+from nsbox.kernel import proc
+from nsbox.launch import errorpipe, init, limits, sequence, trace, wire
+
+ONE_SHOT = "run"
+SESSION = "session"
+
+
+def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
+    """Runs in the fork server's child; never returns. fds: status, stdin, stdout, stderr[, control]."""
+    status = None
+    active = None
+    step = "launcher"
+    trace.mark("launcher start")
+    try:
+        os.close(server_fd)  # requests to the fork server are the runner's alone
+        status = socket.socket(fileno=fds[0])
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the fork server ignores it
+        proc.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != server_pid:
+            os._exit(1)  # the fork server died before we could watch it
+        kind, plan = pickle.loads(payload)
+        for target, fd in enumerate(fds[1:4]):
+            os.dup2(fd, target)
+            os.close(fd)
+        channel = sequence.Channel()
+        if kind == SESSION:
+            from nsbox.launch import session
+
+            channel.serve = session.server(fds[4])
+        step = "cgroup"
+        # The cgroup is made with the runner's own credentials, before the user namespace.
+        channel.limits = active = limits.start(plan.limits)
+        step = "namespaces"
+        sequence.enter_namespaces(plan)
+        # A session lives across commands: the wall limit is the per-command timeout there.
+        deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
+        step = "fork init"
+        pid1 = sequence.fork_init(plan, channel)
+        if kind == SESSION:
+            os.close(fds[4])
+    except BaseException as err:
+        if status is not None:
+            wire.send_quietly(status, wire.failed(step, err))
+        try:
+            limits.finish(active, errorpipe.SETUP_FAILED)
+        finally:
+            os._exit(errorpipe.SETUP_FAILED)
+    try:
+        _relay(pid1, channel, status, deadline)
+    finally:
+        os._exit(0)
+
+
+def _relay(pid1: int, channel, status, deadline) -> None:
+    # The sandbox owns its stdio now; EOF for the runner must not wait for us.
+    # A copy of stderr stays, for the message when a resource limit ended the run.
+    stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(devnull, target)
+    os.close(devnull)
+    pidfd = os.pidfd_open(pid1)
+    poller = select.poll()
+    poller.register(channel.error_r, select.POLLIN)
+    poller.register(status, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    started = wall_killed = False
+    while True:
+        wait = None if deadline is None else max(0, (deadline - time.monotonic()) * 1000)
+        events = poller.poll(wait)
+        if not events and deadline is not None and time.monotonic() >= deadline:
+            _kill(pid1, signal.SIGKILL)  # the policy's wall-clock limit
+            wall_killed, deadline = True, None
+        for fd, _ in events:
+            if fd == channel.error_r and not started:
+                poller.unregister(channel.error_r)
+                started = _report_start(channel, status)
+            elif fd == status.fileno():
+                request = status.recv(64)
+                if request:
+                    _kill(pid1, wire.parse_signal(request))
+                else:  # the runner is gone: nothing may outlive it
+                    poller.unregister(status)
+                    _kill(pid1, signal.SIGKILL)
+            elif fd == pidfd:
+                _, raw = os.waitpid(pid1, 0)
+                if not started:  # the whole sandbox is gone, so the error pipe is at EOF
+                    _report_start(channel, status)
+                record = _exit_record(raw)
+                if wall_killed:
+                    record = wire.exited(init.WALL_TIMEOUT, None)
+                hit = limits.finish(channel.limits, wire.parse_exited(record)[0], wall_killed)
+                if hit is not None:
+                    _write_quietly(stderr, f"nsbox: {hit.message}\n")
+                os.close(stderr)
+                wire.send_quietly(status, record)
+                return
+
+
+def _write_quietly(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode())
+    except OSError:
+        pass
+
+
+def _report_start(channel, status) -> bool:
+    # EOF: the command was exec'd (or the sandbox died); a record: the step that failed.
+    failure = errorpipe.read_failure(channel.error_r)
+    wire.send_quietly(status, wire.STARTED if failure is None else wire.failed_from(failure))
+    return True
+
+
+def _exit_record(raw: int) -> bytes:
+    """PID 1 passes on the command's status as 128+N when a signal ended it."""
+    if os.WIFEXITED(raw):
+        code = os.WEXITSTATUS(raw)
+        sig = code - 128 if 128 < code < 128 + signal.NSIG else None
+        return wire.exited(code, sig)
+    return wire.exited_from_status(raw)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

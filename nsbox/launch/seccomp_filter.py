@@ -1,0 +1,114 @@
+"""The seccomp program for a run: from the on-disk cache, or compiled on a miss.
+
+Runs in the parent before fork. A cache hit reads one file; only a miss parses
+the profile and imports the libseccomp binding.
+"""
+
+import os
+import sys
+
+from nsbox.errors import UnsupportedKernel
+from nsbox.launch import bpf_cache, profiles
+
+# Bump when the way a profile becomes BPF changes, to retire old cache entries.
+COMPILER_VERSION = "1"
+
+
+def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False) -> bytes:
+    """The BPF program for the policy's profile; PolicyError if the profile is bad.
+
+    deny_inet: also fail AF_INET/AF_INET6 sockets (for runs without their own
+    network namespace; an empty namespace already cuts the network and keeps
+    its loopback usable).
+    """
+    path = profiles.find(policy.seccomp)
+    data = profiles.read(path)
+    network_off = deny_inet
+    version = libseccomp_version()
+    directory = None
+    if version is not None:
+        directory = bpf_cache.usable_dir(bpf_cache.default_dir(os.environ if env is None else env),
+                                         writable_roots)
+    cache_key = bpf_cache.key(COMPILER_VERSION, data, network_off, os.uname().machine,
+                              version, os.uname().release)
+    if directory is not None:
+        cached = bpf_cache.load(directory, cache_key)
+        if cached is not None:
+            return cached
+    program = compile_profile(data, path, network_off)
+    if directory is not None:
+        bpf_cache.store(directory, cache_key, program)
+    return program
+
+
+def load_profile(data: bytes, source: str, network_off: bool = False):
+    """Parse and check a profile fully, unknown syscall names included."""
+    from nsbox.policy import seccomp_profile  # JSON parsing: only on a cache miss
+
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        raise seccomp_profile.ProfileError(source, [(1, f"not UTF-8 text: {err.reason}")]) from None
+    profile = seccomp_profile.parse(text, source, os.uname().machine, kernel_version())
+    if network_off:
+        profile = profile.with_rules(seccomp_profile.network_off_rules())
+    compiler = _compiler()
+    problems = []
+    for rule in profile.rules:
+        for name in compiler.unknown_syscalls(rule.names):
+            problems.append((seccomp_profile.name_line(text, rule, name),
+                             f"unknown syscall {name!r}"))
+    if problems:
+        raise seccomp_profile.ProfileError(source, sorted(set(problems)))
+    return profile
+
+
+def compile_profile(data: bytes, source: str, network_off: bool) -> bytes:
+    from nsbox.policy import seccomp_profile
+
+    profile = load_profile(data, source, network_off)
+    try:
+        return _compiler().compile_bpf(profile)
+    except (ValueError, OSError) as err:
+        raise seccomp_profile.ProfileError(source, [(0, str(err))]) from None
+
+
+def _compiler():
+    try:
+        from nsbox.kernel import seccomp_compile
+    except (ImportError, RuntimeError, OSError) as err:
+        raise UnsupportedKernel(
+            f"cannot compile the seccomp profile: libseccomp is unavailable ({err}). "
+            "Fix: install libseccomp2 (Debian/Ubuntu) or libseccomp (Fedora)") from None
+    return seccomp_compile
+
+
+def kernel_version() -> tuple:
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        return tuple(int(p) for p in release[:2])
+    except ValueError:
+        return (0, 0)
+
+
+def libseccomp_version() -> str | None:
+    """Version of the libseccomp.so.2 the binding would load, read from the file's name."""
+    for directory in _library_dirs():
+        candidate = os.path.join(directory, "libseccomp.so.2")
+        if os.path.exists(candidate):
+            name = os.path.basename(os.path.realpath(candidate))
+            prefix = "libseccomp.so."
+            if name.startswith(prefix) and name != "libseccomp.so.2":
+                return name[len(prefix):]
+            return None  # unversioned file name: no safe cache key
+    return None
+
+
+def _library_dirs() -> list:
+    multiarch = getattr(sys.implementation, "_multiarch", "") or ""
+    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    for prefix in ("/usr/local/lib", "/usr/lib", "/lib"):
+        if multiarch:
+            dirs.append(os.path.join(prefix, multiarch))
+    dirs += ["/usr/lib64", "/lib64", "/usr/local/lib", "/usr/lib", "/lib"]
+    return dirs

@@ -1,0 +1,131 @@
+"""Fixed records exchanged between a runner, the fork server and a sandbox.
+
+Every channel is a unix SOCK_SEQPACKET socket, so one send is one record and
+file descriptors ride along with SCM_RIGHTS. Towards the runner a status socket
+carries, in order: STARTED or FAILED (once), then EXITED (once). Towards the
+sandbox it carries signal numbers to deliver.
+"""
+
+import os
+import socket
+import struct
+
+from nsbox.launch import errorpipe
+
+STARTED = b"S"
+FAILED = b"F"  # + step NUL errno NUL exception class NUL message
+EXITED = b"X"  # + returncode, signal (0: none) as two native ints
+_EXIT = struct.Struct("=ii")
+_SIGNAL = struct.Struct("=i")
+
+MAX_RECORD = 1 << 18  # a request carries the environment; the socket buffer caps it anyway
+MAX_FDS = 8
+
+
+def socketpair():
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def send(sock, record: bytes, fds=()) -> None:
+    """One record; raises OSError (EPIPE etc.) if the other end is gone."""
+    if fds:
+        sock.sendmsg([record], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))],
+                      socket.MSG_NOSIGNAL)
+    else:
+        sock.send(record, socket.MSG_NOSIGNAL)
+
+
+def send_quietly(sock, record: bytes) -> None:
+    """For reports whose reader may already have gone away."""
+    try:
+        sock.send(record, socket.MSG_NOSIGNAL)
+    except OSError:
+        pass
+
+
+def receive(sock, size: int = MAX_RECORD):
+    """(record, fds) with the fds close-on-exec; b"" means the other end closed."""
+    record, ancdata, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(MAX_FDS * 4),
+                                         socket.MSG_CMSG_CLOEXEC)
+    fds = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(_int_array(data))
+    return record, fds
+
+
+def _fd_array(fds):
+    return struct.pack(f"={len(fds)}i", *fds)
+
+
+def _int_array(data: bytes):
+    count = len(data) // 4
+    return struct.unpack(f"={count}i", data[:count * 4])
+
+
+def failed(step: str, err: BaseException) -> bytes:
+    errno = getattr(err, "errno", None) or 0
+    return b"".join((FAILED, f"{step}\0{errno}\0{type(err).__name__}\0{err}"
+                     .encode(errors="replace")[:8000]))
+
+
+def failed_from(failure: errorpipe.Failure) -> bytes:
+    return b"".join((FAILED, f"{failure.step}\0{failure.errno}\0\0{failure.message}"
+                     .encode(errors="replace")))
+
+
+def parse_failed(record: bytes):
+    """(Failure, exception class name or "")."""
+    step, errno, kind, message = record[1:].decode(errors="replace").split("\0", 3)
+    return errorpipe.Failure(step, int(errno or 0), message), kind
+
+
+def exited(returncode: int, signal: int | None) -> bytes:
+    return EXITED + _EXIT.pack(returncode, signal or 0)
+
+
+def exited_from_status(status: int) -> bytes:
+    """From a raw wait status: shell-style 128+N for a signal, and N itself."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return exited(128 + sig, sig)
+    return exited(os.waitstatus_to_exitcode(status), None)
+
+
+def parse_exited(record: bytes):
+    returncode, sig = _EXIT.unpack(record[1:])
+    return returncode, sig or None
+
+
+def signal_request(sig: int) -> bytes:
+    return _SIGNAL.pack(sig)
+
+
+def parse_signal(record: bytes) -> int:
+    return _SIGNAL.unpack(record)[0]
+
+
+def encode_command(argv, cwd: str, env) -> bytes:
+    """cwd NUL argc NUL envc NUL argv... NUL NAME=value...; envc -1: the session's env.
+
+    NUL can't occur inside execve's strings, so it is a safe separator.
+    """
+    fields = [os.fsencode(cwd), b"%d" % len(argv), b"%d" % (-1 if env is None else len(env))]
+    fields.extend(os.fsencode(a) for a in argv)
+    if env is not None:
+        fields.extend(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
+    return b"\0".join(fields)
+
+
+def decode_command(record: bytes):
+    """(argv, cwd, env or None), str throughout."""
+    fields = record.split(b"\0")
+    argc, envc = int(fields[1]), int(fields[2])
+    argv = [os.fsdecode(a) for a in fields[3:3 + argc]]
+    env = None
+    if envc >= 0:
+        env = {}
+        for item in fields[3 + argc:3 + argc + envc]:
+            name, _, value = item.partition(b"=")
+            env[os.fsdecode(name)] = os.fsdecode(value)
+    return argv, os.fsdecode(fields[0]), env

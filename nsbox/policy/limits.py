@@ -1,0 +1,251 @@
+"""Resource limits: frozen data, parsing of sizes and durations, and which
+mechanism enforces each limit. Pure: the launcher supplies what the host offers.
+"""
+
+import math
+from dataclasses import dataclass, fields, replace
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "h": 3600}
+_OFF = ("none", "unlimited", "off", "max")
+
+DEFAULT_PIDS = 4096
+# limit -> cgroup controller that enforces it for the whole sandbox
+CONTROLLERS = {"pids": "pids", "memory": "memory", "cpu": "cpu"}
+# limit -> rlimit used without a cgroup (per process, so weaker; see fallback_note)
+RLIMITS = {"pids": "RLIMIT_NPROC", "memory": "RLIMIT_AS", "cpu": "RLIMIT_CPU",
+           "nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource ceilings for one sandbox; None means no limit."""
+
+    pids: int | None = DEFAULT_PIDS  # processes and threads at once
+    memory: int | None = None  # bytes
+    cpu: float | None = None  # cores' worth of CPU time, e.g. 1.5
+    wall: float | None = None  # seconds before the whole sandbox is killed
+    tmp: int | None = 1 << 30  # size of the private /tmp, bytes
+    nofile: int | None = 4096  # open files per process
+    fsize: int | None = None  # largest file a process may write, bytes
+
+    def __post_init__(self):
+        for name in ("pids", "memory", "tmp", "nofile", "fsize"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                _raise(f"limit {name} must be a positive integer or None; got {value!r}")
+        for name in ("cpu", "wall"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not value > 0 or math.isinf(value)):
+                _raise(f"limit {name} must be a positive number or None; got {value!r}")
+
+    def with_options(self, *items: str) -> "Limits":
+        """Apply `NAME=VALUE` options, as given to `--limit`."""
+        return replace(self, **parse_options(items))
+
+    @classmethod
+    def from_mapping(cls, values) -> "Limits":
+        """Limits from a policy file's `[limits]` table; values may be strings or numbers."""
+        return cls(**{name: parse_value(name, value) for name, value in dict(values or {}).items()})
+
+    def describe(self, name: str) -> str:
+        """A limit as a person would write it: `512M`, `1.5 cores`, `30s`."""
+        value = getattr(self, name)
+        if value is None:
+            return "unlimited"
+        if name in ("memory", "tmp", "fsize"):
+            return format_size(value)
+        if name == "wall":
+            return f"{value:g}s"
+        if name == "cpu":
+            return f"{value:g} cores"
+        return str(value)
+
+    def active(self) -> tuple:
+        """Names of the limits that are set, in declaration order."""
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+
+NAMES = tuple(f.name for f in fields(Limits))
+
+
+def parse_options(items) -> dict:
+    """`--limit NAME=VALUE` options -> {name: value}, each checked; the last of a name wins."""
+    chosen = {}
+    for text in items:
+        name, eq, value = text.partition("=")
+        name = name.strip()
+        if not eq or not value.strip():
+            _raise(f"--limit expects NAME=VALUE (e.g. memory=512M); got {text!r}")
+        chosen[name] = parse_value(name, value)
+    return chosen
+
+
+def parse_value(name: str, value):
+    """Parse one limit's value; `none`/`unlimited` turns the limit off."""
+    if name not in NAMES:
+        _raise(f"unknown limit {name!r}; known limits: {', '.join(NAMES)}")
+    if value is None or (isinstance(value, str) and value.strip().lower() in _OFF):
+        return None
+    if name in ("memory", "tmp", "fsize"):
+        return parse_size(value, name)
+    if name == "wall":
+        return parse_duration(value, name)
+    if name == "cpu":
+        return _parse_number(value, name, "cores, e.g. 1.5")
+    return _parse_count(value, name)
+
+
+def parse_size(value, what: str = "size") -> int:
+    """`512M`, `1G`, `1GiB`, `64k`, `4096`: binary units, as tmpfs and ulimit use."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    digits = text.rstrip("kmgt")
+    unit = text[len(digits):]
+    try:
+        number = float(digits)
+    except ValueError:
+        number = -1
+    if unit not in _SIZE_UNITS or number <= 0 or math.isinf(number):
+        _raise(f"limit {what}: {value!r} is not a size; use e.g. 512M, 1G or a byte count")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_duration(value, what: str = "duration") -> float:
+    """`30`, `30s`, `500ms`, `2m`, `1h` -> seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    digits = text.rstrip("smh")
+    unit = text[len(digits):]
+    try:
+        number = float(digits)
+    except ValueError:
+        number = -1
+    if unit not in _DURATION_UNITS or number <= 0 or math.isinf(number):
+        _raise(f"limit {what}: {value!r} is not a duration; use e.g. 30, 30s, 500ms, 2m or 1h")
+    return number * _DURATION_UNITS[unit]
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size >= _SIZE_UNITS[unit.lower()] and size % _SIZE_UNITS[unit.lower()] == 0:
+            return f"{size // _SIZE_UNITS[unit.lower()]}{unit}"
+    return f"{size}B"
+
+
+def _parse_number(value, name: str, hint: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1
+    if not number > 0 or math.isinf(number):
+        _raise(f"limit {name}: {value!r} is not a positive number ({hint})")
+    return number
+
+
+def _parse_count(value, name: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        _raise(f"limit {name}: {value!r} is not a positive whole number")
+    return number
+
+
+# --- which mechanism enforces what ------------------------------------------------
+
+class Enforcement:
+    """How each active limit is enforced (a plain class: it is built on every start)."""
+
+    __slots__ = ("mechanisms", "unenforced", "rlimits")
+
+    def __init__(self, mechanisms: tuple = (), unenforced: tuple = (), rlimits: tuple = ()):
+        self.mechanisms = mechanisms  # ((limit, mechanism), ...), e.g. ("pids", "cgroup2")
+        self.unenforced = unenforced  # ((limit, reason), ...)
+        self.rlimits = rlimits  # ((RLIMIT_NAME, value), ...) set in the command before exec
+
+    def __repr__(self) -> str:
+        return f"Enforcement({self.mechanisms!r}, {self.unenforced!r}, {self.rlimits!r})"
+
+    def mechanism(self, name: str):
+        return dict(self.mechanisms).get(name)
+
+    def as_dict(self) -> dict:
+        return dict(self.mechanisms)
+
+
+def enforcement(limits: Limits, cgroup_controllers: dict, namespaced: bool = True) -> Enforcement:
+    """Choose a mechanism per active limit.
+
+    `cgroup_controllers` maps a controller name (pids, memory, cpu) to the cgroup
+    version that can enforce it here ("cgroup2" or "cgroup1"); absent means none.
+    `namespaced`: the sandbox has its own user namespace and a tmpfs /tmp.
+    """
+    mechanisms, unenforced, rlimits = [], [], []
+    # Moving PID 1 into a cgroup costs up to ~10 ms (the kernel waits for an RCU
+    # grace period), so the default pids limit alone does not pay for one: inside
+    # the sandbox's own user namespace RLIMIT_NPROC counts exactly its processes.
+    cgroup_anyway = any(getattr(limits, n) is not None and CONTROLLERS[n] in cgroup_controllers
+                        for n in ("memory", "cpu"))
+    pids_by_rlimit = namespaced and limits.pids == DEFAULT_PIDS and not cgroup_anyway
+    for name in limits.active():
+        value = getattr(limits, name)
+        version = cgroup_controllers.get(CONTROLLERS.get(name, ""))
+        if name == "pids" and pids_by_rlimit:
+            version = None
+        if version:
+            mechanisms.append((name, version))
+        elif name == "wall":
+            mechanisms.append((name, "supervisor"))
+        elif name == "tmp":
+            if namespaced:
+                mechanisms.append((name, "tmpfs"))
+            else:
+                unenforced.append((name, "/tmp is a plain directory without namespaces"))
+        elif name == "pids" and not namespaced:
+            # Outside a user namespace RLIMIT_NPROC counts all of the uid's processes.
+            unenforced.append((name, "no cgroup pids controller is available, and "
+                                     "RLIMIT_NPROC would count every process of this user"))
+        elif name == "cpu" and limits.wall is None:
+            unenforced.append((name, "no cgroup cpu controller is available, and without one "
+                                     "a cpu rate needs a wall limit (it becomes RLIMIT_CPU = "
+                                     "cpu x wall seconds per process)"))
+        else:
+            mechanisms.append((name, "rlimit"))
+            rlimits.append((RLIMITS[name], _rlimit_value(name, value, limits)))
+    return Enforcement(tuple(mechanisms), tuple(unenforced), tuple(rlimits))
+
+
+def _rlimit_value(name: str, value, limits: Limits) -> int:
+    if name == "cpu":
+        return max(1, math.ceil(value * limits.wall))
+    return int(value)
+
+
+def cgroup_settings(limits: Limits, version: str, controller: str) -> tuple:
+    """The (file, content, required) writes that set a controller's limits in a fresh cgroup."""
+    if controller == "pids":
+        return (("pids.max", str(limits.pids), True),)
+    if controller == "memory":
+        if version == "cgroup2":
+            # No swap either (where swap is accounted): the hog would page out instead.
+            return (("memory.max", str(limits.memory), True), ("memory.swap.max", "0", False))
+        return (("memory.limit_in_bytes", str(limits.memory), True),)
+    if controller == "cpu":
+        period = 100_000
+        quota = max(1000, round(limits.cpu * period))
+        if version == "cgroup2":
+            return (("cpu.max", f"{quota} {period}", True),)
+        return (("cpu.cfs_period_us", str(period), True), ("cpu.cfs_quota_us", str(quota), True))
+    raise ValueError(f"unknown controller {controller!r}")
+
+
+def _raise(message: str):
+    from nsbox.errors import PolicyError
+
+    raise PolicyError(message)

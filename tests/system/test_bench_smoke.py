@@ -1,0 +1,84 @@
+"""The benchmark runs end to end (no timing assertions) and NSBOX_TRACE records each stage."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Stages every default launch passes through, in the caller, PID 1 and the command.
+CALLER_STAGES = {"prepare", "unshare", "id maps", "fork pid1", "exited"}
+PID1_STAGES = {"pid1 start", "mounts", "pivot_root", "fork command"}
+COMMAND_STAGES = {"command start", "exec"}
+
+
+def traced(nsbox_exec, tmp_path, cmd, **env):
+    log = tmp_path / "trace.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        r = nsbox_exec(cmd, pass_fds=(fd,),
+                       env=dict(os.environ, NSBOX_TRACE="1", NSBOX_TRACE_FD=str(fd), **env))
+    finally:
+        os.close(fd)
+    records = [line.split(" ", 3) for line in log.read_text().splitlines()]
+    return r, fd, records
+
+
+def test_trace_records_stages_from_every_process(nsbox_exec, tmp_path):
+    r, _, records = traced(nsbox_exec, tmp_path, ["true"])
+    assert r.returncode == 0, r.stderr
+    assert records and all(rec[0] == "nsbox-trace" and len(rec) == 4 for rec in records)
+    by_pid = {}
+    for _, ns, pid, stage in records:
+        assert ns.isdigit()
+        by_pid.setdefault(pid, set()).add(stage)
+    assert PID1_STAGES <= by_pid.pop("1")
+    assert COMMAND_STAGES <= by_pid.pop("2")
+    (caller,) = by_pid.values()
+    assert CALLER_STAGES <= caller
+    times = [int(rec[1]) for rec in records]
+    assert times == sorted(times)  # one shared clock, written as it happened
+
+
+def test_trace_fd_does_not_reach_the_command(nsbox_exec, tmp_path):
+    r, fd, _ = traced(nsbox_exec, tmp_path, "ls /proc/self/fd")
+    assert r.returncode == 0, r.stderr
+    assert str(fd) not in r.stdout.decode().split()
+
+
+def test_trace_goes_to_stderr_without_an_fd(nsbox_exec):
+    r = nsbox_exec(["true"], env=dict(os.environ, NSBOX_TRACE="1"))
+    assert r.returncode == 0
+    assert b"nsbox-trace " in r.stderr and b" exec\n" in r.stderr
+
+
+def test_no_trace_unless_asked(nsbox_exec):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSBOX_TRACE")}
+    r = nsbox_exec(["true"], env=env)
+    assert r.returncode == 0 and b"nsbox-trace" not in r.stderr
+
+
+def test_trace_mark_is_a_no_op_when_disabled():
+    probe = ("from nsbox.launch import trace; import sys; "
+             "sys.exit(0 if trace.mark is trace._off and not trace.ENABLED else 1)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSBOX_TRACE")}
+    assert subprocess.run([sys.executable, "-c", probe], env=env).returncode == 0
+
+
+def test_benchmark_quickest_mode_runs(tmp_path):
+    results = tmp_path / "results"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--runs", "2",
+         "--warmup", "1", "--binds", "1,2", "--concurrency", "1,2", "--results", str(results)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (results / "latest.md").read_text()
+    assert "| nsbox exec -- true (CLI) |" in table and "Linux " in table
+    assert "Where the time goes, `nsbox exec -- true`" in table
+    assert table in r.stdout or table.split("\n(no plot")[0] in r.stdout
+    data = json.loads((results / "latest.json").read_text())
+    names = [case["name"] for case in data["cases"]]
+    assert "/bin/true" in names and "nsbox exec -- true" in names
+    assert all(len(case["samples_ns"]) == 2 for case in data["cases"])
+    assert set(data["binds"]) == {"1", "2"} and set(data["concurrency"]) == {"1", "2"}

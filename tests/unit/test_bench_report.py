@@ -1,0 +1,40 @@
+"""The benchmark's arithmetic: percentiles, trace breakdowns, import-time parsing."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+
+import report  # noqa: E402
+
+
+def test_percentile_interpolates_between_ranks():
+    assert report.percentile([4, 1, 3, 2], 50) == 2.5
+    assert report.percentile([1, 2, 3, 4, 5], 90) == 4.6
+    assert report.percentile([7], 99) == 7
+
+
+def test_breakdown_charges_each_stage_until_the_next_mark():
+    runs = [[(0, 0, report.SPAWNED), (10, 50, "cli"), (13, 1, "mounts"), (20, 2, "exec"),
+             (30, 0, report.REAPED)]] * 3
+    bd = report.breakdown(runs)
+    assert bd["runs"] == 3 and bd["total_ns"] == 30
+    assert bd["stages"] == [["bench: (spawned)", 10], ["caller: cli", 3], ["pid1: mounts", 7],
+                            ["command: exec", 10]]
+
+
+def test_split_runs_cuts_at_call_and_returned():
+    records = [(1, 9, "prepare"), (2, 9, "call"), (3, 9, "unshare"), (5, 9, "returned"),
+               (6, 9, "call"), (8, 9, "returned")]
+    runs = report.split_runs(records)
+    assert [[r[2] for r in run] for run in runs] == [
+        [report.SPAWNED, "unshare", report.REAPED], [report.SPAWNED, report.REAPED]]
+
+
+def test_importtime_keeps_top_level_imports_heaviest_first():
+    stderr = ("import time: self [us] | cumulative | imported package\n"
+              "import time:       100 |        100 |   posixpath\n"
+              "import time:       300 |        400 | os\n"
+              "import time:       900 |        900 | nsbox.cli\n")
+    parsed = report.parse_importtime(stderr)
+    assert parsed == {"total_us": 1300, "top_level": [("nsbox.cli", 900), ("os", 400)]}
