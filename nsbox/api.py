@@ -25,7 +25,7 @@ import pickle
 import select
 import signal as _signals
 import time
-from dataclasses import dataclass
+from nsbox.record import Record
 
 from nsbox import errors
 from nsbox.errors import SandboxError, SetupFailed
@@ -40,8 +40,7 @@ _PIPE_SIZE = 1 << 20  # fewer wake-ups for large outputs; best effort
 _F_SETPIPE_SZ = 1031
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(Record):
     """A finished command. returncode follows the shell: 128+N when signal N ended it."""
 
     args: tuple

@@ -6,7 +6,7 @@ subreaper carry the whole confinement. `auto` probes and takes the strongest.
 """
 
 import os
-from typing import NamedTuple
+from nsbox.record import Record
 
 from nsbox.errors import UnsupportedKernel
 from nsbox.kernel import landlock, namespaces
@@ -16,7 +16,7 @@ FULL = "full"
 LANDLOCK = "landlock"
 
 
-class Isolation(NamedTuple):
+class Isolation(Record):
     mode: str  # full | landlock: what this run actually gets
     landlock_abi: int
     missing: tuple = ()  # protections left out under --best-effort, in words
@@ -88,7 +88,7 @@ def with_test_switches(steps: tuple) -> tuple:
     if os.environ.get("NSBOX_TEST_WRITABLE_ROOT") != "1":
         return steps
     import sys
-    from dataclasses import replace
+    from nsbox.record import replace
 
     sys.stderr.write("nsbox: WARNING: NSBOX_TEST_WRITABLE_ROOT=1: the host root is mounted "
                      "READ-WRITE in the sandbox; only Landlock confines writes. Test use only.\n")

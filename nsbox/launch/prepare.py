@@ -4,7 +4,7 @@ The forked children only make syscalls from this plan (no policy logic there).
 """
 
 import os
-from dataclasses import dataclass
+from nsbox.record import Record
 
 from nsbox.errors import PolicyError
 from nsbox.kernel import caps, namespaces
@@ -21,8 +21,7 @@ _NS_FLAGS = {
 }
 
 
-@dataclass(frozen=True)
-class LaunchPlan:
+class LaunchPlan(Record):
     argv: tuple
     env: dict
     cwd: str

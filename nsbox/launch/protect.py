@@ -9,17 +9,15 @@ path is skipped; nothing can appear there from inside unless it lies in a
 writable root, and then the plan's Landlock rules still deny it.
 """
 
-import glob
 import os
-from dataclasses import dataclass
+from nsbox.record import Record
 
 from nsbox.errors import PolicyError
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.model import Policy
 
 
-@dataclass(frozen=True)
-class Protections:
+class Protections(Record):
     extra_writable: tuple = ()  # git dirs outside the roots that a worktree's commits write to
     pinned: tuple = ()  # bound onto themselves so they can't be renamed away
     readonly: tuple = ()
@@ -108,7 +106,9 @@ def _expand(base: str, patterns: tuple, create: bool, made: list) -> list:
     for pattern in patterns:
         is_dir = pattern.endswith("/")
         path = os.path.join(base, pattern.rstrip("/"))
-        if glob.has_magic(pattern):
+        if any(c in pattern for c in "*?["):
+            import glob  # only for wildcard patterns: it drags in re and fnmatch
+
             matches = sorted(glob.glob(glob.escape(base) + "/" + pattern.rstrip("/")))
         elif os.path.lexists(path):
             matches = [path]

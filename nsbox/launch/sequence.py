@@ -9,7 +9,7 @@ command:  chdir -> fds -> rlimits -> drop capabilities -> no_new_privs -> parent
 
 import os
 import select
-import signal
+import _signal as signal  # the C module: `signal` would import enum (~4 ms)
 
 from nsbox.kernel import caps, landlock, namespaces, net, proc, seccomp
 from nsbox.launch import errorpipe, init, limits, rootfs, trace

@@ -6,7 +6,7 @@ listings that needs are read by the caller (see `dirs_to_list`) and passed in.
 """
 
 import posixpath
-from typing import NamedTuple
+from nsbox.record import Record
 
 # Access rights (linux/landlock.h) and the ABI that introduced them.
 FS_EXECUTE = 1 << 0
@@ -50,12 +50,12 @@ DEVICES_HOST = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/uran
                 "/dev/tty")
 
 
-class PathRule(NamedTuple):
+class PathRule(Record):
     path: str
     access: int
 
 
-class Ruleset(NamedTuple):
+class Ruleset(Record):
     abi: int
     handled_fs: int
     handled_net: int

@@ -3,7 +3,7 @@ mechanism enforces each limit. Pure: the launcher supplies what the host offers.
 """
 
 import math
-from dataclasses import dataclass, fields, replace
+from nsbox.record import Record, fields, replace
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "h": 3600}
@@ -17,8 +17,7 @@ RLIMITS = {"pids": "RLIMIT_NPROC", "memory": "RLIMIT_AS", "cpu": "RLIMIT_CPU",
            "nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE"}
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """Resource ceilings for one sandbox; None means no limit."""
 
     pids: int | None = DEFAULT_PIDS  # processes and threads at once

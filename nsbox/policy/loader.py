@@ -6,7 +6,7 @@ earlier layers hid. The order is: preset defaults < policy file < flags.
 """
 
 import posixpath
-from dataclasses import MISSING, fields
+from nsbox.record import MISSING, fields
 
 from nsbox.errors import PolicyError
 from nsbox.policy.model import Policy

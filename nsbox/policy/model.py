@@ -1,6 +1,6 @@
 """The sandbox policy: frozen, pure data. No I/O and no kernel calls here."""
 
-from dataclasses import dataclass, field, fields, replace
+from nsbox.record import Record, fields, replace
 
 from nsbox.policy import defaults
 from nsbox.policy.limits import Limits
@@ -19,8 +19,7 @@ _PRESET_DEFAULTS = {
 ISOLATION_MODES = ("full", "landlock", "auto")
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Record):
     """What a sandbox may do. Paths may be relative; the plan resolves them."""
 
     preset: str = "workspace-write"
@@ -31,7 +30,7 @@ class Policy:
     isolation: str = "full"
     best_effort: bool = False  # run with what can be applied instead of failing closed
     hostname: str = "nsbox"
-    extra_env: tuple[tuple[str, str], ...] = field(default=())  # set last, wins over all
+    extra_env: tuple[tuple[str, str], ...] = ()  # set last, wins over all
     # Filesystem rules; None means the preset's defaults (see policy/defaults.py).
     hidden: tuple[str, ...] | None = None  # unreadable, shown as empty; "~" is $HOME
     protected: tuple[str, ...] | None = None  # read-only inside the workspace; "dir/" = a directory
@@ -96,7 +95,7 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "__dataclass_fields__"):
+    if isinstance(value, Record):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     return value
 

@@ -4,13 +4,12 @@ Pure functions over already-resolved paths, so the whole order is testable
 without root. The launcher replays the steps exactly in this order.
 """
 
-from dataclasses import dataclass
+from nsbox.record import Record
 
 from nsbox.policy.model import Policy
 
 
-@dataclass(frozen=True)
-class MountStep:
+class MountStep(Record):
     # root_readonly | root_writable | tmpfs | dev | proc | bind_rw | bind_new
     # | pin (bind a path onto itself: a mount point can't be renamed or removed)
     # | bind_ro (the same, read-only) | mask_dir | mask_file (empty, read-only)

@@ -17,7 +17,7 @@ Semantics, as runc applies them:
 import json
 import json.decoder
 import json.scanner
-from dataclasses import dataclass, replace
+from nsbox.record import Record, replace
 
 from nsbox.errors import PolicyError
 
@@ -47,16 +47,14 @@ _ENTRY_KEYS = {"names", "name", "action", "errnoRet", "args", "comment", "includ
 _ARG_KEYS = {"index", "value", "valueTwo", "op"}
 
 
-@dataclass(frozen=True)
-class ArgCheck:
+class ArgCheck(Record):
     index: int
     op: str
     value: int
     value_two: int = 0
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     names: tuple
     action: str
     errno_ret: int | None = None
@@ -64,8 +62,7 @@ class Rule:
     line: int = 0
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(Record):
     default_action: str
     default_errno_ret: int | None
     rules: tuple

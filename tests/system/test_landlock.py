@@ -202,15 +202,16 @@ def test_landlock_mode_kills_what_the_command_leaves_behind(nsbox_exec, workspac
 # --- Hidden paths -----------------------------------------------------------------------
 
 HIDDEN_DRIVER = textwrap.dedent("""
-    import dataclasses, sys
+    import sys
     from nsbox.launch import foreground, isolation, landlock_only, prepare
     from nsbox.policy.model import Policy
+    from nsbox.record import replace
     ws, secret, mode = sys.argv[1:4]
     policy = Policy(workspace=ws, isolation=mode)
     plan = prepare.prepare(sys.argv[4:], policy)
     rules = isolation.ruleset(isolation.resolve(policy), policy, (ws,), plan.private_tmp,
                               hidden=(secret,))
-    plan = dataclasses.replace(plan, landlock=rules)
+    plan = replace(plan, landlock=rules)
     sys.exit((landlock_only if mode == "landlock" else foreground).run(plan))
 """)
 
