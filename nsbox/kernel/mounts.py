@@ -69,6 +69,11 @@ def bind(source: str, target: str, recursive: bool = True) -> None:
     _ffi.mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
 
 
+def remount_readonly(target: str) -> None:
+    """Make one bind mount read-only (no submounts to visit, e.g. a bound file)."""
+    _ffi.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
 def remount_readonly_recursive(target: str) -> None:
     """Fallback for kernels without mount_setattr: remount every submount read-only."""
     for point in mountinfo.beneath(mountinfo.read(), target):

@@ -11,7 +11,7 @@ processes, so it bounds the sandbox and not the user's other processes.
 import os
 
 from nsbox.errors import UnsupportedKernel
-from nsbox.kernel import cgroups, rlimits
+from nsbox.kernel import rlimits
 from nsbox.launch import init
 from nsbox.policy import limits as policy_limits
 from nsbox.policy.limits import Enforcement, Limits
@@ -92,8 +92,12 @@ def plan(limits: Limits, best_effort: bool = False, namespaced: bool = True) -> 
     Only limits the user set fail closed: a default that this host can't enforce is
     reported as unenforced in applied(), so the defaults never stop a command.
     """
-    wanted = {policy_limits.CONTROLLERS[n] for n in limits.active() if n in policy_limits.CONTROLLERS}
-    places = cgroups.find_places(wanted)
+    wanted = policy_limits.controllers_wanted(limits, namespaced)
+    places = {}
+    if wanted:  # the defaults alone need no cgroup: skip reading the cgroup tree
+        from nsbox.kernel import cgroups
+
+        places = cgroups.find_places(wanted)
     enforcement = policy_limits.enforcement(
         limits, {controller: place.version for controller, place in places.items()}, namespaced)
     chosen = [(name, reason) for name, reason in enforcement.unenforced
@@ -109,7 +113,7 @@ def plan(limits: Limits, best_effort: bool = False, namespaced: bool = True) -> 
     by_dir = {}
     for name, mechanism in enforcement.mechanisms:
         controller = policy_limits.CONTROLLERS.get(name)
-        if controller is None or mechanism not in (cgroups.V1, cgroups.V2):
+        if controller is None or mechanism not in policy_limits.CGROUP_VERSIONS:
             continue
         place = places[controller]
         enable, settings = by_dir.setdefault((place.version, place.path), ([], []))
@@ -127,6 +131,8 @@ def start(limits_plan: LimitsPlan | None) -> Active | None:
         return None
     active = Active(limits_plan)
     if limits_plan.cgroups:
+        from nsbox.kernel import cgroups
+
         group = cgroups.Group(f"{PREFIX}{os.getpid()}-{os.urandom(3).hex()}")
         try:
             for version, parent, enable, settings in limits_plan.cgroups:

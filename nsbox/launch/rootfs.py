@@ -43,7 +43,7 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
                                | mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC)
         elif step.kind == "mask_file":
             mounts.bind(f"/proc/self/fd/{empty_file}", target, recursive=False)
-            mounts.remount_readonly_recursive(target)
+            mounts.remount_readonly(target)
         elif step.kind == "proc":
             mounts.mount_proc(target)
         else:

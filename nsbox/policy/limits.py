@@ -178,6 +178,17 @@ class Enforcement:
         return dict(self.mechanisms)
 
 
+CGROUP_VERSIONS = ("cgroup1", "cgroup2")
+
+
+def controllers_wanted(limits: Limits, namespaced: bool = True) -> set:
+    """The cgroup controllers worth looking for; empty when rlimits and tmpfs cover it all."""
+    if namespaced and limits.memory is None and limits.cpu is None and limits.pids in (
+            None, DEFAULT_PIDS):
+        return set()  # enforcement() below takes pids from RLIMIT_NPROC in this case
+    return {CONTROLLERS[n] for n in limits.active() if n in CONTROLLERS}
+
+
 def enforcement(limits: Limits, cgroup_controllers: dict, namespaced: bool = True) -> Enforcement:
     """Choose a mechanism per active limit.
 
