@@ -29,6 +29,7 @@ _COMMON_SYSCALLS = {
     "open_tree": 428,
     "move_mount": 429,
     "close_range": 436,
+    "openat2": 437,
     "mount_setattr": 442,
     "landlock_create_ruleset": 444,
     "landlock_add_rule": 445,
@@ -130,6 +131,13 @@ def ioctl(fd: int, request: int, arg, what: str = "") -> int:
     if ret < 0:
         raise _fail("ioctl", what or f"fd {fd}, {hex(request)}")
     return ret
+
+
+def openat2(dirfd: int, path, flags: int, mode: int, resolve: int) -> int:
+    """A new fd for `path` relative to `dirfd`, resolved as `resolve` (RESOLVE_*) says."""
+    how = ffi.new("struct open_how *", {"flags": flags, "mode": mode, "resolve": resolve})
+    return syscall("openat2", dirfd, cstr(path), how, ffi.sizeof("struct open_how"),
+                   detail=f"fd {dirfd}, {os.fsdecode(path)!r}, resolve {hex(resolve)}")
 
 
 def new(ctype: str, init=None):

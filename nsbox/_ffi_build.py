@@ -28,6 +28,13 @@ struct mount_attr {
     uint64_t userns_fd;
 };
 
+/* linux/openat2.h */
+struct open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
 /* linux/landlock.h */
 struct landlock_ruleset_attr {
     uint64_t handled_access_fs;

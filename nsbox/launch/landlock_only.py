@@ -19,7 +19,7 @@ import stat
 import sys
 import time
 
-from nsbox.kernel import caps, landlock, proc, seccomp
+from nsbox.kernel import proc
 from nsbox.launch import errorpipe, foreground, init, limits, sequence, trace
 
 
@@ -70,48 +70,15 @@ def run(plan) -> int:
 
 
 def _command_main(plan, error_w: int, parent: int, active) -> None:
-    step = "cgroup"
     try:
         # Into the limits' cgroup before anything runs (or forks).
         limits.join(active)
-        step = "signals"
-        init.reset_signals(sequence.WATCHED_SIGNALS)
-        step = "chdir"
-        os.chdir(plan.cwd)
-        step = "close fds"
-        proc.cloexec_from(3)
-        step = "rlimits"
-        limits.apply_rlimits(plan.limits)
-        if plan.uid == 0:
-            # Without a user namespace these would be real capabilities on the host.
-            step = "drop capabilities"
-            caps.drop_all(plan.last_cap)
-        step = "no_new_privs"
-        proc.set_no_new_privs()
-        step = "parent-death signal"
-        proc.set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != parent:
-            raise ProcessLookupError(3, "nsbox exited before the command started")
-        if plan.landlock is not None:
-            step = "landlock"
-            trace.mark("landlock")
-            landlock.restrict_self(plan.landlock)
-        # seccomp last: everything before it may use calls the filter denies.
-        if plan.seccomp_bpf is not None:
-            step = "seccomp"
-            trace.mark("seccomp load")
-            seccomp.load_filter(plan.seccomp_bpf)
-        trace.mark("exec")
     except BaseException as err:
-        errorpipe.report(error_w, step, err)
+        errorpipe.report(error_w, "cgroup", err)
         os._exit(errorpipe.SETUP_FAILED)
-    try:
-        os.execve(sequence._find_executable(plan.argv[0], plan.env.get("PATH", os.defpath)),
-                  plan.argv, plan.env)
-    except BaseException as err:
-        errorpipe.report(error_w, "exec", err)
-        os._exit(errorpipe.NOT_FOUND if isinstance(err, FileNotFoundError)
-                 else errorpipe.CANNOT_EXECUTE)
+    # Without a user namespace, capabilities would be real ones on the host: only root has any.
+    sequence.restrict_command(plan, error_w, drop_caps=plan.uid == 0, expected_parent=parent)
+    sequence.exec_command(plan, error_w)
 
 
 def kill_leftovers(spare=frozenset()) -> None:

@@ -100,6 +100,15 @@ def _init_main(plan, channel: Channel) -> None:
 
 def _command_main(plan, channel: Channel) -> None:
     trace.mark("command start")
+    restrict_command(plan, channel.error_w)
+    if channel.serve is not None:
+        os.close(channel.error_w)  # EOF: the session is ready
+        os._exit(channel.serve(plan))
+    exec_command(plan, channel.error_w)
+
+
+def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent=None) -> None:
+    """The command process's own steps, in order; a failure is reported and ends it (125)."""
     step = "signals"
     try:
         init.reset_signals(WATCHED_SIGNALS)
@@ -109,12 +118,15 @@ def _command_main(plan, channel: Channel) -> None:
         proc.cloexec_from(3)
         step = "rlimits"
         limits.apply_rlimits(plan.limits)
-        step = "drop capabilities"
-        caps.drop_all(plan.last_cap)
+        if drop_caps:
+            step = "drop capabilities"
+            caps.drop_all(plan.last_cap)
         step = "no_new_privs"
         proc.set_no_new_privs()
         step = "parent-death signal"
         proc.set_parent_death_signal(signal.SIGKILL)
+        if expected_parent is not None and os.getppid() != expected_parent:
+            raise ProcessLookupError(3, "nsbox exited before the command started")
         # Landlock after the final root exists: its rules open paths in the new root.
         if plan.landlock is not None:
             step = "landlock"
@@ -127,21 +139,22 @@ def _command_main(plan, channel: Channel) -> None:
             seccomp.load_filter(plan.seccomp_bpf)
         trace.mark("exec")
     except BaseException as err:
-        errorpipe.report(channel.error_w, step, err)
+        errorpipe.report(error_w, step, err)
         os._exit(errorpipe.SETUP_FAILED)
-    if channel.serve is not None:
-        os.close(channel.error_w)  # EOF: the session is ready
-        os._exit(channel.serve(plan))
+
+
+def exec_command(plan, error_w: int) -> None:
+    """Replace this process with the command; never returns."""
     try:
-        os.execve(_find_executable(plan.argv[0], plan.env.get("PATH", os.defpath)),
+        os.execve(find_executable(plan.argv[0], plan.env.get("PATH", os.defpath)),
                   plan.argv, plan.env)
     except BaseException as err:
-        errorpipe.report(channel.error_w, "exec", err)
+        errorpipe.report(error_w, "exec", err)
         os._exit(errorpipe.NOT_FOUND if isinstance(err, FileNotFoundError)
                  else errorpipe.CANNOT_EXECUTE)
 
 
-def _find_executable(name: str, search_path: str) -> str:
+def find_executable(name: str, search_path: str) -> str:
     """PATH lookup as a shell does it: the first existing regular file wins.
 
     Unlike execvp, a PATH directory we may not enter means "not here" (127),

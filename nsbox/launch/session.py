@@ -77,7 +77,7 @@ def _start(plan, record: bytes, stdio, reply) -> int:
     try:
         os.chdir(cwd)  # the spawned command inherits it; this process needs no particular one
         step = "exec"
-        path = sequence._find_executable(argv[0], env.get("PATH", os.defpath))
+        path = sequence.find_executable(argv[0], env.get("PATH", os.defpath))
         # A process group of its own: a per-command timeout kills the group, not the session.
         pid = os.posix_spawn(path, argv, env, file_actions=_stdio_actions(stdio),
                              setpgroup=0, setsigdef=_DEFAULT_SIGNALS)

@@ -6,9 +6,9 @@ from nsbox.policy import defaults
 from nsbox.policy.limits import Limits
 
 PRESETS = ("read-only", "workspace-write", "full-access")
-# An "allowlist" mode (named hosts through a filtering proxy) would slot in here,
-# with its host list as a separate field.
-NETWORK_MODES = ("none", "host")
+# allowlist: an empty namespace whose only way out is a filtering proxy that
+# reaches the names in `network_allow` (see policy/netallow.py).
+NETWORK_MODES = ("none", "host", "allowlist")
 # Fields left as None take their value from the preset when the Policy is built.
 _PRESET_DEFAULTS = {
     "network": defaults.network_for,
@@ -25,7 +25,8 @@ class Policy(Record):
     preset: str = "workspace-write"
     workspace: str | None = None  # None: the current directory
     writable: tuple[str, ...] = ()  # extra writable roots
-    network: str | None = None  # None: "host" for full-access, else "none"
+    network: str | None = None  # None: "allowlist" if network_allow is set, else by preset
+    network_allow: tuple[str, ...] = ()  # names the allowlist proxy reaches; "*.x.org" = sub-domains
     seccomp: str = "default"  # profile name or path
     isolation: str = "full"
     best_effort: bool = False  # run with what can be applied instead of failing closed
@@ -42,6 +43,8 @@ class Policy(Record):
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)
+        if self.network is None and self.network_allow:
+            object.__setattr__(self, "network", "allowlist")
         for name, default_for in _PRESET_DEFAULTS.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default_for(self.preset))
@@ -55,9 +58,27 @@ class Policy(Record):
             if len(pair) != 2 or not pair[0] or "=" in pair[0]:
                 raise_policy(f"extra_env entries must be (NAME, value) pairs; got {pair!r}")
         check_choice("network", self.network, NETWORK_MODES)
+        self._check_network_allow()
         check_choice("isolation", self.isolation, ISOLATION_MODES)
         if not isinstance(self.limits, Limits):
             object.__setattr__(self, "limits", Limits.from_mapping(self.limits))
+
+    def _check_network_allow(self) -> None:
+        value = self.network_allow
+        if isinstance(value, (str, bytes)):
+            raise_policy(f"network_allow must be a list of names, not {value!r}")
+        if not value:
+            object.__setattr__(self, "network_allow", ())
+            return
+        from nsbox.policy import netallow  # ipaddress: only when there is a list
+
+        try:
+            object.__setattr__(self, "network_allow", netallow.check_entries(value))
+        except ValueError as err:
+            raise_policy(str(err))
+        if self.network == "host" and self.network_allow:
+            raise_policy("network 'host' reaches everything, so an allow list would be "
+                         "ignored; use network 'allowlist' to restrict it")
 
     def with_changes(self, **changes) -> "Policy":
         """A copy with `changes`; a new preset re-derives the fields still at the old preset's defaults."""
