@@ -49,7 +49,10 @@ class Result(Record):
     stderr: bytes | None
     signal: int | None = None  # the signal that ended the command, if one did
     timed_out: bool = False  # the timeout expired and the command was killed
+    output_limited: bool = False  # a stream passed max_output: killed, output cut there
     duration_s: float = 0.0
+    # network "allowlist": the requests the proxy refused (policy.netallow.Refusal records)
+    network_blocked: tuple = ()
 
     def check_returncode(self) -> None:
         if self.returncode:
@@ -60,24 +63,28 @@ class Result(Record):
 
 
 def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
-        timeout: float | None = None, capture_output: bool = True) -> Result:
+        timeout: float | None = None, capture_output: bool = True,
+        max_output: int | None = None) -> Result:
     """Run one command in a fresh sandbox and wait for it.
 
     policy None is the default policy with the current directory as workspace.
     env None passes this process's environment (minus secret-looking names, per
     the policy). stdin is empty unless `input` is given. On timeout the whole
     sandbox is killed and the output so far is returned with timed_out=True.
+    max_output caps each captured stream in bytes: past it the command is killed
+    too (output_limited=True), so a runaway command can't fill this process's memory.
     """
     return _finish_sync(_popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None,
-                                       input, capture_output), input, timeout)
+                                       input, capture_output), input, timeout, max_output)
 
 
 async def run_async(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
-                    timeout: float | None = None, capture_output: bool = True) -> Result:
+                    timeout: float | None = None, capture_output: bool = True,
+                    max_output: int | None = None) -> Result:
     """run() for asyncio: waits in the event loop, no thread per command. Cancelling kills."""
     proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None, input,
                           capture_output, started=False)
-    return await _finish_async(proc, input, timeout)
+    return await _finish_async(proc, input, timeout, max_output)
 
 
 class Popen:
@@ -101,6 +108,7 @@ class Popen:
         self.signal = None
         self.timed_out = False
         self.exec_error = None  # why the command could not be executed (returncode 126/127)
+        self.network_blocked = ()  # network "allowlist": requests the proxy refused
         self.duration_s = None
         self._failure = None
         self._status = None
@@ -190,6 +198,11 @@ class Popen:
         elif tag == wire.FAILED:
             self._started = True
             self._failure = wire.parse_failed(record)
+        elif tag == wire.NETWORK:
+            from nsbox.policy.netallow import Refusal
+
+            report = wire.parse_network_report(record)
+            self.network_blocked = tuple(Refusal(**item) for item in report.get("blocked", ()))
         elif tag == wire.EXITED:
             self._started = True
             self.returncode, self.signal = wire.parse_exited(record)
@@ -252,16 +265,18 @@ class Session:
             raise SandboxError("the session's sandbox ended before it was ready")
 
     def run(self, args, *, cwd=None, env=None, input: bytes | None = None,
-            timeout: float | None = None, capture_output: bool = True) -> Result:
+            timeout: float | None = None, capture_output: bool = True,
+            max_output: int | None = None) -> Result:
         """Like nsbox.run(), inside this session."""
         return _finish_sync(_popen_for_run(args, dict(cwd=cwd, env=env), self, input,
-                                           capture_output), input, timeout)
+                                           capture_output), input, timeout, max_output)
 
     async def run_async(self, args, *, cwd=None, env=None, input: bytes | None = None,
-                        timeout: float | None = None, capture_output: bool = True) -> Result:
+                        timeout: float | None = None, capture_output: bool = True,
+                        max_output: int | None = None) -> Result:
         proc = _popen_for_run(args, dict(cwd=cwd, env=env), self, input, capture_output,
                               started=False)
-        return await _finish_async(proc, input, timeout)
+        return await _finish_async(proc, input, timeout, max_output)
 
     def popen(self, args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None) -> Popen:
         """Like nsbox.Popen, inside this session; signals go to the command's process group."""
@@ -294,6 +309,8 @@ class Session:
             from nsbox.policy.env import sandbox_env
 
             env = sandbox_env(self._plan.policy, env, tmpdir=self._plan.env.get("TMPDIR", "/tmp"))
+            if self._plan.net_proxy is not None:
+                prepare.point_at_proxy(env, self._plan.policy, self._plan.net_proxy.port)
         record = wire.encode_command(args, os.path.join(self._plan.cwd, cwd or ""), env)
         ours, theirs = wire.socketpair()
         try:
@@ -407,8 +424,11 @@ def _readable(sock, timeout) -> bool:
 class _Pump:
     """Moves input in and output out without deadlock; one step per ready fd."""
 
-    def __init__(self, proc: Popen, input):
+    def __init__(self, proc: Popen, input, max_output: int | None = None):
         self.proc = proc
+        self.max_output = max_output
+        self.sizes = {}
+        self.output_limited = False
         self.chunks = {}
         self.stdin_fd = None
         self.input = memoryview(input or b"")
@@ -454,8 +474,18 @@ class _Pump:
             return True
         if data:
             self.chunks[fd].append(data)
-            return True
+            return not self._over_limit(fd, len(data))
         return False
+
+    def _over_limit(self, fd: int, added: int) -> bool:
+        """Past max_output: kill the command and stop reading this stream."""
+        self.sizes[fd] = self.sizes.get(fd, 0) + added
+        if self.max_output is None or self.sizes[fd] <= self.max_output:
+            return False
+        if not self.output_limited:
+            self.output_limited = True
+            self.proc.kill()
+        return True
 
     def _write(self) -> bool:
         try:
@@ -481,7 +511,7 @@ class _Pump:
                 outputs.append(None)
                 continue
             fd = f.fileno()
-            while True:
+            while self.max_output is None or self.sizes.get(fd, 0) <= self.max_output:
                 try:
                     data = os.read(fd, _CHUNK)
                 except BlockingIOError:
@@ -489,7 +519,9 @@ class _Pump:
                 if not data:
                     break
                 self.chunks[fd].append(data)
-            outputs.append(b"".join(self.chunks.pop(fd)))
+                self._over_limit(fd, len(data))
+            output = b"".join(self.chunks.pop(fd))
+            outputs.append(output if self.max_output is None else output[:self.max_output])
             f.close()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -514,8 +546,8 @@ def _pump_sync(pump: _Pump, timeout) -> bool:
     return True
 
 
-def _finish_sync(proc: Popen, input, timeout) -> Result:
-    pump = _Pump(proc, input)
+def _finish_sync(proc: Popen, input, timeout, max_output=None) -> Result:
+    pump = _Pump(proc, input, max_output)
     if not _pump_sync(pump, timeout):
         proc.kill()
         proc.timed_out = True
@@ -523,11 +555,11 @@ def _finish_sync(proc: Popen, input, timeout) -> Result:
     return _result(proc, pump)
 
 
-async def _finish_async(proc: Popen, input, timeout) -> Result:
+async def _finish_async(proc: Popen, input, timeout, max_output=None) -> Result:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    pump = _Pump(proc, input)
+    pump = _Pump(proc, input, max_output)
     done = loop.create_future()
     watching = {}
 
@@ -571,4 +603,5 @@ def _result(proc: Popen, pump: _Pump) -> Result:
     if proc.exec_error is not None and stderr is not None:
         stderr += f"nsbox: {proc.exec_error}\n".encode()
     return Result(args=proc.args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
-                  signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s)
+                  signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s,
+                  output_limited=pump.output_limited, network_blocked=proc.network_blocked)

@@ -62,6 +62,7 @@ def exec_command(args: list) -> int:
             return SETUP_FAILED
     policy = plan = None
     error = ""
+    network = {}  # the allowlist proxy's report
     try:
         policy = policy_from_options(values)
         if policy.preset == "full-access":
@@ -74,14 +75,14 @@ def exec_command(args: list) -> int:
 
             code = landlock_only.run(plan)
         else:
-            code = foreground.run(plan)
+            code = foreground.run(plan, on_network=network.update)
     except NsboxError as err:
         sys.stderr.write(f"nsbox: {err}\n")
         code, error = SETUP_FAILED, str(err)
     if status_file:
         with status_out:
             run_record.write(status_out, run_record.record(
-                parsed.command, policy, plan, started, code, error))
+                parsed.command, policy, plan, started, code, error, network=network))
     return code
 
 

@@ -6,7 +6,12 @@ OPTIONS = {
     "--cwd": ("cwd", "DIR", False, "working directory inside the sandbox (default: the workspace)"),
     "--writable": ("writable", "PATH", True, "extra writable root; repeatable"),
     "--preset": ("preset", "NAME", False, "read-only | workspace-write (default) | full-access"),
-    "--network": ("network", "MODE", False, "none (default: empty namespace, loopback only) | host"),
+    "--network": ("network", "MODE", False,
+                  "none (default: empty namespace, loopback only) | host | allowlist "
+                  "(only --allow-domain names, through a filtering proxy)"),
+    "--allow-domain": ("network_allow", "NAME", True,
+                       "reachable through the proxy (implies --network allowlist); repeatable; "
+                       "*.example.org matches its sub-domains"),
     "--seccomp": ("seccomp", "NAME|PATH", False,
                   "seccomp profile: default | strict | a JSON file (see 'nsbox profiles list')"),
     "--isolation": ("isolation", "MODE", False,

@@ -32,7 +32,9 @@ def protections(plan) -> dict:
     }
 
 
-def record(argv, policy, plan, started: str, exit_code: int, error: str = "") -> dict:
+def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
+           network: dict | None = None) -> dict:
+    """`network`: the allowlist proxy's report ({"blocked": [...], "blocked_total": N})."""
     out = {
         "command": list(argv),
         "policy_digest": policy.digest() if policy is not None else None,
@@ -43,6 +45,7 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "") ->
         "signal": None,
         "setup_error": error or None,
         "protections": protections(plan) if plan is not None else None,
+        "network": _network(policy, network or {}) if policy is not None else None,
     }
     # PID 1 reports a command killed by signal N as 128+N, as shells do.
     if not error and exit_code > 128:
@@ -50,6 +53,16 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "") ->
             out["signal"] = signal.Signals(exit_code - 128).name
         except ValueError:
             pass
+    return out
+
+
+def _network(policy, report: dict) -> dict:
+    """The network mode, and for an allowlist what it allowed and what it refused."""
+    out = {"mode": policy.network}
+    if policy.network == "allowlist":
+        out["allow"] = list(policy.network_allow)
+        out["blocked"] = list(report.get("blocked", ()))
+        out["blocked_total"] = report.get("blocked_total", len(out["blocked"]))
     return out
 
 

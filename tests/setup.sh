@@ -21,6 +21,9 @@ packages() {
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
   # seccomp tests install a wheel with the system pip inside a sandbox.
   "$PYTHON" -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  # network allowlist tests: curl through the proxy, a self-signed certificate.
+  command -v curl >/dev/null || need+=(curl)
+  command -v openssl >/dev/null || need+=(openssl)
   [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
   for extra in "$@"; do need+=("$extra"); done
   if [ ${#need[@]} -gt 0 ]; then
@@ -41,7 +44,7 @@ venv() {
   fi
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   "$dir/bin/python" -m pip install -q --disable-pip-version-check \
-    -e ".[test]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
+    -e ".[test,inspect,mini-swe-agent]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
   "$dir/bin/python" -c 'import nsbox, cffi, pytest' >/dev/null
 }
 

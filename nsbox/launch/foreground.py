@@ -6,20 +6,27 @@ import time
 from nsbox.launch import errorpipe, init, limits, sequence, trace
 
 
-def run(plan, on_limit=None) -> int:
+def run(plan, on_limit=None, on_network=None) -> int:
     """Start the sandbox, wait for it, return the exit code. The caller must be single-threaded.
 
     The calling process itself enters the new user namespace (it only waits there),
     which spares one fork on the CLI's start-up path. `on_limit(hit)` is called with
-    the limits.LimitHit when a resource limit ended the command (for run records).
+    the limits.LimitHit when a resource limit ended the command (for run records);
+    `on_network(report)` with the allowlist proxy's report of refused requests.
     """
     trace.mark("launch")
     # The cgroup is made with the caller's own credentials, before the user namespace.
     active = limits.start(plan.limits)
     code, timed_out = errorpipe.SETUP_FAILED, False
+    net_proxy = channel = None
     try:
         channel = sequence.Channel()
         channel.limits = active
+        if plan.net_proxy is not None:
+            from nsbox.launch import proxy as net_proxy
+
+            # Before unshare, so that it stays in the host's network namespace.
+            channel.proxy = net_proxy.start(plan.net_proxy)
         init.watch_signals(sequence.WATCHED_SIGNALS)
         sequence.enter_namespaces(plan)
         deadline = limits.deadline(plan.limits, time.monotonic())
@@ -33,6 +40,10 @@ def run(plan, on_limit=None) -> int:
                      and time.monotonic() >= deadline)
         trace.mark("exited")
     finally:
+        if net_proxy is not None:
+            report = net_proxy.stop(channel.proxy)
+            if on_network is not None:
+                on_network(report)
         hit = limits.finish(active, code, timed_out)
         if active is not None and active.removal_failed:
             sys.stderr.write("nsbox: warning: the sandbox's cgroup could not be removed\n")

@@ -23,7 +23,7 @@ SESSION = "session"
 def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
     """Runs in the fork server's child; never returns. fds: status, stdin, stdout, stderr[, control]."""
     status = None
-    active = None
+    active = channel = None
     step = "launcher"
     trace.mark("launcher start")
     try:
@@ -45,6 +45,13 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         step = "cgroup"
         # The cgroup is made with the runner's own credentials, before the user namespace.
         channel.limits = active = limits.start(plan.limits)
+        if plan.net_proxy is not None:
+            from nsbox.launch import proxy as net_proxy
+
+            step = "network proxy"
+            # Before unshare, so that it stays in the host's network namespace; forked
+            # after stdio is in place, so its refusal lines go to the command's stderr.
+            channel.proxy = net_proxy.start(plan.net_proxy)
         step = "namespaces"
         sequence.enter_namespaces(plan)
         # A session lives across commands: the wall limit is the per-command timeout there.
@@ -54,6 +61,7 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         if kind == SESSION:
             os.close(fds[4])
     except BaseException as err:
+        _stop_proxy(channel)
         if status is not None:
             wire.send_quietly(status, wire.failed(step, err))
         try:
@@ -108,8 +116,21 @@ def _relay(pid1: int, channel, status, deadline) -> None:
                 if hit is not None:
                     _write_quietly(stderr, f"nsbox: {hit.message}\n")
                 os.close(stderr)
+                report = _stop_proxy(channel)
+                if report:
+                    wire.send_quietly(status, wire.network_report(report))
                 wire.send_quietly(status, record)
                 return
+
+
+def _stop_proxy(channel) -> dict:
+    """The allowlist proxy's report once the sandbox is gone; {} without a proxy."""
+    if channel is None or channel.proxy is None:
+        return {}
+    from nsbox.launch import proxy as net_proxy
+
+    running, channel.proxy = channel.proxy, None
+    return net_proxy.stop(running)
 
 
 def _write_quietly(fd: int, text: str) -> None:

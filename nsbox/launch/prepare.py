@@ -6,7 +6,7 @@ The forked children only make syscalls from this plan (no policy logic there).
 import os
 from nsbox.record import Record
 
-from nsbox.errors import PolicyError
+from nsbox.errors import PolicyError, UnsupportedKernel
 from nsbox.kernel import caps, namespaces
 from nsbox.launch import isolation, limits, protect, seccomp_filter, trace
 from nsbox.policy import plan as policy_plan
@@ -41,6 +41,7 @@ class LaunchPlan(Record):
     isolation_fallback: str = ""  # why `auto` settled for less than full
     private_tmp: str | None = None  # landlock isolation: per-run TMPDIR, created and removed
     limits: object = None  # launch.limits.LimitsPlan: resource limits and their mechanisms
+    net_proxy: object = None  # policy.netallow.ProxySettings for network "allowlist"
 
 
 def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
@@ -71,6 +72,10 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     landlock_rules = isolation.ruleset(iso, policy, writable, private_tmp,
                                        hidden=guard.landlock_hidden)
     full_env = sandbox_env(policy, host_env, tmpdir=private_tmp or "/tmp")
+    net_proxy = None
+    if policy.network == "allowlist":
+        net_proxy = _proxy_settings(policy, iso, host_env)
+        point_at_proxy(full_env, policy, net_proxy.port)
     limits_plan = limits.plan(policy.limits, policy.best_effort,
                               namespaced=iso.mode != isolation.LANDLOCK)
     # A cached filter is trusted by later runs: never cache where this command can write.
@@ -88,7 +93,42 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
         last_cap=caps.last_cap(), policy=policy, landlock=landlock_rules,
         isolation=iso.mode, isolation_missing=iso.missing,
         isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,
-        seccomp_bpf=seccomp_bpf)
+        seccomp_bpf=seccomp_bpf, net_proxy=net_proxy)
+
+
+def _proxy_settings(policy: Policy, iso, host_env: dict):
+    from nsbox.policy import netallow
+
+    if iso.mode == isolation.LANDLOCK:
+        # Without a network namespace the command's sockets are the host's: a proxy
+        # port on the host loopback would not stop it from connecting anywhere else.
+        why = f" ({iso.fallback_reason})" if iso.fallback_reason else ""
+        raise UnsupportedKernel(
+            "network 'allowlist' needs the sandbox's own network namespace, which "
+            f"Landlock-only isolation does not have{why}. Use --isolation full on a host "
+            "that allows user namespaces, or --network none")
+    overrides = ()
+    test_resolve = host_env.get("NSBOX_TEST_RESOLVE")
+    if test_resolve:
+        import sys
+
+        try:
+            overrides = netallow.parse_test_resolve(test_resolve)
+        except ValueError as err:
+            raise PolicyError(str(err)) from None
+        sys.stderr.write("nsbox: WARNING: NSBOX_TEST_RESOLVE is set: the network proxy "
+                         "resolves those names to the given addresses. Test use only.\n")
+    return netallow.ProxySettings(allow=policy.network_allow, overrides=overrides)
+
+
+def point_at_proxy(env: dict, policy: Policy, port: int) -> None:
+    """Proxy variables override the caller's (its proxy is out of reach), not --setenv."""
+    from nsbox.policy import netallow
+
+    chosen = {name for name, _ in policy.extra_env}
+    for name, value in netallow.proxy_env(port).items():
+        if name not in chosen:
+            env[name] = value
 
 
 def resolve_dir(path: str, what: str) -> str:

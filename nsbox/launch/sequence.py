@@ -2,7 +2,7 @@
 
 caller:   unshare namespaces -> write id maps -> fork PID 1
 PID 1:    join the limits' cgroup -> build the new root -> pivot_root -> hostname -> loopback
-          -> fork the command
+          -> [allowlist: fork the network forwarder] -> fork the command
 command:  chdir -> fds -> rlimits -> drop capabilities -> no_new_privs -> parent-death signal
           -> Landlock -> seccomp -> exec
 """
@@ -30,6 +30,8 @@ class Channel:
         # A warm session: called with the plan in place of exec, once every
         # restriction is applied; it serves commands and returns an exit code.
         self.serve = None
+        # launch.proxy.Running for network "allowlist": started by the caller before unshare.
+        self.proxy = None
 
 
 def enter_namespaces(plan) -> None:
@@ -56,6 +58,8 @@ def fork_init(plan, channel: Channel) -> int:
             os._exit(errorpipe.SETUP_FAILED)
     os.close(channel.error_w)
     os.close(channel.lifeline_r)
+    if channel.proxy is not None:
+        channel.proxy.close_sandbox_end()
     return pid
 
 
@@ -82,6 +86,11 @@ def _init_main(plan, channel: Channel) -> None:
             step = "loopback"
             trace.mark("loopback")
             net.loopback_up()
+        if channel.proxy is not None:
+            # After loopback, before the command: its first connection must find the port.
+            step = "network forwarder"
+            trace.mark("network forwarder")
+            channel.proxy.start_forwarder(plan)
         init.watch_signals(WATCHED_SIGNALS)
         step = "fork command"
         trace.mark("fork command")

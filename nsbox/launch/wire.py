@@ -15,6 +15,7 @@ from nsbox.launch import errorpipe
 STARTED = b"S"
 FAILED = b"F"  # + step NUL errno NUL exception class NUL message
 EXITED = b"X"  # + returncode, signal (0: none) as two native ints
+NETWORK = b"N"  # + the allowlist proxy's report as JSON; just before EXITED
 _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
 
@@ -95,6 +96,18 @@ def exited_from_status(status: int) -> bytes:
 def parse_exited(record: bytes):
     returncode, sig = _EXIT.unpack(record[1:])
     return returncode, sig or None
+
+
+def network_report(report: dict) -> bytes:
+    import json
+
+    return NETWORK + json.dumps(report).encode()
+
+
+def parse_network_report(record: bytes) -> dict:
+    import json
+
+    return json.loads(record[1:])
 
 
 def signal_request(sig: int) -> bytes:

@@ -12,11 +12,13 @@ from nsbox.errors import PolicyError
 from nsbox.policy.model import Policy
 
 # Keys that add to what earlier layers said instead of replacing it.
-ADDITIVE = ("writable", "env_keep", "hide", "unhide", "extra_env")
+ADDITIVE = ("writable", "env_keep", "hide", "unhide", "extra_env", "network_allow")
 # Keys of the [filesystem] and [env] tables -> layer keys.
 FILESYSTEM_KEYS = {"writable": "writable", "hide": "hide", "unhide": "unhide",
                    "hidden": "hidden", "protected": "protected", "git_protected": "git_protected"}
 ENV_KEYS = {"keep": "env_keep", "set": "extra_env", "clear": "clearenv"}
+# Keys of the [network] table; `network = "MODE"` at the top level works too.
+NETWORK_KEYS = {"mode": "network", "allow": "network_allow"}
 # Path lists whose relative entries are relative to the workspace.
 _PATH_KEYS = ("writable",)
 
@@ -47,6 +49,7 @@ def merge(layers: list) -> Policy:
     kwargs = dict(single)
     kwargs["writable"] = tuple(dict.fromkeys(added["writable"]))
     kwargs["env_keep"] = tuple(dict.fromkeys(added["env_keep"]))
+    kwargs["network_allow"] = tuple(dict.fromkeys(added["network_allow"]))
     kwargs["extra_env"] = tuple(dict(added["extra_env"]).items())  # the last value of a name wins
     policy = Policy(**kwargs)
     hidden = list(policy.hidden)
@@ -92,8 +95,16 @@ def parse_toml(text: str, source: str, base: str | None = None) -> dict:
             _table(layer, value, "filesystem", FILESYSTEM_KEYS, where)
         elif key == "env":
             _table(layer, value, "env", ENV_KEYS, where)
+        elif key == "network" and isinstance(value, dict):
+            _table(layer, value, "network", NETWORK_KEYS, where)
+            for table_key, target in NETWORK_KEYS.items():
+                if target in layer:
+                    try:
+                        Policy(**{target: layer[target]})
+                    except PolicyError as err:
+                        raise where.error(table_key, "network", str(err)) from None
         elif key in known and key not in ("hidden", "protected", "git_protected", "writable",
-                                          "env_keep", "extra_env", "clearenv"):
+                                          "env_keep", "extra_env", "clearenv", "network_allow"):
             layer[key] = _check(key, value, known[key], where, "")
         else:
             hint = ""
@@ -101,6 +112,8 @@ def parse_toml(text: str, source: str, base: str | None = None) -> dict:
                 hint = "; it belongs in the [filesystem] table"
             elif key in ("env_keep", "clearenv", "extra_env"):
                 hint = "; use the [env] table (keep, set, clear)"
+            elif key == "network_allow":
+                hint = "; use the [network] table: allow = [...]"
             raise where.error(key, "", f"unknown key {key!r}{hint}")
     if base:
         for key in _PATH_KEYS:
@@ -123,6 +136,10 @@ def _table(layer: dict, value, table: str, keys: dict, where) -> None:
                 raise where.error(key, table, f"[{table}] {key} must be a table of strings, "
                                               "e.g. set = {{ NAME = \"value\" }}")
             layer[target] = list(item.items())
+        elif target == "network":
+            if not isinstance(item, str):
+                raise where.error(key, table, f"[{table}] {key} must be a string")
+            layer[target] = item
         elif target == "clearenv":
             if not isinstance(item, bool):
                 raise where.error(key, table, f"[{table}] {key} must be true or false")

@@ -166,3 +166,11 @@ def resolve_override(mapping: tuple, host: str, port: int):
         if name == host and key_port == 0:
             fallback = (ip, target_port)
     return fallback
+
+
+class ProxySettings(Record):
+    """What the proxy of one run needs: computed before fork, handed to its process."""
+
+    allow: tuple  # checked entries (see check_entries)
+    port: int = PROXY_PORT
+    overrides: tuple = ()  # parse_test_resolve(...): test use only

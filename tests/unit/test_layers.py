@@ -7,7 +7,8 @@ import nsbox
 
 ROOT = pathlib.Path(nsbox.__file__).parent
 # Lower number = lower layer. Modules not listed are entry points (cli, api, ...).
-LAYERS = {"_ffi": 0, "_libc": 0, "errors": 0, "record": 0, "kernel": 1, "policy": 2, "launch": 3}
+LAYERS = {"_ffi": 0, "_libc": 0, "errors": 0, "record": 0, "kernel": 1, "policy": 2, "launch": 3,
+          "netproxy": 3}
 
 
 def layer_of(module: str):

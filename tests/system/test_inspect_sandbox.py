@@ -1,0 +1,200 @@
+"""nsbox as an Inspect AI sandbox provider, driven by a real eval with a scripted mock model."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import pytest
+
+inspect_ai = pytest.importorskip(
+    "inspect_ai", reason="Inspect AI is not installed (pip install nsbox[inspect])")
+
+from inspect_ai import Task, eval as inspect_eval  # noqa: E402
+from inspect_ai.dataset import Sample  # noqa: E402
+from inspect_ai.model import ChatMessageTool, ModelOutput, ModelUsage, get_model  # noqa: E402
+from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, scorer  # noqa: E402
+from inspect_ai.solver import TaskState, generate, use_tools  # noqa: E402
+from inspect_ai.tool import bash  # noqa: E402
+from inspect_ai.util import sandbox  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SAMPLES = 10
+TOOL_TIMEOUT = 2
+
+
+def mountinfo() -> list:
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line.split(" ", 4)[4] for line in f)
+
+
+def sleeping(duration: str) -> list:
+    """Live `sleep <duration>` processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read() == b"sleep\0" + duration.encode() + b"\0":
+                    found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
+def test_the_entry_point_registers_the_provider():
+    """What Inspect does for sandbox="nsbox", in a fresh interpreter (an import error
+    there is only a logged warning, then "not recognized")."""
+    code = ("from inspect_ai.util._sandbox.registry import registry_find_sandboxenv as find\n"
+            "print(find('nsbox').__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "nsbox.integrations.inspect_sandbox"
+
+
+@pytest.fixture
+def eval_tmp(tmp_path, monkeypatch):
+    """Workspaces under tmp_path/work, so the test can see that none is left."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    return tmp_path
+
+
+def scripted_model(home_probe: str, secret: str, sleep_for: str):
+    """Per sample: write a file, write to $HOME, time out, plant links to a secret, stop."""
+
+    def next_output(messages, tools, tool_choice, config):
+        sample = messages[0].text.split()[-1]
+        done = sum(isinstance(m, ChatMessageTool) for m in messages)
+        commands = [
+            f"echo {sample} > result.txt && echo; echo $(ls)",
+            f"echo pwned > {home_probe}",
+            f"sleep {sleep_for}",
+            f"ln -s {secret} notes.txt && ln -s {secret} clobber.txt",
+        ]
+        if done < len(commands):
+            output = ModelOutput.for_tool_call("mockllm/model", "bash", {"command": commands[done]})
+        else:
+            output = ModelOutput.from_content("mockllm/model", "done")
+        # Given usage, the mock model counts no tokens (its tokenizer would be downloaded).
+        output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+        return output
+
+    return next_output
+
+
+@scorer(metrics=[accuracy()])
+def sandbox_checks():
+    async def score(state: TaskState, target: Target) -> Score:
+        box = sandbox()
+        problems = []
+        if (await box.read_file("result.txt")).strip() != target.text:
+            problems.append("result.txt does not hold this sample's id")
+        if (await box.read_file("result.txt", text=False)).strip() != target.text.encode():
+            problems.append("read_file(text=False) differs")
+        try:
+            leaked = await box.read_file("notes.txt")
+            problems.append(f"read_file followed a planted link: {leaked!r}")
+        except FileNotFoundError:
+            pass
+        try:
+            await box.write_file("clobber.txt", "overwritten")
+        except OSError:
+            pass
+        await box.write_file("from_scorer/bytes.bin", b"\x00\x01")
+        seen = await box.exec(["sh", "-c", "cat from_scorer/bytes.bin | od -An -tx1; pwd"])
+        return Score(value=INCORRECT if problems else CORRECT, explanation="; ".join(problems),
+                     metadata={"exec": seen.stdout})
+
+    return score
+
+
+def test_an_eval_runs_each_sample_in_its_own_nsbox(eval_tmp):
+    secret = eval_tmp / "id_rsa"
+    secret.write_text("TOPSECRET\n")
+    home_probe = os.path.join(os.path.expanduser("~"), f"nsbox-inspect-{uuid.uuid4().hex}")
+    sleep_for = f"{100 + uuid.uuid4().int % 100}.{uuid.uuid4().int % 10**6:06d}"
+    mounts_before = mountinfo()
+
+    task = Task(
+        dataset=[Sample(input=f"do the task for sample-{i}", target=f"sample-{i}",
+                        files={"given.txt": f"given to sample-{i}\n"}) for i in range(SAMPLES)],
+        solver=[use_tools(bash(timeout=TOOL_TIMEOUT)), generate()],
+        scorer=sandbox_checks(),
+        sandbox="nsbox",
+    )
+    model = get_model("mockllm/model",
+                      custom_outputs=scripted_model(home_probe, str(secret), sleep_for))
+    [log] = inspect_eval(task, model=model, log_dir=str(eval_tmp / "logs"), display="none",
+                         max_samples=SAMPLES, max_sandboxes=SAMPLES, log_format="json")
+
+    assert log.status == "success", log.error
+    assert len(log.samples) == SAMPLES
+    workspaces = set()
+    for sample in log.samples:
+        score = next(iter(sample.scores.values()))
+        assert score.value == CORRECT, score.explanation
+        shown, workspace = score.metadata["exec"].split()[:2], score.metadata["exec"].split()[-1]
+        assert shown == ["00", "01"]
+        workspaces.add(workspace)
+        tool_results = [m for m in sample.messages if isinstance(m, ChatMessageTool)]
+        assert len(tool_results) == 4
+        made, home, slept, _ = tool_results
+        # Only this sample's files: the sample's own `files` and what it wrote.
+        assert made.error is None and made.text.splitlines()[-1] == "given.txt result.txt"
+        assert "Read-only file system" in (home.error.message if home.error else home.text)
+        assert slept.error is not None and slept.error.type == "timeout"
+    assert len(workspaces) == SAMPLES  # ten sandboxes, one per sample
+
+    assert not os.path.exists(home_probe)
+    assert secret.read_text() == "TOPSECRET\n"
+    assert sleeping(sleep_for) == []
+    assert mountinfo() == mounts_before
+    assert os.listdir(eval_tmp / "work") == []
+
+
+def test_the_provider_contract_with_a_policy_file(tmp_path, monkeypatch):
+    """exec's arguments and errors; paths outside the workspace (its private /tmp) are
+    read and written from inside the sandbox."""
+    from nsbox.integrations.inspect_sandbox import NsboxSandboxEnvironment
+    from inspect_ai.util import OutputLimitExceededError, SandboxUserUnsupportedError
+    from inspect_ai.util._sandbox.limits import override_max_exec_output_size
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = tmp_path / "policy.toml"
+    config.write_text('hostname = "inspect-box"\n')
+    host_tmp_file = f"/tmp/nsbox-inspect-{uuid.uuid4().hex}"
+
+    async def scenario():
+        await NsboxSandboxEnvironment.task_init("t", str(config))
+        envs = await NsboxSandboxEnvironment.sample_init("t", str(config), {})
+        box = envs["default"]
+        try:
+            assert (await box.exec(["uname", "-n"])).stdout == "inspect-box\n"
+            await box.write_file(host_tmp_file, "inside\r\n")
+            assert await box.read_file(host_tmp_file) == "inside\r\n"
+            assert (await box.exec(["cat", host_tmp_file])).stdout == "inside\r\n"
+            with pytest.raises(FileNotFoundError):
+                await box.read_file("/tmp/does-not-exist")
+            with pytest.raises(PermissionError):
+                await box.write_file("/etc/nsbox-inspect-probe", "x")
+            with pytest.raises(SandboxUserUnsupportedError):
+                await box.exec(["id"], user="nobody" if os.getuid() else "daemon")
+            with override_max_exec_output_size(1000):
+                with pytest.raises(OutputLimitExceededError):
+                    await box.exec(["yes"])
+            await box.write_file("sub/x", "")
+            result = await box.exec(["sh", "-c", 'read line; echo "$line $WHO $(ls)"; exit 3'],
+                                    input="hello", env={"WHO": "there"}, cwd="sub")
+            assert (result.returncode, result.stdout, result.success) == (3, "hello there x\n", False)
+        finally:
+            await NsboxSandboxEnvironment.sample_cleanup("t", str(config), envs, False)
+        return box.workspace
+
+    workspace = asyncio.run(scenario())
+    assert not os.path.exists(host_tmp_file)  # it was the sandbox's /tmp
+    assert not os.path.exists("/etc/nsbox-inspect-probe")
+    assert not os.path.exists(workspace)

@@ -1,0 +1,97 @@
+"""nsbox as a mini-swe-agent environment, driven by its default agent and deterministic model."""
+
+import os
+import uuid
+
+import pytest
+
+# mini-swe-agent writes a global config directory on import; keep it out of $HOME.
+os.environ.setdefault("MSWEA_GLOBAL_CONFIG_DIR", f"/tmp/nsbox-test-mswea-{os.getuid()}")
+os.environ.setdefault("MSWEA_SILENT_STARTUP", "1")
+pytest.importorskip("minisweagent",
+                    reason="mini-swe-agent is not installed (pip install nsbox[mini-swe-agent])")
+
+import yaml  # noqa: E402
+from minisweagent.agents.default import DefaultAgent  # noqa: E402
+from minisweagent.config import builtin_config_dir  # noqa: E402
+from minisweagent.environments import get_environment  # noqa: E402
+from minisweagent.models.test_models import DeterministicModel, make_output  # noqa: E402
+
+ENVIRONMENT_CLASS = "nsbox.integrations.mini_swe_agent.NsboxEnvironment"
+
+
+def action(command: str) -> dict:
+    return make_output(f"```mswea_bash_command\n{command}\n```", [{"command": command}])
+
+
+def sleeping(duration: str) -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read() == b"sleep\0" + duration.encode() + b"\0":
+                    found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def config(workspace):
+    """mini-swe-agent's default config, with the nsbox environment over `workspace`."""
+    config = yaml.safe_load((builtin_config_dir / "default.yaml").read_text())
+    config["environment"].update(environment_class=ENVIRONMENT_CLASS, cwd=str(workspace),
+                                 timeout=2, image="ignored-by-nsbox")
+    return config
+
+
+def test_the_default_agent_works_in_nsbox(config, workspace):
+    home_probe = os.path.join(os.path.expanduser("~"), f"nsbox-mswea-{uuid.uuid4().hex}")
+    background = f"{200 + uuid.uuid4().int % 100}.{uuid.uuid4().int % 10**6:06d}"
+    model = DeterministicModel(outputs=[
+        action("printf 'def answer():\\n    return 42\\n' > answer.py && echo written"),
+        action("python3 -c 'import answer; print(answer.answer())' && echo kept > /tmp/kept"),
+        action(f"cat /tmp/kept; echo pwned > {home_probe}"),
+        action(f"(setsid sleep {background} &) ; sleep {background}"),
+        action("echo $MARKER; uname -n; cat /tmp/kept 2>&1 || echo no-tmp"),
+        action("echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT && cat answer.py"),
+    ])
+    config["environment"]["env"]["MARKER"] = "from-config"
+    env = get_environment(config["environment"])
+    agent = DefaultAgent(model, env, **config["agent"])
+    try:
+        result = agent.run("Write answer.py")
+    finally:
+        env.cleanup()
+
+    assert result["exit_status"] == "Submitted"
+    assert result["submission"] == "def answer():\n    return 42\n"
+    assert (workspace / "answer.py").read_text() == result["submission"]
+    observations = [m["content"] for m in agent.messages if m["role"] == "user"][1:]
+    written, ran, denied, timed_out, after = observations
+    assert "<returncode>0</returncode>" in written and "written" in written
+    assert "42" in ran
+    # A denied command is an ordinary failed observation.
+    assert "<returncode>1</returncode>" in denied and "Read-only file system" in denied
+    assert "kept" in denied  # the sandbox's /tmp lasts from one action to the next
+    assert not os.path.exists(home_probe)
+    # A timeout is returncode -1, and ends the whole sandbox: the setsid'd sleep too.
+    assert "<returncode>-1</returncode>" in timed_out and "timed out" in timed_out
+    assert sleeping(background) == []
+    assert "from-config" in after and "nsbox" in after and "no-tmp" in after  # a new sandbox
+
+
+def test_template_vars_and_a_failing_command(config, workspace):
+    env = get_environment(config["environment"])
+    try:
+        names = env.get_template_vars()
+        assert {"system", "release", "version", "machine", "cwd", "timeout"} <= set(names)
+        assert names["node"] == "nsbox"
+        out = env.execute({"command": "echo to-stderr >&2; exit 3"})
+        assert out == {"output": "to-stderr\n", "returncode": 3, "exception_info": ""}
+        missing = env.execute({"command": "true"}, cwd=str(workspace / "no-such-dir"))
+        assert missing["returncode"] == -1 and missing["exception_info"]
+        assert env.execute({"command": "pwd"}, cwd="/tmp")["output"] == "/tmp\n"
+        assert env.serialize()["info"]["config"]["environment_type"] == ENVIRONMENT_CLASS
+    finally:
+        env.cleanup()

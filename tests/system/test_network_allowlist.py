@@ -1,0 +1,291 @@
+"""Network mode "allowlist": named hosts only, through the filtering proxy.
+
+Everything stays on this machine: two servers on the host's 127.0.0.1 (plain
+HTTP and TLS) are reached under made-up names through the proxy's test
+resolver (NSBOX_TEST_RESOLVE); nothing resolves or connects anywhere else.
+"""
+
+import http.server
+import json
+import os
+import shutil
+import ssl
+import sys
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+import nsbox
+from nsbox.policy.model import Policy
+
+pytestmark = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")),
+                                reason="needs curl and openssl (tests/setup.sh packages)")
+
+BLOCKED_DENIED = "nsbox: network: blocked GET denied.test:80 (not in allowlist)"
+
+
+class _Server:
+    """An HTTP server on the host's loopback that remembers every request line."""
+
+    def __init__(self, context=None):
+        self.seen = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append((self.headers.get("Host"), self.path))
+                body = f"hello {self.path}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tls")
+    os.chmod(directory, 0o755)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=allowed.test", "-keyout", str(key), "-out", str(cert),
+                    "-addext", "subjectAltName=DNS:allowed.test,DNS:denied.test"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def servers(certificate):
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    plain, tls = _Server(), _Server(context)
+    yield plain, tls
+    plain.close()
+    tls.close()
+
+
+@pytest.fixture
+def resolve_env(servers):
+    """The environment that maps allowed.test and denied.test to the two local servers."""
+    plain, tls = servers
+    plain.seen.clear()
+    tls.seen.clear()
+    mapping = ",".join(f"{name}:{port}=127.0.0.1:{server.port}"
+                       for name in ("allowed.test", "denied.test")
+                       for port, server in ((80, plain), (443, tls)))
+    return dict(os.environ, NSBOX_TEST_RESOLVE=mapping, NSBOX_TEST_MARK=uuid.uuid4().hex)
+
+
+def processes_with(mark: str) -> list:
+    """Live processes (proxy, forwarder, ...) whose environment holds `mark`."""
+    found = []
+    needle = f"NSBOX_TEST_MARK={mark}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def processes_named(*names: str) -> list:
+    """Live processes of this user with one of these names."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue
+        uid = int(status.get("Uid", "-1 0").split()[1])
+        if status.get("Name", "").strip() in names and uid == os.geteuid() \
+                and status.get("State", "").split()[0:1] != ["Z"]:
+            found.append(int(entry))
+    return found
+
+
+URLLIB_PROBE = r"""
+import ssl, sys, urllib.error, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[1])
+for url in sys.argv[2:]:
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=20) as r:
+            print(url, r.status, r.read().decode().strip())
+    except urllib.error.HTTPError as err:
+        print(url, err.code)
+    except urllib.error.URLError as err:
+        print(url, "error", err.reason)
+"""
+
+
+def test_allowed_names_pass_and_the_rest_is_refused_and_reported(
+        nsbox_exec, workspace, servers, certificate, resolve_env):
+    plain, tls = servers
+    cert = workspace / "ca.pem"  # the host's /tmp is not visible inside
+    shutil.copy(certificate[0], cert)
+    script = f"""
+    curl -sS http://allowed.test/curl-plain
+    curl -sS --cacert {cert} https://allowed.test/curl-tls
+    curl -sS -o /dev/null -w 'denied-plain %{{http_code}}\\n' http://denied.test/no
+    curl -sS --cacert {cert} https://denied.test/no || echo "denied-tls exit $?"
+    python3 -c '{URLLIB_PROBE}' {cert} http://allowed.test/py-plain https://allowed.test/py-tls \
+        http://denied.test/no
+    """
+    status = workspace / "status.json"
+    r = nsbox_exec(script, "--allow-domain", "allowed.test", "--json-status", str(status),
+                   env=resolve_env)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "hello /curl-plain" in out and "hello /curl-tls" in out
+    assert "denied-plain 403" in out
+    assert "denied-tls exit 56" in out  # curl: the CONNECT tunnel was refused
+    assert "http://allowed.test/py-plain 200 hello /py-plain" in out
+    assert "https://allowed.test/py-tls 200 hello /py-tls" in out
+    assert "http://denied.test/no 403" in out
+    # What the servers saw: the allowed requests, nothing for denied.test.
+    assert sorted(path for _, path in plain.seen) == ["/curl-plain", "/py-plain"]
+    assert sorted(path for _, path in tls.seen) == ["/curl-tls", "/py-tls"]
+    assert all(host.startswith("allowed.test") for host, _ in plain.seen + tls.seen)
+    # One stderr line per refusal, and the same in the run record.
+    assert err.count(BLOCKED_DENIED) == 2
+    assert err.count("nsbox: network: blocked CONNECT denied.test:443 (not in allowlist)") == 1
+    network = json.loads(status.read_text())["network"]
+    assert network["mode"] == "allowlist" and network["allow"] == ["allowed.test"]
+    assert network["blocked_total"] == 3
+    assert {"method": "CONNECT", "host": "denied.test", "port": 443,
+            "reason": "not in allowlist"} in network["blocked"]
+    # The proxy and the forwarder ended with the run.
+    assert processes_with(resolve_env["NSBOX_TEST_MARK"]) == []
+
+
+def test_no_direct_route_and_raw_ips_refused(nsbox_exec, servers, resolve_env):
+    plain, _ = servers
+    script = f"""
+    python3 -c '
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {plain.port}), timeout=5)
+    print("direct connected")
+except OSError as err:
+    print("direct failed", err.errno)
+'
+    curl -sS --noproxy "" -x http://127.0.0.1:3128 -o /dev/null -w 'raw %{{http_code}}\\n' \
+        http://127.0.0.1:{plain.port}/raw
+    curl -sS --noproxy "" -x socks5h://127.0.0.1:3128 http://127.0.0.1:{plain.port}/socks \
+        || echo "socks exit $?"
+    """
+    r = nsbox_exec(script, "--allow-domain", "allowed.test", env=resolve_env)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert "direct failed 111" in out  # ECONNREFUSED: the sandbox's own, empty loopback
+    assert "raw 403" in out
+    assert "socks exit 97" in out  # curl: the SOCKS5 server refused the connection
+    assert (f"nsbox: network: blocked GET 127.0.0.1:{plain.port} "
+            "(raw IP address not in allowlist)") in err
+    assert (f"nsbox: network: blocked SOCKS 127.0.0.1:{plain.port} "
+            "(raw IP address not in allowlist)") in err
+    assert plain.seen == []
+    assert processes_with(resolve_env["NSBOX_TEST_MARK"]) == []
+
+
+def test_an_explicitly_allowed_address_is_reachable(nsbox_exec, servers, resolve_env):
+    plain, _ = servers
+    r = nsbox_exec(f'curl -sS --noproxy "" -x http://127.0.0.1:3128 '
+                   f'http://127.0.0.1:{plain.port}/by-ip',
+                   "--allow-domain", "127.0.0.1", env=resolve_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == "hello /by-ip\n"
+    assert plain.seen == [(f"127.0.0.1:{plain.port}", "/by-ip")]
+
+
+def test_policy_file_network_table(nsbox_exec, workspace, servers, resolve_env):
+    (workspace / ".nsbox").mkdir()
+    (workspace / ".nsbox" / "policy.toml").write_text('[network]\nallow = ["*.test"]\n')
+    r = nsbox_exec("curl -sS http://denied.test/wild", env=resolve_env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == "hello /wild\n"
+
+
+def test_the_forwarder_is_confined(nsbox_exec, resolve_env):
+    # The forwarder is the other process PID 1 started: no capabilities, no_new_privs,
+    # and (Landlock ABI 6+) out of the command's reach for signals.
+    script = r"""
+for s in /proc/[0-9]*/status; do
+  if grep -q '^Name:.nsbox-netfwd' "$s"; then
+    grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' "$s"
+    pid=$(basename $(dirname "$s"))
+    kill -0 "$pid" 2>/dev/null && echo "signal reached" || echo "signal refused"
+  fi
+done
+"""
+    r = nsbox_exec(script, "--allow-domain", "allowed.test", env=resolve_env)
+    out = r.stdout.decode()
+    assert "CapEff:\t0000000000000000" in out
+    assert "CapPrm:\t0000000000000000" in out
+    assert "CapBnd:\t0000000000000000" in out
+    assert "NoNewPrivs:\t1" in out
+    from nsbox.kernel import landlock
+
+    if landlock.abi_version() >= 6:
+        assert "signal refused" in out
+
+
+def test_landlock_only_isolation_refuses_allowlist(nsbox_exec):
+    r = nsbox_exec("true", "--isolation", "landlock", "--allow-domain", "allowed.test")
+    assert r.returncode == 125
+    assert "network 'allowlist' needs the sandbox's own network namespace" in r.stderr.decode()
+
+
+def test_library_result_lists_refusals(workspace, servers, resolve_env):
+    plain, _ = servers
+    r = nsbox.run(["sh", "-c", "curl -sS http://allowed.test/lib; "
+                   "curl -sS -o /dev/null -w '%{http_code}' http://denied.test/lib"],
+                  policy=Policy(workspace=str(workspace), network_allow=("allowed.test",)),
+                  env=resolve_env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello /lib\n403"
+    assert BLOCKED_DENIED.encode() in r.stderr
+    assert [x.as_dict() for x in r.network_blocked] == [
+        {"method": "GET", "host": "denied.test", "port": 80, "reason": "not in allowlist"}]
+    assert plain.seen == [("allowed.test", "/lib")]
+    # The fork server's children do not carry this test's environment: look for names.
+    assert processes_named("nsbox-netproxy", "nsbox-netfwd") == []
+
+
+def test_default_network_mode_starts_no_proxy(nsbox_exec, resolve_env):
+    r = nsbox_exec("echo ${HTTP_PROXY:-unset}; cat /proc/[0-9]*/comm", env=resolve_env)
+    out = r.stdout.decode().split()
+    assert out[0] == "unset" and "nsbox-init" in out and "nsbox-netfwd" not in out
+    assert processes_with(resolve_env["NSBOX_TEST_MARK"]) == []
+
+
+def test_default_mode_keeps_the_proxy_off_the_import_path(workspace):
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "nsbox", "exec",
+                        "--workspace", str(workspace), "--", "true"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    assert "nsbox.launch.foreground" in imported
+    for module in ("nsbox.netproxy", "nsbox.launch.proxy", "nsbox.policy.netallow",
+                   "ipaddress", "pyroute2"):
+        assert module not in imported
