@@ -31,3 +31,39 @@ def nsbox_exec(workspace):
                               check=check, **kw)
 
     return run
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _live_pids(matches) -> list:
+    """PIDs of live processes whose raw /proc cmdline satisfies `matches`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if matches(cmdline) and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def processes_with(marker: str) -> list:
+    """Live processes whose command line contains `marker`."""
+    return _live_pids(lambda cmdline: marker.encode() in cmdline)
+
+
+def pids_running(*argv: str) -> list:
+    """Live processes whose argv is exactly `argv`."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    return _live_pids(lambda cmdline: cmdline == wanted)

@@ -1,9 +1,7 @@
 """End-to-end behaviour of `nsbox exec` against the real kernel."""
 
-import os
 import signal
 import subprocess
-import time
 
 from conftest import nsbox_cmd
 

@@ -19,6 +19,7 @@ from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, score
 from inspect_ai.solver import TaskState, generate, use_tools  # noqa: E402
 from inspect_ai.tool import bash  # noqa: E402
 from inspect_ai.util import sandbox  # noqa: E402
+from conftest import pids_running  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -29,19 +30,6 @@ TOOL_TIMEOUT = 2
 def mountinfo() -> list:
     with open("/proc/self/mountinfo") as f:
         return sorted(line.split(" ", 4)[4] for line in f)
-
-
-def sleeping(duration: str) -> list:
-    """Live `sleep <duration>` processes."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if f.read() == b"sleep\0" + duration.encode() + b"\0":
-                    found.append(entry)
-        except OSError:
-            pass
-    return found
 
 
 def test_the_entry_point_registers_the_provider():
@@ -151,7 +139,7 @@ def test_an_eval_runs_each_sample_in_its_own_nsbox(eval_tmp):
 
     assert not os.path.exists(home_probe)
     assert secret.read_text() == "TOPSECRET\n"
-    assert sleeping(sleep_for) == []
+    assert pids_running("sleep", sleep_for) == []
     assert mountinfo() == mounts_before
     assert os.listdir(eval_tmp / "work") == []
 

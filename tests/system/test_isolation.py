@@ -1,16 +1,14 @@
 """Escape attempts against the default sandbox; each checks the host afterwards."""
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import IS_ROOT, nsbox_cmd
+from conftest import IS_ROOT, nsbox_cmd, processes_with
 
 PY = "/usr/bin/python3"  # an interpreter every test user can run inside the sandbox
 
@@ -179,28 +177,14 @@ def test_loopback_inside_works(nsbox_exec):
     assert r.stdout == b"PING\n"
 
 
-def _processes_with(marker: str):
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def test_orphans_die_when_command_exits(nsbox_exec):
     marker = f"31{os.getpid() % 100000:05d}"
     r = nsbox_exec(f"setsid sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & echo started")
     assert r.stdout == b"started\n"
     deadline = time.monotonic() + 5
-    while _processes_with(marker) and time.monotonic() < deadline:
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_with(marker) == []
+    assert processes_with(marker) == []
 
 
 def test_sigkill_of_nsbox_kills_the_sandbox(workspace):
@@ -209,13 +193,13 @@ def test_sigkill_of_nsbox_kills_the_sandbox(workspace):
                                       f"sleep {marker} & echo ready; wait"),
                             stdout=subprocess.PIPE)
     assert proc.stdout.readline() == b"ready\n"
-    assert _processes_with(marker)
+    assert processes_with(marker)
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 5
-    while _processes_with(marker) and time.monotonic() < deadline:
+    while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_with(marker) == []
+    assert processes_with(marker) == []
 
 
 def test_twenty_sandboxes_in_parallel(tmp_path):

@@ -5,7 +5,6 @@ denial and that nothing changed on the host.
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys

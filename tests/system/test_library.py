@@ -14,6 +14,7 @@ import pytest
 
 import nsbox
 from nsbox.policy.model import Policy
+from conftest import alive, pids_running
 
 
 @pytest.fixture
@@ -24,31 +25,6 @@ def policy(workspace):
 def marker() -> str:
     """A sleep duration no other process uses, to find our sleeps in /proc."""
     return f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def pids_running(*argv: str) -> list:
-    """Live processes whose argv is exactly `argv`."""
-    wanted = "\0".join(argv).encode() + b"\0"
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if cmdline == wanted and alive(int(entry)):
-            found.append(int(entry))
-    return found
 
 
 def wait_until(condition, seconds: float = 10.0) -> bool:

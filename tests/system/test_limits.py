@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import nsbox_cmd
+from conftest import nsbox_cmd, processes_with
 from nsbox.launch import limits as launch_limits
 from nsbox.policy.limits import Limits
 
@@ -26,18 +26,6 @@ def cgroup_parents() -> list:
     """Every directory nsbox may create a sandbox cgroup in, on this host, for this user."""
     probe = Limits(pids=10, memory=1 << 30, cpu=1.0, wall=1)
     return sorted({parent for _, parent, _, _ in launch_limits.plan(probe, True).cgroups})
-
-
-def processes_with(marker: str) -> list:
-    found = []
-    for path in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(path, "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(path.split("/")[2])
-        except OSError:
-            pass
-    return found
 
 
 @pytest.fixture

@@ -16,24 +16,13 @@ from minisweagent.agents.default import DefaultAgent  # noqa: E402
 from minisweagent.config import builtin_config_dir  # noqa: E402
 from minisweagent.environments import get_environment  # noqa: E402
 from minisweagent.models.test_models import DeterministicModel, make_output  # noqa: E402
+from conftest import pids_running  # noqa: E402
 
 ENVIRONMENT_CLASS = "nsbox.integrations.mini_swe_agent.NsboxEnvironment"
 
 
 def action(command: str) -> dict:
     return make_output(f"```mswea_bash_command\n{command}\n```", [{"command": command}])
-
-
-def sleeping(duration: str) -> list:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if f.read() == b"sleep\0" + duration.encode() + b"\0":
-                    found.append(entry)
-        except OSError:
-            pass
-    return found
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ def test_the_default_agent_works_in_nsbox(config, workspace):
     assert not os.path.exists(home_probe)
     # A timeout is returncode -1, and ends the whole sandbox: the setsid'd sleep too.
     assert "<returncode>-1</returncode>" in timed_out and "timed out" in timed_out
-    assert sleeping(background) == []
+    assert pids_running("sleep", background) == []
     assert "from-config" in after and "nsbox" in after and "no-tmp" in after  # a new sandbox
 
 
