@@ -23,7 +23,8 @@ def exit_now(code: int) -> None:
 
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None when the fd was closed at start-up
+                stream.flush()
         except (OSError, ValueError):
             pass
     os._exit(code)

@@ -75,3 +75,11 @@ def test_sigterm_to_nsbox_is_forwarded(workspace):
     out, _ = proc.communicate(timeout=20)
     assert b"got-term" in out
     assert proc.returncode == 7
+
+
+def test_closed_stdout_and_stdin_are_passed_through(workspace):
+    r = subprocess.run(" ".join(nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c",
+                                          "'echo done >&2; exit 4'")) + " <&- >&-",
+                       shell=True, capture_output=True)
+    assert r.returncode == 4
+    assert r.stderr == b"done\n"
