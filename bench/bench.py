@@ -142,7 +142,10 @@ def build_cases(workspace: str, notes: list) -> tuple:
                           call=lambda: check_ok(subprocess.run(argv)), note="in-process"))
     if have["run"]:
         cases.append(Case("nsbox.run(['true'])", call=lambda: check_ok(nsbox.run(["true"])),
-                          note="in-process, fresh sandbox"))
+                          note="in-process, pre-warmed"))
+        cases.append(Case("nsbox.run(['true'], prewarm=False)",
+                          call=lambda: check_ok(nsbox.run(["true"], prewarm=False)),
+                          note="in-process, built from scratch"))
     else:
         notes.append("nsbox.run does not exist yet: library fresh case skipped")
     if have["Session"]:

@@ -13,6 +13,7 @@ _LAZY = {
     "SetupFailed": "nsbox.errors",
     "run": "nsbox.api",
     "run_async": "nsbox.api",
+    "set_prewarm": "nsbox.api",
     "Popen": "nsbox.api",
     "Session": "nsbox.api",
     "Result": "nsbox.api",

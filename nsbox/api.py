@@ -21,7 +21,6 @@ appends the reason to the captured stderr.
 """
 
 import os
-import pickle
 import select
 import signal as _signals
 import time
@@ -29,7 +28,7 @@ from nsbox.record import Record
 
 from nsbox import errors
 from nsbox.errors import SandboxError, SetupFailed
-from nsbox.launch import errorpipe, forkserver, launcher, prepare, trace, wire
+from nsbox.launch import errorpipe, forkserver, launcher, prepare, spares, trace, wire
 
 PIPE = -1
 STDOUT = -2
@@ -64,7 +63,7 @@ class Result(Record):
 
 def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
         timeout: float | None = None, capture_output: bool = True,
-        max_output: int | None = None) -> Result:
+        max_output: int | None = None, prewarm: bool = True) -> Result:
     """Run one command in a fresh sandbox and wait for it.
 
     policy None is the default policy with the current directory as workspace.
@@ -73,18 +72,56 @@ def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
     sandbox is killed and the output so far is returned with timed_out=True.
     max_output caps each captured stream in bytes: past it the command is killed
     too (output_limited=True), so a runaway command can't fill this process's memory.
+
+    Pre-warming: after a run, a spare sandbox for the same policy is built in the
+    background, and the next run with the same resolved policy execs its command
+    there (see set_prewarm); prewarm=False builds this run's sandbox from scratch
+    and leaves no spare.
     """
-    return _finish_sync(_popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None,
-                                       input, capture_output), input, timeout, max_output)
+    proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None, input,
+                          capture_output, prewarm=prewarm)
+    result = _finish_sync(proc, input, timeout, max_output)
+    proc._keep_spare()
+    return result
 
 
 async def run_async(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
                     timeout: float | None = None, capture_output: bool = True,
-                    max_output: int | None = None) -> Result:
+                    max_output: int | None = None, prewarm: bool = True) -> Result:
     """run() for asyncio: waits in the event loop, no thread per command. Cancelling kills."""
     proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None, input,
-                          capture_output, started=False)
-    return await _finish_async(proc, input, timeout, max_output)
+                          capture_output, started=False, prewarm=prewarm)
+    result = await _finish_async(proc, input, timeout, max_output)
+    proc._keep_spare()
+    return result
+
+
+def set_prewarm(enabled: bool) -> None:
+    """Turn pre-warmed sandboxes for run()/run_async() on (the default) or off.
+
+    With pre-warming on, each run() leaves one spare sandbox for its resolved
+    policy, built in the background up to the exec of the command (at most one
+    per policy, for the 4 most recently used policies). The next run() with an
+    equal policy sends its command there: it still gets a sandbox no other
+    command has used (fresh /tmp, PID namespace, nothing left from earlier
+    commands), and behaves exactly as with a fresh one. A spare is used only if
+    what it was built from is unchanged: the resolved mounts, hidden and
+    protected paths, Landlock rules (and the directory listings behind them),
+    seccomp filter, and the identity of every writable root and masked or
+    protected path. Runs with network "allowlist" or non-default resource limits
+    never use spares. Spares die with this process. Off drops the existing
+    spares; NSBOX_PREWARM=0 in the environment turns them off as well.
+    """
+    spares.pool().set_enabled(bool(enabled))
+
+
+def prewarm_stats() -> dict:
+    """Counters of the pre-warming pool: spares (kept now), built, used, dropped."""
+    return spares.pool().stats()
+
+
+def _prewarm_wanted() -> bool:
+    return os.environ.get("NSBOX_PREWARM", "1") != "0" and spares.pool().enabled
 
 
 class Popen:
@@ -99,7 +136,7 @@ class Popen:
     """
 
     def __init__(self, args, *, policy=None, cwd=None, env=None, stdin=None, stdout=None,
-                 stderr=None, _session=None, _started=True):
+                 stderr=None, _session=None, _started=True, _prewarm=False):
         if isinstance(args, (str, bytes)):
             args = [args]
         self.args = tuple(args)
@@ -114,12 +151,20 @@ class Popen:
         self._status = None
         self._pump = None
         self._began = time.monotonic()
+        self._plan = self._spare_key = None
         if _session is None:
-            plan = _prepare(self.args, policy, cwd, env)
+            self._plan = plan = _prepare(self.args, policy, cwd, env)
+            if _prewarm and _prewarm_wanted():
+                self._spare_key = spares.key_of(plan)
         child_fds, ours, to_close = _stdio(stdin, stdout, stderr)
         try:
             if _session is None:
-                self._status = _submit_one_shot(plan, child_fds)
+                if self._spare_key is not None:
+                    # Async callers don't wait for a spare still being built.
+                    self._status = spares.pool().start(self._spare_key, plan, child_fds,
+                                                       wait=_started)
+                if self._status is None:
+                    self._status = _submit_one_shot(plan, child_fds)
             else:
                 self._status = _session._submit(self.args, cwd, env, child_fds)
         except BaseException:
@@ -190,6 +235,15 @@ class Popen:
             self.wait()
         finally:
             self._status.close()
+
+    def _keep_spare(self) -> None:
+        """After a run: a spare for the next run with this plan (best effort)."""
+        if self._spare_key is None:
+            return
+        try:
+            spares.pool().replenish(self._spare_key, self._plan)
+        except (SandboxError, OSError):
+            pass  # only an optimisation: the next run starts fresh and reports any problem
 
     def _on_record(self, record: bytes) -> None:
         tag = record[:1]
@@ -341,26 +395,19 @@ def _prepare(args, policy, cwd, env):
 
 def _submit(kind: str, plan, fds):
     trace.mark("submit")
-    ours, theirs = wire.socketpair()
-    try:
-        forkserver.client().submit(pickle.dumps((kind, plan), pickle.HIGHEST_PROTOCOL),
-                                   [theirs.fileno(), *fds])
-    except BaseException:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    return ours
+    return forkserver.submit(kind, plan, fds)
 
 
 def _submit_one_shot(plan, fds):
     return _submit(launcher.ONE_SHOT, plan, fds)
 
 
-def _popen_for_run(args, where: dict, session, input, capture_output, started=True) -> Popen:
+def _popen_for_run(args, where: dict, session, input, capture_output, started=True,
+                   prewarm=True) -> Popen:
     out = PIPE if capture_output else None
     return Popen(args, stdin=DEVNULL if input is None else PIPE, stdout=out, stderr=out,
-                 _session=session, _started=started, **where)
+                 _session=session, _started=started, _prewarm=prewarm and session is None,
+                 **where)
 
 
 def _stdio(stdin, stdout, stderr):

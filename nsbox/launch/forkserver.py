@@ -11,19 +11,21 @@ from the main thread, gets a parent-death signal too); every sandbox has a
 parent-death signal on it, so nothing outlives the runner.
 """
 
+# C modules only: their Python wrappers import enum, re and selectors, and threading
+# runs at-fork hooks; a small server with no hooks forks every sandbox faster.
+import _signal as signal
+import _socket as socket
+import _thread
 import errno
 import gc
 import os
-import signal
-import socket
 import sys
-import threading
 
 from nsbox.kernel import proc
 from nsbox.launch import launcher, wire
 
 # Loaded once here so a child never imports on its way to exec.
-from nsbox.launch import errorpipe, prepare, sequence  # noqa: F401
+from nsbox.launch import errorpipe, prepare, sequence, session  # noqa: F401
 
 
 def serve(sock: socket.socket) -> None:
@@ -56,8 +58,8 @@ def serve(sock: socket.socket) -> None:
 
 def main(argv) -> None:
     fd, runner_pid, watch_runner = int(argv[1]), int(argv[2]), argv[3] == "1"
+    os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)
     if watch_runner:
         proc.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != runner_pid:
@@ -69,7 +71,7 @@ class Client:
     """The runner's side: starts the server on first use, then submits sandboxes."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._sock = None
         self._process = None
         os.register_at_fork(after_in_child=self._forget)
@@ -102,6 +104,7 @@ class Client:
 
     def _start(self) -> None:
         import subprocess
+        import threading
 
         ours, theirs = wire.socketpair()
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.MAX_RECORD * 2)
@@ -129,13 +132,29 @@ class Client:
     def _forget(self) -> None:
         # A forked copy of the runner gets its own server: sharing one socket
         # would keep this server alive after the runner that started it.
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._close()
         self._process = None
 
 
 _client = None
-_client_lock = threading.Lock()
+_client_lock = _thread.allocate_lock()
+
+
+def submit(kind: str, plan, fds):
+    """Start one sandbox of `kind` (see launcher); returns the runner's status socket."""
+    import pickle
+
+    ours, theirs = wire.socketpair()
+    try:
+        client().submit(pickle.dumps((kind, plan), pickle.HIGHEST_PROTOCOL),
+                        [theirs.fileno(), *fds])
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return ours
 
 
 def client() -> Client:

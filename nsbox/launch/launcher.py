@@ -6,18 +6,23 @@ signal requests come back the other way. The runner going away (EOF on the
 status socket) or the fork server dying (parent-death signal) ends the sandbox.
 """
 
+# C modules only: this process is a fork of the fork server, which stays small.
+import _pickle as pickle
+import _signal as signal
+import _socket as socket
 import os
-import pickle
 import select
-import signal
-import socket
 import time
 
 from nsbox.kernel import proc
+from nsbox.record import replace
 from nsbox.launch import errorpipe, init, limits, sequence, trace, wire
 
 ONE_SHOT = "run"
 SESSION = "session"
+# A one-shot sandbox built ahead of its command: the command process, fully
+# restricted, waits on the control socket for argv, cwd, env and stdio, then execs.
+SPARE = "spare"
 
 
 def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
@@ -42,6 +47,8 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             from nsbox.launch import session
 
             channel.serve = session.server(fds[4])
+        elif kind == SPARE:
+            channel.await_command = _command_from(fds[4])
         step = "cgroup"
         # The cgroup is made with the runner's own credentials, before the user namespace.
         channel.limits = active = limits.start(plan.limits)
@@ -58,7 +65,7 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
         step = "fork init"
         pid1 = sequence.fork_init(plan, channel)
-        if kind == SESSION:
+        if kind in (SESSION, SPARE):
             os.close(fds[4])
     except BaseException as err:
         _stop_proxy(channel)
@@ -72,6 +79,35 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         _relay(pid1, channel, status, deadline)
     finally:
         os._exit(0)
+
+
+def _command_from(control_fd: int):
+    """A spare's wait for its command, run in the command process right before exec."""
+
+    def await_command(plan, error_w: int):
+        step = "spare"
+        try:
+            control = socket.socket(fileno=control_fd)
+            wire.send(control, wire.READY)
+            record, fds = wire.receive(control)
+            if not record:
+                os._exit(0)  # the runner dropped this spare unused
+            argv, cwd, env = wire.decode_command(record)
+            step = "fds"
+            for target, fd in enumerate(fds[:3]):
+                os.dup2(fd, target)
+                os.close(fd)
+            control.close()
+            # The fresh path's chdir, with this command's directory.
+            step = "chdir"
+            os.chdir(cwd)
+            trace.mark("spare exec")
+        except BaseException as err:
+            errorpipe.report(error_w, step, err)
+            os._exit(errorpipe.SETUP_FAILED)
+        return replace(plan, argv=tuple(argv), env=env, cwd=cwd)
+
+    return await_command
 
 
 def _relay(pid1: int, channel, status, deadline) -> None:

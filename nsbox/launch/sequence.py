@@ -30,6 +30,9 @@ class Channel:
         # A warm session: called with the plan in place of exec, once every
         # restriction is applied; it serves commands and returns an exit code.
         self.serve = None
+        # A spare sandbox: called with the plan and the error pipe once every
+        # restriction is applied; waits for the command and returns the plan to exec.
+        self.await_command = None
         # launch.proxy.Running for network "allowlist": started by the caller before unshare.
         self.proxy = None
 
@@ -113,6 +116,8 @@ def _command_main(plan, channel: Channel) -> None:
     if channel.serve is not None:
         os.close(channel.error_w)  # EOF: the session is ready
         os._exit(channel.serve(plan))
+    if channel.await_command is not None:
+        plan = channel.await_command(plan, channel.error_w)
     exec_command(plan, channel.error_w)
 
 

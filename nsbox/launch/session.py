@@ -9,10 +9,11 @@ signal requests for the command's process group the other way. EOF on the
 control socket ends the server, and with it the sandbox (its PID 1 exits).
 """
 
+# C modules only: `signal` and `socket` import enum, in every fork of the fork server.
+import _signal as signal
+import _socket as socket
 import os
 import select
-import signal
-import socket
 
 from nsbox.launch import errorpipe, sequence, wire
 

@@ -6,8 +6,8 @@ carries, in order: STARTED or FAILED (once), then EXITED (once). Towards the
 sandbox it carries signal numbers to deliver.
 """
 
+import _socket as socket  # the C module: `socket` imports enum and selectors (bigger forks)
 import os
-import socket
 import struct
 
 from nsbox.launch import errorpipe
@@ -16,6 +16,7 @@ STARTED = b"S"
 FAILED = b"F"  # + step NUL errno NUL exception class NUL message
 EXITED = b"X"  # + returncode, signal (0: none) as two native ints
 NETWORK = b"N"  # + the allowlist proxy's report as JSON; just before EXITED
+READY = b"R"  # a spare sandbox, on its control socket: send the command
 _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
 

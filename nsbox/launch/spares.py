@@ -1,0 +1,258 @@
+"""Spare sandboxes for one-shot runs: built in the background, each used once.
+
+After a one-shot run the runner submits one more sandbox for the same launch
+plan, built up to the exec of the command (launcher.SPARE). The next run with
+an equal plan sends its argv, cwd, env and stdio to that spare instead of
+starting from nothing. The command still gets a sandbox no other command has
+used, and when it ends the whole sandbox ends with it, as on the fresh path.
+
+A spare is used only if nothing it was built from has changed: the launch plan
+except argv, env and cwd (mounts, hidden and protected paths, Landlock rules
+with the directory listings behind them, seccomp filter, limits), and the
+identity (device, inode) of every host path its mounts and Landlock rules hold.
+Plans whose behaviour a spare would change get none: network allowlist (its
+refusal report is per sandbox) and non-default resource limits.
+"""
+
+import os
+import select
+import threading
+from collections import OrderedDict
+
+from nsbox.launch import forkserver, launcher, trace, wire
+from nsbox.record import fields, replace
+
+MAX_PLANS = 4  # spares kept, one per plan, least recently used dropped first
+READY_WAIT_S = 10.0  # a spare not ready by then is dropped for a fresh sandbox
+_PER_COMMAND = ("argv", "env", "cwd", "limits")  # limits: compared by value below
+# Mount steps that take a host path as it is at build time: a path replaced on
+# the host afterwards is not what the spare holds.
+_SOURCE_FROM_HOST = ("bind_rw",)
+_TARGET_ON_HOST = ("pin", "bind_ro", "mask_dir", "mask_file")
+
+
+def key_of(plan):
+    """What a spare must match, or None when a spare would change the run's behaviour."""
+    if plan.net_proxy is not None or plan.private_tmp is not None or plan.isolation != "full":
+        return None
+    limits = plan.limits
+    if limits is not None:
+        from nsbox.policy.limits import Limits
+
+        if limits.limits != Limits() or limits.cgroups:
+            return None
+    key = tuple(getattr(plan, f.name) for f in fields(plan) if f.name not in _PER_COMMAND)
+    key += (None,) if limits is None else (limits.limits, limits.rlimits)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _mounted_paths(plan) -> list:
+    paths = []
+    for step in plan.mounts:
+        if step.kind in _SOURCE_FROM_HOST:
+            paths.append(step.source)
+        elif step.kind in _TARGET_ON_HOST:
+            paths.append(step.target)
+    return paths
+
+
+def _landlock_paths(plan) -> list:
+    return [rule.path for rule in plan.landlock.paths] if plan.landlock is not None else []
+
+
+def _identity(path: str):
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def current_identity(plan) -> tuple:
+    return tuple(_identity(p) for p in _mounted_paths(plan) + _landlock_paths(plan))
+
+
+def _pinned_identity(plan):
+    """(identity, fds): the mounted paths are held open until the spare is used, so
+    their inode numbers can't be reused by a replacement (a mount on a path the host
+    removes is detached, and would no longer hold it). Landlock holds its own."""
+    pins, identity = [], []
+    try:
+        for path in _mounted_paths(plan):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                identity.append(None)
+                continue
+            pins.append(fd)
+            st = os.fstat(fd)
+            identity.append((st.st_dev, st.st_ino))
+    except BaseException:
+        for fd in pins:
+            os.close(fd)
+        raise
+    identity.extend(_identity(p) for p in _landlock_paths(plan))
+    return tuple(identity), pins
+
+
+class Spare:
+    """The runner's ends of one spare sandbox."""
+
+    __slots__ = ("status", "control", "pins", "identity", "is_ready")
+
+    def __init__(self, status, control, pins, identity):
+        self.status, self.control, self.pins, self.identity = status, control, pins, identity
+        self.is_ready = None  # not known yet
+
+    def ready(self, timeout: float):
+        """True once the spare waits for its command, False if it failed, None if
+        it is still being built after `timeout` seconds."""
+        if self.is_ready is None:
+            poller = select.poll()
+            poller.register(self.control, select.POLLIN)
+            if not poller.poll(timeout * 1000):
+                return None
+            try:
+                self.is_ready = self.control.recv(16) == wire.READY
+            except OSError:
+                self.is_ready = False
+        return self.is_ready
+
+    def close(self) -> None:
+        """Drop the spare: EOF on its status socket makes its launcher kill it."""
+        for sock in (self.status, self.control):
+            if sock is not None:
+                sock.close()
+        self.status = self.control = None
+        for fd in self.pins:
+            os.close(fd)
+        self.pins = ()
+
+
+class Pool:
+    """At most one spare per plan key, for at most MAX_PLANS keys."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._spares = OrderedDict()
+        self.enabled = True
+        self.built = self.used = self.dropped = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def start(self, key, plan, fds, wait: bool = True):
+        """Start `plan`'s command in the spare for `key`; its status socket, or None.
+
+        wait False: a spare still being built stays for later and None is returned.
+        """
+        with self._lock:
+            spare = self._spares.pop(key, None)
+        if spare is None:
+            return None
+        usable = spare.identity == current_identity(plan)
+        if usable and not wait and spare.ready(0) is None:
+            self._put_back(key, spare)
+            return None
+        if usable and spare.ready(READY_WAIT_S):
+            trace.mark("spare")
+            try:
+                wire.send(spare.control, wire.encode_command(plan.argv, plan.cwd, plan.env), fds)
+            except OSError:
+                pass
+            else:
+                status, spare.status = spare.status, None
+                spare.close()
+                self.used += 1
+                return status
+        spare.close()
+        self.dropped += 1
+        return None
+
+    def replenish(self, key, plan) -> None:
+        """Submit a spare for `key` unless one exists; never waits for it to be built."""
+        with self._lock:
+            if not self.enabled:
+                return
+            if key in self._spares:
+                self._spares.move_to_end(key)
+                return
+        spare = _build(plan)
+        self.built += 1
+        self._put_back(key, spare)
+
+    def set_enabled(self, enabled: bool) -> None:
+        with self._lock:
+            self.enabled = enabled
+            dropped = [] if enabled else list(self._spares.values())
+            if not enabled:
+                self._spares.clear()
+        for spare in dropped:
+            spare.close()
+
+    def wait_ready(self, timeout: float = READY_WAIT_S) -> bool:
+        """Block until every spare kept now is ready (for tests and benchmarks)."""
+        with self._lock:
+            kept = list(self._spares.values())
+        return all([spare.ready(timeout) for spare in kept])
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"spares": len(self._spares), "built": self.built, "used": self.used,
+                    "dropped": self.dropped}
+
+    def _put_back(self, key, spare: Spare) -> None:
+        evicted = []
+        with self._lock:
+            if key in self._spares or not self.enabled:
+                evicted.append(spare)
+            else:
+                self._spares[key] = spare
+                while len(self._spares) > MAX_PLANS:
+                    evicted.append(self._spares.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+
+    def _forget(self) -> None:
+        # A forked runner must not hand its commands to the parent's spares.
+        self._lock = threading.Lock()
+        spares, self._spares = self._spares, OrderedDict()
+        for spare in spares.values():
+            spare.close()
+
+
+def _build(plan) -> Spare:
+    identity, pins = _pinned_identity(plan)
+    control = theirs = None
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        control, theirs = wire.socketpair()
+        # The spare's own stdio is /dev/null until its command brings stdio along.
+        status = forkserver.submit(launcher.SPARE, replace(plan, argv=("nsbox-spare",), env={}),
+                                   [devnull, devnull, devnull, theirs.fileno()])
+    except BaseException:
+        if control is not None:
+            control.close()
+        for fd in pins:
+            os.close(fd)
+        raise
+    finally:
+        os.close(devnull)
+        if theirs is not None:
+            theirs.close()
+    return Spare(status, control, pins, identity)
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> Pool:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = Pool()
+    return _pool
