@@ -112,6 +112,19 @@ def pivot_root(new_root, put_old) -> None:
             detail=f"{new_root!r}, {put_old!r}")
 
 
+def getrlimit(resource: int, what: str = ""):
+    limit = ffi.new("struct rlimit *")
+    if lib().getrlimit(resource, limit) != 0:
+        raise _fail("getrlimit", what or str(resource))
+    return limit.rlim_cur, limit.rlim_max
+
+
+def setrlimit(resource: int, soft: int, hard: int, what: str = "") -> None:
+    limit = ffi.new("struct rlimit *", {"rlim_cur": soft, "rlim_max": hard})
+    if lib().setrlimit(resource, limit) != 0:
+        raise _fail("setrlimit", f"{what or resource}, {soft}, {hard}")
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     if lib().sethostname(raw, len(raw)) != 0:

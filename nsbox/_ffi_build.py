@@ -58,6 +58,14 @@ struct sock_fprog {
     struct sock_filter *filter;
 };
 
+/* sys/resource.h */
+struct rlimit {
+    unsigned long rlim_cur;
+    unsigned long rlim_max;
+};
+int getrlimit(int resource, struct rlimit *rlim);
+int setrlimit(int resource, const struct rlimit *rlim);
+
 /* linux/capability.h */
 struct cap_header {
     uint32_t version;

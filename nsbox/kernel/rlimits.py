@@ -1,6 +1,12 @@
 """Per-process resource limits (setrlimit), inherited by every child of the caller."""
 
-import resource
+from nsbox import _ffi
+
+# sys/resource.h (the same on x86_64 and aarch64); through cffi, which is loaded
+# anyway, rather than the `resource` module's extra import on the start-up path.
+RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7,
+           "RLIMIT_AS": 9}
+RLIM_INFINITY = (1 << 64) - 1
 
 
 def lower(limits) -> None:
@@ -10,8 +16,8 @@ def lower(limits) -> None:
     the sandbox never has; a lower existing ceiling already satisfies the limit.
     """
     for name, value in limits:
-        which = getattr(resource, name)
-        _, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY:
+        which = RLIMITS[name]
+        _, hard = _ffi.getrlimit(which, name)
+        if hard != RLIM_INFINITY:
             value = min(value, hard)
-        resource.setrlimit(which, (value, value))
+        _ffi.setrlimit(which, value, value, name)
