@@ -102,31 +102,33 @@ def parse_size(value, what: str = "size") -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = str(value).strip().lower().removesuffix("b").removesuffix("i")
-    digits = text.rstrip("kmgt")
-    unit = text[len(digits):]
-    try:
-        number = float(digits)
-    except ValueError:
-        number = -1
-    if unit not in _SIZE_UNITS or number <= 0 or math.isinf(number):
+    scaled = _with_unit(text, _SIZE_UNITS)
+    if scaled is None:
         _raise(f"limit {what}: {value!r} is not a size; use e.g. 512M, 1G or a byte count")
-    return int(number * _SIZE_UNITS[unit])
+    return int(scaled)
 
 
 def parse_duration(value, what: str = "duration") -> float:
     """`30`, `30s`, `500ms`, `2m`, `1h` -> seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    digits = text.rstrip("smh")
+    scaled = _with_unit(str(value).strip().lower(), _DURATION_UNITS)
+    if scaled is None:
+        _raise(f"limit {what}: {value!r} is not a duration; use e.g. 30, 30s, 500ms, 2m or 1h")
+    return scaled
+
+
+def _with_unit(text: str, units: dict):
+    """A positive finite number followed by one of `units` (a suffix -> scale), scaled; else None."""
+    digits = text.rstrip("".join(set("".join(units))))
     unit = text[len(digits):]
     try:
         number = float(digits)
     except ValueError:
-        number = -1
-    if unit not in _DURATION_UNITS or number <= 0 or math.isinf(number):
-        _raise(f"limit {what}: {value!r} is not a duration; use e.g. 30, 30s, 500ms, 2m or 1h")
-    return number * _DURATION_UNITS[unit]
+        return None
+    if unit not in units or not number > 0 or math.isinf(number):  # NaN fails `> 0`
+        return None
+    return number * units[unit]
 
 
 def format_size(size: int) -> str:
