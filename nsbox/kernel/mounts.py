@@ -1,5 +1,6 @@
 """Mount primitives: detached tree clones, read-only binds, tmpfs, proc, pivot_root."""
 
+import errno
 import os
 
 from nsbox import _ffi
@@ -57,11 +58,15 @@ def attach(tree_fd: int, target: str, what: str = "") -> None:
 
 
 def has_mount_api() -> bool:
-    """True when open_tree/move_mount/mount_setattr are there (Linux >= 5.12)."""
+    """True when open_tree/move_mount/mount_setattr are there (Linux >= 5.12).
+
+    A bad fd gives EBADF where the call exists; ENOSYS (old kernel) or EPERM (a
+    container's seccomp profile) mean the remount-per-submount fallback.
+    """
     try:
         set_attrs_recursive(-1, 0)
     except SyscallError as err:
-        return err.errno != 38  # ENOSYS
+        return err.errno not in (errno.ENOSYS, errno.EPERM)
     return True
 
 

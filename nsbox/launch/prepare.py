@@ -7,7 +7,7 @@ import os
 from nsbox.record import Record
 
 from nsbox.errors import PolicyError, UnsupportedKernel
-from nsbox.kernel import caps, namespaces
+from nsbox.kernel import caps, mounts, namespaces
 from nsbox.launch import isolation, limits, protect, seccomp_filter, trace
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.env import sandbox_env
@@ -89,7 +89,8 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
         uid=os.getuid(), gid=os.getgid(), ns_flags=ns_flags, mounts=steps,
         hostname=policy.hostname, loopback="net" in policy_plan.namespaces(policy),
-        use_mount_api=os.environ.get("NSBOX_TEST_LEGACY_MOUNTS") != "1",
+        use_mount_api=(os.environ.get("NSBOX_TEST_LEGACY_MOUNTS") != "1"
+                       and mounts.has_mount_api()),
         last_cap=caps.last_cap(), policy=policy, landlock=landlock_rules,
         isolation=iso.mode, isolation_missing=iso.missing,
         isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,

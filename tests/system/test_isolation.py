@@ -3,6 +3,7 @@
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -100,6 +101,33 @@ def test_legacy_remount_fallback_is_read_only_too(workspace):
                                  "mkdir /sys/fs/cgroup/nsbox-probe; cat /proc/self/mountinfo; "
                                  "echo ok > inside"),
                        capture_output=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists("/sys/fs/cgroup/nsbox-probe")
+    assert (workspace / "inside").read_text() == "ok\n"
+    for line in r.stdout.decode().splitlines():
+        fields = line.split()
+        if fields[4] in ("/", "/usr", "/etc", "/sys", "/sys/fs/cgroup"):
+            assert "ro" in fields[5].split(","), line
+
+
+# As on a kernel older than 5.12: the new mount API answers ENOSYS.
+NO_MOUNT_API = """
+import errno, os, sys
+import pyseccomp as sc
+f = sc.SyscallFilter(sc.ALLOW)
+for name in ("open_tree", "move_mount", "mount_setattr"):
+    f.add_rule(sc.ERRNO(errno.ENOSYS), name)
+f.load()
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+"""
+
+
+def test_kernel_without_mount_setattr_falls_back_to_read_only_remounts(workspace):
+    pytest.importorskip("pyseccomp")
+    argv = nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c",
+                     "mkdir /sys/fs/cgroup/nsbox-probe; cat /proc/self/mountinfo; echo ok > inside")
+    r = subprocess.run([sys.executable, "-c", NO_MOUNT_API, *argv[1:]], capture_output=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     assert not os.path.exists("/sys/fs/cgroup/nsbox-probe")
     assert (workspace / "inside").read_text() == "ok\n"
