@@ -13,6 +13,14 @@ calling process dies, the server and every sandbox die with it.
     with nsbox.Session(nsbox.Policy(workspace="repo")) as s:  # set up once
         s.run(["git", "status"])                              # fork + exec only
 
+Isolation: where user namespaces are unavailable (typically inside a Docker or
+Kubernetes container), Policy(isolation="landlock") runs one-shot commands
+(run, run_async, Popen) under Landlock and seccomp only, with a private TMPDIR
+and every process the command started killed when it ends; isolation="auto"
+takes full isolation when it can and falls back to that. Result.isolation (and
+Popen.isolation) says what the command got and isolation_fallback why `auto`
+settled for less. Session and pre-warmed spares need full isolation.
+
 Errors: a bad policy raises nsbox.PolicyError before anything starts; a failed
 setup step inside the sandbox raises nsbox.SetupFailed (both SandboxError). A
 command that can't be executed is not an exception: like a shell (and `nsbox
@@ -52,6 +60,9 @@ class Result(Record):
     duration_s: float = 0.0
     # network "allowlist": the requests the proxy refused (policy.netallow.Refusal records)
     network_blocked: tuple = ()
+    isolation: str = "full"  # what the command got: full | landlock (no namespaces)
+    isolation_fallback: str = ""  # why isolation "auto" settled for landlock
+    isolation_missing: tuple = ()  # protections left out under best_effort, in words
 
     def check_returncode(self) -> None:
         if self.returncode:
@@ -133,6 +144,9 @@ class Popen:
     send_signal() reaches the command (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
     SIGUSR2, SIGWINCH are forwarded by the sandbox's init); kill() ends the
     whole sandbox. Dropping the object (or its process exiting) kills it too.
+    With landlock isolation there is no sandbox init: signals go to the command
+    itself, and when it exits every process it started is killed.
+    isolation / isolation_fallback / isolation_missing: as in Result.
     """
 
     def __init__(self, args, *, policy=None, cwd=None, env=None, stdin=None, stdout=None,
@@ -155,7 +169,12 @@ class Popen:
         if _session is None:
             self._plan = plan = _prepare(self.args, policy, cwd, env)
             if _prewarm and _prewarm_wanted():
-                self._spare_key = spares.key_of(plan)
+                self._spare_key = spares.key_of(plan)  # None unless full isolation
+        else:
+            plan = _session._plan
+        self.isolation = plan.isolation
+        self.isolation_fallback = plan.isolation_fallback
+        self.isolation_missing = plan.isolation_missing
         child_fds, ours, to_close = _stdio(stdin, stdout, stderr)
         try:
             if _session is None:
@@ -288,13 +307,14 @@ class Session:
     None means the environment at session creation; cwd defaults to the
     workspace (relative paths are taken from it). A timeout kills the command's
     process group. close() (or this process dying) kills everything inside.
-    Safe to use from several threads at once.
+    Safe to use from several threads at once. Needs full isolation: with
+    isolation "landlock" (or "auto" falling back to it) it raises UnsupportedKernel.
     """
 
     def __init__(self, policy=None, *, cwd=None, env=None):
         import threading
 
-        self._plan = _prepare(("nsbox-session",), policy, cwd, env)
+        self._plan = _prepare(("nsbox-session",), policy, cwd, env, session=True)
         self._lock = threading.Lock()
         self._closed = False
         control, control_theirs = wire.socketpair()
@@ -382,14 +402,14 @@ class Session:
 
 # --- starting ----------------------------------------------------------------------
 
-def _prepare(args, policy, cwd, env):
+def _prepare(args, policy, cwd, env, session=False):
     """The launch plan, or PolicyError / UnsupportedKernel before anything starts."""
     plan = prepare.prepare(args, policy, cwd, env)
-    if getattr(plan, "isolation", "full") != "full":
+    if session and plan.isolation != "full":
         raise errors.UnsupportedKernel(
-            "the nsbox library needs user namespaces, which this host does not allow "
-            f"({plan.isolation_fallback or 'isolation ' + repr(plan.isolation)}); "
-            "Landlock-only isolation is available from `nsbox exec`")
+            "nsbox.Session needs full isolation (user namespaces), which this run does not "
+            f"get ({plan.isolation_fallback or 'isolation ' + repr(plan.isolation)}); "
+            "use nsbox.run / Popen, which support Landlock-only isolation")
     return plan
 
 
@@ -651,4 +671,6 @@ def _result(proc: Popen, pump: _Pump) -> Result:
         stderr += f"nsbox: {proc.exec_error}\n".encode()
     return Result(args=proc.args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
                   signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s,
-                  output_limited=pump.output_limited, network_blocked=proc.network_blocked)
+                  output_limited=pump.output_limited, network_blocked=proc.network_blocked,
+                  isolation=proc.isolation, isolation_fallback=proc.isolation_fallback,
+                  isolation_missing=proc.isolation_missing)

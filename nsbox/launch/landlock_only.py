@@ -2,19 +2,22 @@
 
 For hosts where user namespaces are unavailable (containers, AppArmor's userns
 restriction, WSL). Landlock confines writes to the workspace and a per-run
-TMPDIR and denies TCP; seccomp (when compiled) denies inet sockets; nsbox is a
-child subreaper, so whatever the command leaves behind is re-parented to it and
-killed when the command returns.
+TMPDIR and denies TCP; seccomp (when compiled) denies inet sockets; the caller
+is a child subreaper, so whatever the command leaves behind is re-parented to it
+and killed when the command returns.
 
-caller:   cgroup -> subreaper -> create TMPDIR -> fork -> wait -> kill leftovers
-          -> remove cgroup and TMPDIR
+caller:   cgroup -> open_scope (subreaper, create TMPDIR) -> fork_command -> wait
+          -> close_scope (kill leftovers, remove TMPDIR) -> remove cgroup
 command:  join the cgroup -> chdir -> fds -> rlimits -> drop capabilities (root only)
           -> no_new_privs
           -> parent-death signal -> Landlock -> seccomp -> exec
+
+`run` is the CLI's caller; the library's is nsbox.launch.launcher, which uses the
+same open_scope / fork_command / close_scope.
 """
 
 import os
-import signal
+import _signal as signal  # the C module: `signal` imports enum, in every launcher
 import stat
 import sys
 import time
@@ -22,51 +25,92 @@ import time
 from nsbox.kernel import proc
 from nsbox.launch import errorpipe, foreground, init, limits, sequence, trace
 
+MODE = "landlock"  # LaunchPlan.isolation for this launcher (isolation.LANDLOCK)
+
 
 def run(plan) -> int:
     """Start the command, wait for it, clean up after it. The caller must be single-threaded."""
     trace.mark("launch")
     init.watch_signals(sequence.WATCHED_SIGNALS)
-    # A library caller may have children and a subreaper flag of its own: leave both be.
-    was_subreaper = proc.is_child_subreaper()
-    earlier_children = set(_children())
     active = limits.start(plan.limits)
-    code, timed_out, failure, pid = errorpipe.SETUP_FAILED, False, None, None
+    code, timed_out, failure, scope = errorpipe.SETUP_FAILED, False, None, None
     try:
-        proc.set_child_subreaper()
-        os.mkdir(plan.private_tmp, 0o700)
+        scope = open_scope(plan)
         error_r, error_w = os.pipe2(os.O_CLOEXEC)
         deadline = limits.deadline(plan.limits, time.monotonic())
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(error_r)
-                _command_main(plan, error_w, parent, active)
-            finally:
-                os._exit(errorpipe.SETUP_FAILED)
-        os.close(error_w)
+        pid = fork_command(plan, error_r, error_w, active)
         failure = errorpipe.read_failure(error_r)
         code = init.supervise(pid, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
                               deadline=deadline)
         timed_out = (deadline is not None and code == init.WALL_TIMEOUT
                      and time.monotonic() >= deadline)
     finally:
-        if pid:
-            kill_leftovers(spare=earlier_children)
-        if not was_subreaper:
-            proc.clear_child_subreaper()
+        problem = close_scope(scope) if scope is not None else ""
         hit = limits.finish(active, code, timed_out)
-        try:
-            remove_tree(plan.private_tmp)
-        except OSError as err:
-            sys.stderr.write(f"nsbox: could not remove the sandbox's TMPDIR: {err}\n")
+        if problem:
+            sys.stderr.write(f"nsbox: {problem}\n")
     if failure is not None:
         sys.stderr.write(f"nsbox: {foreground.describe(failure, plan.argv[0])}\n")
         return failure.exit_code
     if hit is not None:
         sys.stderr.write(f"nsbox: {hit.message}\n")
     return code
+
+
+class Scope:
+    """What a landlock-only run changed in its caller, for close_scope to undo."""
+
+    __slots__ = ("tmp", "was_subreaper", "earlier_children")
+
+    def __init__(self, was_subreaper: bool, earlier_children: frozenset):
+        self.tmp = None  # set once created: only a TMPDIR we made is ever removed
+        self.was_subreaper = was_subreaper
+        self.earlier_children = earlier_children
+
+
+def open_scope(plan) -> Scope:
+    """Become a child subreaper and create the per-run TMPDIR (plan.private_tmp).
+
+    A library caller may have children and a subreaper flag of its own: both are
+    left be (close_scope spares the children that exist now).
+    """
+    scope = Scope(proc.is_child_subreaper(), frozenset(_children()))
+    proc.set_child_subreaper()
+    try:
+        os.mkdir(plan.private_tmp, 0o700)
+    except BaseException:
+        close_scope(scope)
+        raise
+    scope.tmp = plan.private_tmp
+    return scope
+
+
+def fork_command(plan, error_r: int, error_w: int, active) -> int:
+    """Fork the command process (restrict, then exec); closes the error pipe's write end here."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(error_r)
+            _command_main(plan, error_w, parent, active)
+        finally:
+            os._exit(errorpipe.SETUP_FAILED)
+    os.close(error_w)
+    return pid
+
+
+def close_scope(scope: Scope) -> str:
+    """Kill everything the command left behind, undo open_scope; a warning, or ""."""
+    kill_leftovers(spare=scope.earlier_children)
+    if not scope.was_subreaper:
+        proc.clear_child_subreaper()
+    if scope.tmp is None:
+        return ""
+    try:
+        remove_tree(scope.tmp)
+    except OSError as err:
+        return f"could not remove the sandbox's TMPDIR: {err}"
+    return ""
 
 
 def _command_main(plan, error_w: int, parent: int, active) -> None:

@@ -4,6 +4,13 @@ It enters the namespaces, forks the sandbox's PID 1, and then only relays: the
 start (or setup failure) and the exit go to the runner over the status socket,
 signal requests come back the other way. The runner going away (EOF on the
 status socket) or the fork server dying (parent-death signal) ends the sandbox.
+
+Landlock-only isolation (plan.isolation "landlock", one-shot runs only): no
+namespaces and no PID 1. This process becomes a child subreaper, creates the
+per-run TMPDIR and forks the command itself (nsbox.launch.landlock_only); it
+reaps the orphans re-parented to it, and once the command has exited it kills
+whatever is left and removes the TMPDIR before reporting the exit. The fork
+server dying is a catchable signal here, so that cleanup still happens.
 """
 
 # C modules only: this process is a fork of the fork server, which stays small.
@@ -16,7 +23,7 @@ import time
 
 from nsbox.kernel import proc
 from nsbox.record import replace
-from nsbox.launch import errorpipe, init, limits, sequence, trace, wire
+from nsbox.launch import errorpipe, init, landlock_only, limits, sequence, trace, wire
 
 ONE_SHOT = "run"
 SESSION = "session"
@@ -28,7 +35,7 @@ SPARE = "spare"
 def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
     """Runs in the fork server's child; never returns. fds: status, stdin, stdout, stderr[, control]."""
     status = None
-    active = channel = None
+    active = channel = scope = wake_r = None
     step = "launcher"
     trace.mark("launcher start")
     try:
@@ -59,12 +66,25 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             # Before unshare, so that it stays in the host's network namespace; forked
             # after stdio is in place, so its refusal lines go to the command's stderr.
             channel.proxy = net_proxy.start(plan.net_proxy)
-        step = "namespaces"
-        sequence.enter_namespaces(plan)
-        # A session lives across commands: the wall limit is the per-command timeout there.
-        deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
-        step = "fork init"
-        pid1 = sequence.fork_init(plan, channel)
+        if plan.isolation == landlock_only.MODE:
+            if kind != ONE_SHOT:
+                raise ValueError(f"a {kind} sandbox needs full isolation")
+            step = "signals"
+            wake_r = _watch_server_and_orphans(server_pid)
+            step = "TMPDIR"
+            scope = landlock_only.open_scope(plan)
+            deadline = limits.deadline(plan.limits, time.monotonic())
+            step = "fork command"
+            os.close(channel.lifeline_r)
+            os.close(channel.lifeline_w)
+            pid1 = landlock_only.fork_command(plan, channel.error_r, channel.error_w, active)
+        else:
+            step = "namespaces"
+            sequence.enter_namespaces(plan)
+            # A session lives across commands: the wall limit is the per-command timeout there.
+            deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
+            step = "fork init"
+            pid1 = sequence.fork_init(plan, channel)
         if kind in (SESSION, SPARE):
             os.close(fds[4])
     except BaseException as err:
@@ -72,13 +92,33 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         if status is not None:
             wire.send_quietly(status, wire.failed(step, err))
         try:
+            if scope is not None:
+                landlock_only.close_scope(scope)
             limits.finish(active, errorpipe.SETUP_FAILED)
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     try:
-        _relay(pid1, channel, status, deadline)
+        _relay(pid1, channel, status, deadline, scope, wake_r)
     finally:
         os._exit(0)
+
+
+def _watch_server_and_orphans(server_pid: int) -> int:
+    """Landlock-only: SIGHUP for the fork server's death and SIGCHLD for orphans, both
+    as bytes on the returned pipe, which the relay polls. Without a PID namespace,
+    dying with the fork server would leave the command's background processes behind."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    for sig in (signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, _ignore)
+    signal.set_wakeup_fd(wake_w)
+    proc.set_parent_death_signal(signal.SIGHUP)
+    if os.getppid() != server_pid:
+        os._exit(1)  # the fork server died before the new signal was set
+    return wake_r
+
+
+def _ignore(signum, frame):
+    pass
 
 
 def _command_from(control_fd: int):
@@ -110,7 +150,9 @@ def _command_from(control_fd: int):
     return await_command
 
 
-def _relay(pid1: int, channel, status, deadline) -> None:
+def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None) -> None:
+    """Report start and exit of `pid1` (the sandbox's PID 1, or the command itself in
+    landlock-only isolation, where `scope` is cleaned up before the exit is reported)."""
     # The sandbox owns its stdio now; EOF for the runner must not wait for us.
     # A copy of stderr stays, for the message when a resource limit ended the run.
     stderr = os.dup(2)
@@ -123,12 +165,15 @@ def _relay(pid1: int, channel, status, deadline) -> None:
     poller.register(channel.error_r, select.POLLIN)
     poller.register(status, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
+    if wake_r is not None:
+        poller.register(wake_r, select.POLLIN)
+    reaped = {}  # landlock-only: the command's wait status, if the orphan reaper got it
     started = wall_killed = False
     while True:
         wait = None if deadline is None else max(0, (deadline - time.monotonic()) * 1000)
         events = poller.poll(wait)
         if not events and deadline is not None and time.monotonic() >= deadline:
-            _kill(pid1, signal.SIGKILL)  # the policy's wall-clock limit
+            _kill(pidfd, signal.SIGKILL)  # the policy's wall-clock limit
             wall_killed, deadline = True, None
         for fd, _ in events:
             if fd == channel.error_r and not started:
@@ -137,15 +182,26 @@ def _relay(pid1: int, channel, status, deadline) -> None:
             elif fd == status.fileno():
                 request = status.recv(64)
                 if request:
-                    _kill(pid1, wire.parse_signal(request))
+                    _kill(pidfd, wire.parse_signal(request))
                 else:  # the runner is gone: nothing may outlive it
                     poller.unregister(status)
-                    _kill(pid1, signal.SIGKILL)
+                    _kill(pidfd, signal.SIGKILL)
+            elif fd == wake_r:
+                if signal.SIGHUP in _drain(wake_r):  # the fork server died
+                    _kill(pidfd, signal.SIGKILL)
+                _reap(pid1, reaped)
             elif fd == pidfd:
-                _, raw = os.waitpid(pid1, 0)
+                raw = reaped.pop(pid1) if pid1 in reaped else os.waitpid(pid1, 0)[1]
                 if not started:  # the whole sandbox is gone, so the error pipe is at EOF
                     _report_start(channel, status)
-                record = _exit_record(raw)
+                if scope is None:
+                    record = _exit_record(raw)
+                else:
+                    # The command itself, not a PID 1: its status is the plain one.
+                    record = wire.exited_from_status(raw)
+                    problem = landlock_only.close_scope(scope)
+                    if problem:
+                        _write_quietly(stderr, f"nsbox: {problem}\n")
                 if wall_killed:
                     record = wire.exited(init.WALL_TIMEOUT, None)
                 hit = limits.finish(channel.limits, wire.parse_exited(record)[0], wall_killed)
@@ -157,6 +213,26 @@ def _relay(pid1: int, channel, status, deadline) -> None:
                     wire.send_quietly(status, wire.network_report(report))
                 wire.send_quietly(status, record)
                 return
+
+
+def _drain(fd: int) -> bytes:
+    try:
+        return os.read(fd, 512)
+    except BlockingIOError:
+        return b""
+
+
+def _reap(command: int, reaped: dict) -> None:
+    """Reap the orphans re-parented to this subreaper, keeping the command's status."""
+    while True:
+        try:
+            pid, raw = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == command:
+            reaped[pid] = raw
 
 
 def _stop_proxy(channel) -> dict:
@@ -192,8 +268,9 @@ def _exit_record(raw: int) -> bytes:
     return wire.exited_from_status(raw)
 
 
-def _kill(pid: int, sig: int) -> None:
+def _kill(pidfd: int, sig: int) -> None:
+    # Through the pidfd: the pid may already be reaped (and reused) by the orphan reaper.
     try:
-        os.kill(pid, sig)
+        signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
         pass

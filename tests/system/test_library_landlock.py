@@ -1,0 +1,281 @@
+"""The library under Landlock-only isolation: nsbox.run / Popen / run_async without namespaces.
+
+Each escape is tried for real from inside the sandbox; each test checks both the
+denial and that nothing changed on the host.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+import nsbox
+import nsbox.api
+from nsbox.errors import SandboxError, UnsupportedKernel
+from nsbox.kernel import landlock
+from nsbox.policy.model import Policy
+from conftest import alive, pids_running
+
+PY = sys.executable
+ABI = landlock.abi_version()
+# Network "none" needs Landlock's TCP rules (ABI 4) and scoping needs ABI 6 without best effort.
+pytestmark = pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6, have {ABI}")
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
+
+
+@pytest.fixture
+def policy(workspace):
+    return Policy(workspace=str(workspace), isolation="landlock")
+
+
+def marker() -> str:
+    """A sleep duration no other process uses, to find our sleeps in /proc."""
+    return f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_run_reports_landlock_and_writes_reach_the_workspace(policy, workspace):
+    r = nsbox.run(["sh", "-c", "echo ok > inside; echo out; echo err >&2; exit 3"],
+                  policy=policy)
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+    assert (r.isolation, r.isolation_fallback, r.isolation_missing) == ("landlock", "", ())
+    assert (workspace / "inside").read_text() == "ok\n"
+
+
+def test_write_to_home_fails_and_home_is_unchanged(policy):
+    home = os.path.expanduser("~")
+    victim = os.path.join(home, f"nsbox-escape-{uuid.uuid4().hex}")
+    try:  # control: this process may write there, so only the sandbox stands in the way
+        open(victim, "x").close()
+        os.unlink(victim)
+    except OSError as err:
+        pytest.skip(f"$HOME {home} is not writable here: {err}")
+    before = sorted(os.listdir(home))
+    r = nsbox.run(["sh", "-c", f"echo pwned > {victim}"], policy=policy)
+    assert r.returncode != 0
+    assert b"Permission denied" in r.stderr
+    assert not os.path.lexists(victim)
+    assert sorted(os.listdir(home)) == before
+
+
+def test_tmpdir_is_private_and_removed_afterwards(policy):
+    r = nsbox.run(["sh", "-c", 'echo "$TMPDIR"; stat -c %a "$TMPDIR"; echo x > "$TMPDIR/f"; '
+                   'mkdir "$TMPDIR/locked"; touch "$TMPDIR/locked/f"; chmod 0 "$TMPDIR/locked"'],
+                  policy=policy)
+    assert r.returncode == 0, r.stderr
+    tmpdir, mode = r.stdout.decode().split()
+    assert os.path.isabs(tmpdir) and os.path.basename(tmpdir).startswith("nsbox-")
+    assert mode == "700"
+    assert not os.path.lexists(tmpdir)
+    # Each run has its own.
+    again = nsbox.run(["sh", "-c", 'echo "$TMPDIR"'], policy=policy)
+    assert again.stdout.decode().strip() != tmpdir
+
+
+def test_tcp_connect_to_a_host_listener_fails(policy):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        probe = (f"import socket; s = socket.socket(); s.settimeout(3); "
+                 f"s.connect(('127.0.0.1', {port})); print('connected')")
+        r = nsbox.run([PY, "-c", probe], policy=policy)
+        assert r.returncode != 0
+        assert b"connected" not in r.stdout
+        # The command has exited: a connection that got through would be queued by now.
+        srv.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            srv.accept()
+    finally:
+        srv.close()
+
+
+def test_background_processes_are_gone_when_run_returns(policy):
+    tag = marker()
+    # A plain background child and an orphan whose parent shell exits first.
+    r = nsbox.run(["sh", "-c", f"sleep {tag} & sh -c 'sleep {tag} &'; echo started"],
+                  policy=policy, timeout=30)
+    assert r.returncode == 0 and r.stdout == b"started\n", r.stderr
+    assert not r.timed_out
+    assert not pids_running("sleep", tag)
+
+
+def test_timeout_leaves_no_process(policy):
+    tag = marker()
+    r = nsbox.run(["sh", "-c", f"echo before; sleep {tag} & sleep {tag}"], policy=policy,
+                  timeout=1)
+    assert r.timed_out and r.signal == signal.SIGKILL
+    assert r.stdout == b"before\n"
+    assert not pids_running("sleep", tag)
+
+
+def test_run_async_timeout_leaves_no_process(policy):
+    tag = marker()
+    r = asyncio.run(nsbox.run_async(["sh", "-c", f"echo started; sleep {tag} & sleep {tag}"],
+                                    policy=policy, timeout=0.5))
+    assert r.timed_out and r.stdout == b"started\n"
+    assert r.isolation == "landlock"
+    assert not pids_running("sleep", tag)
+
+
+def test_input_signal_and_exec_failures(policy, workspace):
+    assert nsbox.run(["tr", "a-z", "A-Z"], policy=policy, input=b"abc").stdout == b"ABC"
+    r = nsbox.run(["sh", "-c", "kill -TERM $$"], policy=policy)
+    assert (r.returncode, r.signal) == (128 + signal.SIGTERM, signal.SIGTERM)
+    r = nsbox.run(["no-such-command-xyz"], policy=policy)
+    assert r.returncode == 127 and b"not found" in r.stderr
+    script = workspace / "script.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    assert nsbox.run([str(script)], policy=policy).returncode == 126
+
+
+def test_popen_signal_and_kill_end_everything(policy):
+    tag = marker()
+    with nsbox.Popen(["sh", "-c", f"trap 'echo got-term; exit 7' TERM; sleep {tag} & "
+                      "echo ready; while :; do sleep 0.05; done"], policy=policy,
+                     stdout=nsbox.PIPE) as p:
+        assert p.isolation == "landlock"
+        assert p.stdout.readline() == b"ready\n"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == 7
+    assert not pids_running("sleep", tag)
+    p = nsbox.Popen(["sleep", tag], policy=policy, stdin=nsbox.DEVNULL)
+    p.kill()
+    assert p.wait(timeout=20) == 128 + signal.SIGKILL
+    assert not pids_running("sleep", tag)
+
+
+def test_allowlist_network_and_session_are_refused(policy):
+    allowlist = Policy(workspace=policy.workspace, isolation="landlock", network="allowlist",
+                       network_allow=("example.com",))
+    with pytest.raises(UnsupportedKernel, match="network namespace"):
+        nsbox.run(["true"], policy=allowlist)
+    with pytest.raises(UnsupportedKernel, match="full isolation"):
+        nsbox.Session(policy)
+
+
+def test_landlock_runs_leave_no_spare(policy):
+    before = nsbox.api.prewarm_stats()
+    for _ in range(2):
+        assert nsbox.run(["true"], policy=policy).returncode == 0
+    after = nsbox.api.prewarm_stats()
+    assert (after["built"], after["used"]) == (before["built"], before["used"])
+
+
+def _runner(code: str, *args):
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    return [PY, "-c", textwrap.dedent(code), *args], env
+
+
+def test_runner_death_leaves_nothing_behind(workspace):
+    tag = marker()
+    code = """
+        import sys, time
+        import nsbox
+        from nsbox.launch import forkserver
+        policy = nsbox.Policy(workspace=sys.argv[1], isolation="landlock")
+        p = nsbox.Popen(["sh", "-c", "sleep " + sys.argv[2] + " & sleep " + sys.argv[2]],
+                        policy=policy, stdin=nsbox.DEVNULL)
+        print(forkserver.client().pid, flush=True)
+        time.sleep(120)
+    """
+    argv, env = _runner(code, str(workspace), tag)
+    runner = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE)
+    try:
+        server_pid = int(runner.stdout.readline())
+        assert wait_until(lambda: len(pids_running("sleep", tag)) == 2)
+    finally:
+        runner.kill()
+        runner.wait()
+    assert wait_until(lambda: not alive(server_pid))
+    assert wait_until(lambda: not pids_running("sleep", tag))
+
+
+def test_fork_server_death_still_cleans_up(workspace):
+    tag = marker()
+    code = """
+        import os, signal, sys
+        import nsbox
+        from nsbox.launch import forkserver
+        policy = nsbox.Policy(workspace=sys.argv[1], isolation="landlock")
+        p = nsbox.Popen(["sh", "-c", "echo $TMPDIR; sleep " + sys.argv[2] + " & sleep "
+                         + sys.argv[2]], policy=policy, stdin=nsbox.DEVNULL, stdout=nsbox.PIPE)
+        tmpdir = p.stdout.readline().decode().strip()
+        os.kill(forkserver.client().pid, signal.SIGKILL)
+        print(tmpdir, p.wait(timeout=30), flush=True)
+    """
+    argv, env = _runner(code, str(workspace), tag)
+    r = subprocess.run(argv, env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    tmpdir, code = r.stdout.decode().split()
+    assert int(code) == 128 + signal.SIGKILL
+    assert not pids_running("sleep", tag)
+    assert not os.path.lexists(tmpdir)
+
+
+BLOCK_USERNS = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
+
+AUTO_RUN = """
+    import sys
+    import nsbox
+    r = nsbox.run(["sh", "-c", "echo ok > inside; echo pwned > " + sys.argv[2]],
+                  policy=nsbox.Policy(workspace=sys.argv[1], isolation="auto"))
+    print(r.isolation)
+    print(r.isolation_fallback)
+    print(r.returncode)
+"""
+
+
+def test_auto_falls_back_to_landlock_where_user_namespaces_are_blocked(workspace, tmp_path):
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    victim = host_dir / "victim"
+    victim.write_text("original\n")
+    # Inside a fresh user namespace we own its limit: 0 blocks nested ones for real.
+    argv, env = _runner(AUTO_RUN, str(workspace), str(victim))
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", BLOCK_USERNS,
+                        "sh", *argv], env=env, capture_output=True, timeout=60)
+    if r.returncode != 0 and b"max_user_namespaces" in r.stderr and b"nsbox" not in r.stderr:
+        pytest.skip(f"cannot block user namespaces here: {r.stderr!r}")
+    assert r.returncode == 0, r.stderr
+    isolation, reason, code = r.stdout.decode().splitlines()
+    assert isolation == "landlock"
+    assert "max_user_namespaces" in reason
+    assert code != "0"  # the write outside the workspace failed
+    assert (workspace / "inside").read_text() == "ok\n"
+    assert victim.read_text() == "original\n"
+
+
+def test_auto_is_full_where_user_namespaces_work(workspace):
+    r = nsbox.run(["hostname"], policy=Policy(workspace=str(workspace), isolation="auto"))
+    assert r.returncode == 0, r.stderr
+    assert (r.isolation, r.stdout) == ("full", b"nsbox\n")
+
+
+def test_setup_failure_raises_before_the_command_runs(policy, workspace, monkeypatch):
+    # A TMPDIR base that is a file: the launcher cannot create the private TMPDIR.
+    base = workspace / "not-a-dir"
+    base.write_text("")
+    from nsbox.launch import isolation
+
+    monkeypatch.setattr(isolation, "private_tmp_path", lambda: str(base / "nsbox-x"))
+    with pytest.raises(SandboxError, match="TMPDIR"):
+        nsbox.run(["sh", "-c", "echo ran > ran"], policy=policy)
+    assert not (workspace / "ran").exists()
