@@ -60,6 +60,9 @@ class Result(Record):
     duration_s: float = 0.0
     # network "allowlist": the requests the proxy refused (policy.netallow.Refusal records)
     network_blocked: tuple = ()
+    # the resource limit that ended the command, e.g. {"limit": "memory", "value": "512M",
+    # "reason": "OOM", "killed": True, "message": ...}; None when no limit did
+    limit_hit: dict | None = None
     isolation: str = "full"  # what the command got: full | landlock (no namespaces)
     isolation_fallback: str = ""  # why isolation "auto" settled for landlock
     isolation_missing: tuple = ()  # protections left out under best_effort, in words
@@ -160,6 +163,7 @@ class Popen:
         self.timed_out = False
         self.exec_error = None  # why the command could not be executed (returncode 126/127)
         self.network_blocked = ()  # network "allowlist": requests the proxy refused
+        self.limit_hit = None  # the resource limit that ended the command (see Result)
         self.duration_s = None
         self._failure = None
         self._status = None
@@ -276,6 +280,8 @@ class Popen:
 
             report = wire.parse_network_report(record)
             self.network_blocked = tuple(Refusal(**item) for item in report.get("blocked", ()))
+        elif tag == wire.LIMIT:
+            self.limit_hit = wire.parse_limit_report(record)
         elif tag == wire.EXITED:
             self._started = True
             self.returncode, self.signal = wire.parse_exited(record)
@@ -672,5 +678,6 @@ def _result(proc: Popen, pump: _Pump) -> Result:
     return Result(args=proc.args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
                   signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s,
                   output_limited=pump.output_limited, network_blocked=proc.network_blocked,
+                  limit_hit=proc.limit_hit,
                   isolation=proc.isolation, isolation_fallback=proc.isolation_fallback,
                   isolation_missing=proc.isolation_missing)

@@ -64,6 +64,7 @@ def exec_command(args: list) -> int:
     policy = plan = None
     error = ""
     network = {}  # the allowlist proxy's report
+    limit_hits = []  # the resource limit that ended the command, if one did
     try:
         policy = policy_from_options(values)
         if policy.preset == "full-access":
@@ -74,16 +75,17 @@ def exec_command(args: list) -> int:
         if plan.isolation == isolation.LANDLOCK:
             from nsbox.launch import landlock_only
 
-            code = landlock_only.run(plan)
+            code = landlock_only.run(plan, on_limit=limit_hits.append)
         else:
-            code = foreground.run(plan, on_network=network.update)
+            code = foreground.run(plan, on_limit=limit_hits.append, on_network=network.update)
     except NsboxError as err:
         sys.stderr.write(f"nsbox: {err}\n")
         code, error = SETUP_FAILED, str(err)
     if status_file:
         with status_out:
             run_record.write(status_out, run_record.record(
-                parsed.command, policy, plan, started, code, error, network=network))
+                parsed.command, policy, plan, started, code, error, network=network,
+                limit_hit=limit_hits[0] if limit_hits else None))
     return code
 
 

@@ -114,6 +114,23 @@ def check_cgroup() -> dict:
     return out
 
 
+def check_limits() -> dict:
+    """Which mechanism would enforce each resource limit for this user on this host."""
+    from nsbox.launch import limits
+    from nsbox.policy.limits import Limits
+
+    probe = Limits(pids=1024, memory=1 << 30, cpu=1.0, wall=60)
+    plan = limits.plan(probe, best_effort=True)
+    mechanisms = {name: entry["mechanism"] or "none" for name, entry in plan.applied().items()}
+    weak = [name for name in ("pids", "memory", "cpu") if mechanisms.get(name) not in
+            ("cgroup1", "cgroup2")]
+    out = {"status": OK if not weak else WARN, "mechanisms": mechanisms}
+    if weak:
+        out["note"] = (f"no writable cgroup for {', '.join(weak)}: rlimits instead (a memory "
+                       "hog gets MemoryError, not an OOM kill; cpu needs a wall limit)")
+    return out
+
+
 def check_container() -> dict:
     evidence = []
     for marker in ("/.dockerenv", "/run/.containerenv"):
@@ -152,6 +169,7 @@ def run_checks() -> dict:
         "landlock": check_landlock(),
         "seccomp": check_seccomp(),
         "cgroup_v2": check_cgroup(),
+        "limits": check_limits(),
         "container": check_container(),
     }
     checks["verdict"] = verdict(checks)

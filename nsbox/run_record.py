@@ -33,8 +33,9 @@ def protections(plan) -> dict:
 
 
 def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
-           network: dict | None = None) -> dict:
-    """`network`: the allowlist proxy's report ({"blocked": [...], "blocked_total": N})."""
+           network: dict | None = None, limit_hit=None) -> dict:
+    """`network`: the allowlist proxy's report ({"blocked": [...], "blocked_total": N});
+    `limit_hit`: the launch.limits.LimitHit that ended the command, if one did."""
     out = {
         "command": list(argv),
         "policy_digest": policy.digest() if policy is not None else None,
@@ -46,6 +47,9 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         "setup_error": error or None,
         "protections": protections(plan) if plan is not None else None,
         "network": _network(policy, network or {}) if policy is not None else None,
+        # limit -> {"value", "mechanism" (cgroup2 | cgroup1 | rlimit | tmpfs | supervisor)}
+        "limits": plan.limits.applied() if plan is not None and plan.limits else None,
+        "limit_hit": limit_hit.as_dict() if limit_hit is not None else None,
     }
     # PID 1 reports a command killed by signal N as 128+N, as shells do.
     if not error and exit_code > 128:

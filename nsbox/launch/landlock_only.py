@@ -28,7 +28,7 @@ from nsbox.launch import errorpipe, foreground, init, limits, sequence, trace
 MODE = "landlock"  # LaunchPlan.isolation for this launcher (isolation.LANDLOCK)
 
 
-def run(plan) -> int:
+def run(plan, on_limit=None) -> int:
     """Start the command, wait for it, clean up after it. The caller must be single-threaded."""
     trace.mark("launch")
     init.watch_signals(sequence.WATCHED_SIGNALS)
@@ -54,6 +54,8 @@ def run(plan) -> int:
         return failure.exit_code
     if hit is not None:
         sys.stderr.write(f"nsbox: {hit.message}\n")
+        if on_limit is not None:
+            on_limit(hit)
     return code
 
 

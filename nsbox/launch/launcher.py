@@ -207,6 +207,7 @@ def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None) -> Non
                 hit = limits.finish(channel.limits, wire.parse_exited(record)[0], wall_killed)
                 if hit is not None:
                     _write_quietly(stderr, f"nsbox: {hit.message}\n")
+                    wire.send_quietly(status, wire.limit_report(hit.as_dict()))
                 os.close(stderr)
                 report = _stop_proxy(channel)
                 if report:

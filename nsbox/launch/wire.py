@@ -17,6 +17,7 @@ FAILED = b"F"  # + step NUL errno NUL exception class NUL message
 EXITED = b"X"  # + returncode, signal (0: none) as two native ints
 NETWORK = b"N"  # + the allowlist proxy's report as JSON; just before EXITED
 READY = b"R"  # a spare sandbox, on its control socket: send the command
+LIMIT = b"L"  # + the resource limit that ended the command, as JSON; just before EXITED
 _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
 
@@ -106,6 +107,18 @@ def network_report(report: dict) -> bytes:
 
 
 def parse_network_report(record: bytes) -> dict:
+    import json
+
+    return json.loads(record[1:])
+
+
+def limit_report(hit: dict) -> bytes:
+    import json
+
+    return LIMIT + json.dumps(hit).encode()
+
+
+def parse_limit_report(record: bytes) -> dict:
     import json
 
     return json.loads(record[1:])

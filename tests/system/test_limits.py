@@ -7,6 +7,7 @@ no cgroup directory and no process of the sandbox is left behind.
 """
 
 import glob
+import json
 import os
 import subprocess
 import uuid
@@ -171,3 +172,36 @@ def test_a_cgroup2_group_is_joined_by_its_owner_and_removed_with_what_runs_in_it
             pass
         os.waitpid(child, 0)
         group.remove()
+
+
+def test_json_status_names_each_mechanism_and_the_limit_that_ended_the_run(workspace, tmp_path):
+    status = tmp_path / "status.json"
+    r = subprocess.run(nsbox_cmd("exec", "--workspace", str(workspace), "--json-status",
+                                 str(status), "--limit", "wall=1", "--limit", "nofile=100",
+                                 "--", "sleep", "30"), capture_output=True, timeout=60)
+    assert r.returncode == 124
+    record = json.loads(status.read_text())
+    assert record["limits"]["wall"] == {"value": "1s", "mechanism": "supervisor"}
+    assert record["limits"]["nofile"] == {"value": "100", "mechanism": "rlimit"}
+    assert record["limits"]["tmp"]["mechanism"] == "tmpfs"
+    assert record["limit_hit"]["limit"] == "wall" and record["limit_hit"]["reason"] == "timeout"
+
+
+def test_json_status_has_no_limit_hit_when_none_ended_the_run(workspace, tmp_path):
+    status = tmp_path / "status.json"
+    r = subprocess.run(nsbox_cmd("exec", "--workspace", str(workspace), "--json-status",
+                                 str(status), "--", "true"), capture_output=True, timeout=60)
+    assert r.returncode == 0
+    record = json.loads(status.read_text())
+    assert record["limit_hit"] is None
+    assert record["limits"]["pids"]["mechanism"] in ("rlimit", "cgroup1", "cgroup2")
+
+
+def test_library_result_names_the_limit_that_ended_the_run(workspace):
+    import nsbox
+
+    policy = nsbox.Policy(workspace=str(workspace), limits={"wall": 1})
+    r = nsbox.run(["sleep", "30"], policy=policy, timeout=60)
+    assert r.returncode == 124
+    assert r.limit_hit is not None and r.limit_hit["limit"] == "wall"
+    assert nsbox.run(["true"], policy=policy).limit_hit is None

@@ -199,6 +199,9 @@ def test_check_json_reports_every_field():
     assert isinstance(data["landlock"]["abi"], int)
     assert isinstance(data["seccomp"]["available"], bool)
     assert "v2" in data["cgroup_v2"]
+    mechanisms = data["limits"]["mechanisms"]
+    assert set(mechanisms) >= {"pids", "memory", "cpu", "wall", "tmp", "nofile"}
+    assert mechanisms["memory"] in ("cgroup1", "cgroup2", "rlimit")
     assert isinstance(data["container"]["nested"], bool)
     assert data["verdict"]["level"] in ("full", "landlock", "degraded", "unsupported")
     assert r.returncode == (0 if data["verdict"]["level"] in ("full", "landlock") else 1)
