@@ -404,7 +404,9 @@ def main(argv=None) -> int:
             traced_runs(nsbox_argv(script), args.trace_runs, workspace))
     except RuntimeError as err:
         notes.append(f"CLI trace failed: {err}")
-    for mode, name in (("run", "nsbox.run(['true'])"), ("session", "Session.run(['true'])")):
+    for mode, name in (("run", "nsbox.run(['true'])"),
+                       ("fresh", "nsbox.run(['true'], prewarm=False)"),
+                       ("session", "Session.run(['true'])")):
         runs, why = library_trace(mode, args.trace_runs, workspace)
         if runs:
             results["breakdown"][name] = report.breakdown(runs)

@@ -50,7 +50,8 @@ def split_runs(records) -> list:
         if record[2] == "call":
             current = [(record[0], 0, SPAWNED)]
         elif record[2] == "returned" and current is not None:
-            runs.append(current + [(record[0], 0, REAPED)])
+            # Marks from other processes may be copied in late: order by time.
+            runs.append(sorted(current) + [(record[0], 0, REAPED)])
             current = None
         elif current is not None:
             current.append(record)

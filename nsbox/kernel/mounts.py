@@ -60,13 +60,15 @@ def attach(tree_fd: int, target: str, what: str = "") -> None:
 def has_mount_api() -> bool:
     """True when open_tree/move_mount/mount_setattr are there (Linux >= 5.12).
 
-    A bad fd gives EBADF where the call exists; ENOSYS (old kernel) or EPERM (a
-    container's seccomp profile) mean the remount-per-submount fallback.
+    Unknown flags are refused (EINVAL) before any permission check where the call
+    exists, so this works unprivileged; ENOSYS (old kernel) or EPERM (a container's
+    seccomp profile) mean the remount-per-submount fallback.
     """
     try:
-        set_attrs_recursive(-1, 0)
+        _ffi.syscall("mount_setattr", -1, _ffi.NULL, 0x80000000, _ffi.NULL, 0,
+                     detail="probe")
     except SyscallError as err:
-        return err.errno not in (errno.ENOSYS, errno.EPERM)
+        return err.errno == errno.EINVAL
     return True
 
 

@@ -290,3 +290,13 @@ def test_blocked_user_namespaces_give_125_and_name_the_setting(workspace):
     assert r.returncode == 125, r.stderr
     assert b"max_user_namespaces" in r.stderr
     assert b"sysctl" in r.stderr
+
+
+def test_the_new_mount_api_is_found_on_kernels_that_have_it():
+    """Also unprivileged: the probe must not mistake a permission check for a missing call."""
+    from nsbox.kernel import mounts
+
+    release = tuple(int(x) for x in os.uname().release.split(".")[:2])
+    if release < (5, 12):
+        pytest.skip(f"kernel {os.uname().release} predates mount_setattr")
+    assert mounts.has_mount_api()
