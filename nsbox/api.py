@@ -14,12 +14,13 @@ calling process dies, the server and every sandbox die with it.
         s.run(["git", "status"])                              # fork + exec only
 
 Isolation: where user namespaces are unavailable (typically inside a Docker or
-Kubernetes container), Policy(isolation="landlock") runs one-shot commands
-(run, run_async, Popen) under Landlock and seccomp only, with a private TMPDIR
-and every process the command started killed when it ends; isolation="auto"
-takes full isolation when it can and falls back to that. Result.isolation (and
-Popen.isolation) says what the command got and isolation_fallback why `auto`
-settled for less. Session and pre-warmed spares need full isolation.
+Kubernetes container), Policy(isolation="landlock") runs commands under Landlock
+and seccomp only, with a private TMPDIR (one per run, or one per Session shared
+by its commands) and every process the command (or the Session) started killed
+when it ends; isolation="auto" takes full isolation when it can and falls back
+to that. Result.isolation (and Popen.isolation) says what the command got and
+isolation_fallback why `auto` settled for less. Pre-warmed spares need full
+isolation (landlock runs start fresh).
 
 Errors: a bad policy raises nsbox.PolicyError before anything starts; a failed
 setup step inside the sandbox raises nsbox.SetupFailed (both SandboxError). A
@@ -313,14 +314,15 @@ class Session:
     None means the environment at session creation; cwd defaults to the
     workspace (relative paths are taken from it). A timeout kills the command's
     process group. close() (or this process dying) kills everything inside.
-    Safe to use from several threads at once. Needs full isolation: with
-    isolation "landlock" (or "auto" falling back to it) it raises UnsupportedKernel.
+    Safe to use from several threads at once. With isolation "landlock" (or
+    "auto" falling back to it) there are no namespaces: the commands share a
+    private TMPDIR instead of /tmp, removed at close().
     """
 
     def __init__(self, policy=None, *, cwd=None, env=None):
         import threading
 
-        self._plan = _prepare(("nsbox-session",), policy, cwd, env, session=True)
+        self._plan = _prepare(("nsbox-session",), policy, cwd, env)
         self._lock = threading.Lock()
         self._closed = False
         control, control_theirs = wire.socketpair()
@@ -373,7 +375,10 @@ class Session:
         wire.send_quietly(self._status, wire.signal_request(_signals.SIGKILL))
         deadline = time.monotonic() + 10
         while _readable(self._status, max(0.0, deadline - time.monotonic())):
-            record = self._status.recv(wire.MAX_RECORD)
+            try:
+                record = self._status.recv(wire.MAX_RECORD)
+            except ConnectionResetError:
+                break  # it exited (after its cleanup) before reading our SIGKILL request
             if not record or record[:1] == wire.EXITED:
                 break
         self._status.close()
@@ -408,15 +413,9 @@ class Session:
 
 # --- starting ----------------------------------------------------------------------
 
-def _prepare(args, policy, cwd, env, session=False):
+def _prepare(args, policy, cwd, env):
     """The launch plan, or PolicyError / UnsupportedKernel before anything starts."""
-    plan = prepare.prepare(args, policy, cwd, env)
-    if session and plan.isolation != "full":
-        raise errors.UnsupportedKernel(
-            "nsbox.Session needs full isolation (user namespaces), which this run does not "
-            f"get ({plan.isolation_fallback or 'isolation ' + repr(plan.isolation)}); "
-            "use nsbox.run / Popen, which support Landlock-only isolation")
-    return plan
+    return prepare.prepare(args, policy, cwd, env)
 
 
 def _submit(kind: str, plan, fds):

@@ -10,10 +10,12 @@ caller:   cgroup -> open_scope (subreaper, create TMPDIR) -> fork_command -> wai
           -> close_scope (kill leftovers, remove TMPDIR) -> remove cgroup
 command:  join the cgroup -> chdir -> fds -> rlimits -> drop capabilities (root only)
           -> no_new_privs
-          -> parent-death signal -> Landlock -> seccomp -> exec
+          -> parent-death signal -> Landlock -> seccomp -> exec (or serve a session)
 
 `run` is the CLI's caller; the library's is nsbox.launch.launcher, which uses the
-same open_scope / fork_command / close_scope.
+same open_scope / fork_command / close_scope. In a library session the command
+process is the session server (nsbox.launch.session): its commands share the
+TMPDIR, and everything is killed and the TMPDIR removed when the session ends.
 """
 
 import os
@@ -87,14 +89,15 @@ def open_scope(plan) -> Scope:
     return scope
 
 
-def fork_command(plan, error_r: int, error_w: int, active) -> int:
-    """Fork the command process (restrict, then exec); closes the error pipe's write end here."""
+def fork_command(plan, error_r: int, error_w: int, active, serve=None) -> int:
+    """Fork the command process (restrict, then exec, or `serve(plan)` in its place);
+    closes the error pipe's write end here."""
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(error_r)
-            _command_main(plan, error_w, parent, active)
+            _command_main(plan, error_w, parent, active, serve)
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     os.close(error_w)
@@ -115,7 +118,7 @@ def close_scope(scope: Scope) -> str:
     return ""
 
 
-def _command_main(plan, error_w: int, parent: int, active) -> None:
+def _command_main(plan, error_w: int, parent: int, active, serve) -> None:
     try:
         # Into the limits' cgroup before anything runs (or forks).
         limits.join(active)
@@ -124,6 +127,9 @@ def _command_main(plan, error_w: int, parent: int, active) -> None:
         os._exit(errorpipe.SETUP_FAILED)
     # Without a user namespace, capabilities would be real ones on the host: only root has any.
     sequence.restrict_command(plan, error_w, drop_caps=plan.uid == 0, expected_parent=parent)
+    if serve is not None:
+        os.close(error_w)  # EOF: the session is ready
+        os._exit(serve(plan))
     sequence.exec_command(plan, error_w)
 
 

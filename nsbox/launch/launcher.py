@@ -5,12 +5,13 @@ start (or setup failure) and the exit go to the runner over the status socket,
 signal requests come back the other way. The runner going away (EOF on the
 status socket) or the fork server dying (parent-death signal) ends the sandbox.
 
-Landlock-only isolation (plan.isolation "landlock", one-shot runs only): no
-namespaces and no PID 1. This process becomes a child subreaper, creates the
-per-run TMPDIR and forks the command itself (nsbox.launch.landlock_only); it
-reaps the orphans re-parented to it, and once the command has exited it kills
-whatever is left and removes the TMPDIR before reporting the exit. The fork
-server dying is a catchable signal here, so that cleanup still happens.
+Landlock-only isolation (plan.isolation "landlock"; one-shot runs and sessions):
+no namespaces and no PID 1. This process becomes a child subreaper, creates the
+per-run TMPDIR and forks the command itself (nsbox.launch.landlock_only), or in
+a session the restricted session server; it reaps the orphans re-parented to it,
+and once that process has exited it kills whatever is left and removes the
+TMPDIR before reporting the exit. The fork server dying is a catchable signal
+here, so that cleanup still happens.
 """
 
 # C modules only: this process is a fork of the fork server, which stays small.
@@ -67,17 +68,19 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             # after stdio is in place, so its refusal lines go to the command's stderr.
             channel.proxy = net_proxy.start(plan.net_proxy)
         if plan.isolation == landlock_only.MODE:
-            if kind != ONE_SHOT:
-                raise ValueError(f"a {kind} sandbox needs full isolation")
+            if kind == SPARE:
+                raise ValueError("a spare sandbox needs full isolation")
             step = "signals"
             wake_r = _watch_server_and_orphans(server_pid)
             step = "TMPDIR"
             scope = landlock_only.open_scope(plan)
-            deadline = limits.deadline(plan.limits, time.monotonic())
+            # A session lives across commands: the wall limit is the per-command timeout there.
+            deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
             step = "fork command"
             os.close(channel.lifeline_r)
             os.close(channel.lifeline_w)
-            pid1 = landlock_only.fork_command(plan, channel.error_r, channel.error_w, active)
+            pid1 = landlock_only.fork_command(plan, channel.error_r, channel.error_w, active,
+                                              serve=channel.serve)
         else:
             step = "namespaces"
             sequence.enter_namespaces(plan)
@@ -151,8 +154,9 @@ def _command_from(control_fd: int):
 
 
 def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None) -> None:
-    """Report start and exit of `pid1` (the sandbox's PID 1, or the command itself in
-    landlock-only isolation, where `scope` is cleaned up before the exit is reported)."""
+    """Report start and exit of `pid1` (the sandbox's PID 1, or in landlock-only isolation
+    the command or session server itself, where `scope` is cleaned up before the exit
+    is reported)."""
     # The sandbox owns its stdio now; EOF for the runner must not wait for us.
     # A copy of stderr stays, for the message when a resource limit ended the run.
     stderr = os.dup(2)

@@ -6,7 +6,8 @@ and costs one fork and one exec. A request arrives on the control socket as one
 record (see wire.encode_command) with the command's reply socket and stdio
 attached; the reply socket gets STARTED or FAILED, then EXITED, and carries
 signal requests for the command's process group the other way. EOF on the
-control socket ends the server, and with it the sandbox (its PID 1 exits).
+control socket ends the server, and with it the sandbox (its PID 1 exits; in
+landlock-only isolation the launcher kills what is left and removes the TMPDIR).
 """
 
 # C modules only: `signal` and `socket` import enum, in every fork of the fork server.

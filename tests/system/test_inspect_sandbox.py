@@ -186,3 +186,36 @@ def test_the_provider_contract_with_a_policy_file(tmp_path, monkeypatch):
     assert not os.path.exists(host_tmp_file)  # it was the sandbox's /tmp
     assert not os.path.exists("/etc/nsbox-inspect-probe")
     assert not os.path.exists(workspace)
+
+
+def test_the_provider_under_landlock_isolation(tmp_path, monkeypatch):
+    from nsbox.integrations.inspect_sandbox import NsboxSandboxEnvironment
+    from nsbox.kernel import landlock
+
+    if landlock.abi_version() < 6:
+        pytest.skip("Landlock-only isolation needs Landlock ABI 6")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = tmp_path / "policy.toml"
+    config.write_text('isolation = "landlock"\n')
+    victim = tmp_path / "victim"
+    victim.write_text("original\n")
+
+    async def scenario():
+        envs = await NsboxSandboxEnvironment.sample_init("t", str(config), {})
+        box = envs["default"]
+        try:
+            tmpdir = (await box.exec(["sh", "-c", 'echo "$TMPDIR"'])).stdout.strip()
+            await box.write_file(f"{tmpdir}/note", "inside\n")
+            assert await box.read_file(f"{tmpdir}/note") == "inside\n"
+            await box.write_file("here", "ws\n")
+            assert (await box.exec(["cat", "here"])).stdout == "ws\n"
+            with pytest.raises(PermissionError):
+                await box.write_file(str(victim), "pwned")
+        finally:
+            await NsboxSandboxEnvironment.sample_cleanup("t", str(config), envs, False)
+        return tmpdir, box.workspace
+
+    tmpdir, workspace = asyncio.run(scenario())
+    assert victim.read_text() == "original\n"
+    assert not os.path.lexists(tmpdir)
+    assert not os.path.exists(workspace)

@@ -162,13 +162,99 @@ def test_popen_signal_and_kill_end_everything(policy):
     assert not pids_running("sleep", tag)
 
 
-def test_allowlist_network_and_session_are_refused(policy):
+def test_allowlist_network_is_refused(policy):
     allowlist = Policy(workspace=policy.workspace, isolation="landlock", network="allowlist",
                        network_allow=("example.com",))
     with pytest.raises(UnsupportedKernel, match="network namespace"):
         nsbox.run(["true"], policy=allowlist)
-    with pytest.raises(UnsupportedKernel, match="full isolation"):
-        nsbox.Session(policy)
+    with pytest.raises(UnsupportedKernel, match="network namespace"):
+        nsbox.Session(allowlist)
+
+
+def test_session_commands_share_a_private_tmpdir(policy, workspace):
+    with nsbox.Session(policy) as one, nsbox.Session(policy) as two:
+        r = one.run(["sh", "-c", 'echo secret > "$TMPDIR/f"; echo ws > inside; echo "$TMPDIR"'])
+        assert (r.returncode, r.isolation) == (0, "landlock"), r.stderr
+        tmpdir = r.stdout.decode().strip()
+        assert os.path.basename(tmpdir).startswith("nsbox-")
+        assert one.run(["sh", "-c", 'cat "$TMPDIR/f"']).stdout == b"secret\n"
+        assert one.run(["cat", "inside"]).stdout == b"ws\n"
+        # The other session has a TMPDIR of its own, and may not write into this one.
+        r = two.run(["sh", "-c", 'echo "$TMPDIR"; cat "$TMPDIR/f"'])
+        assert r.returncode != 0 and r.stdout.decode().strip() != tmpdir
+        r = two.run(["sh", "-c", f"echo pwned > {tmpdir}/f"])
+        assert r.returncode != 0 and b"Permission denied" in r.stderr
+        assert one.run(["sh", "-c", 'cat "$TMPDIR/f"']).stdout == b"secret\n"
+        assert os.path.isdir(tmpdir)
+    assert not os.path.lexists(tmpdir)
+    assert (workspace / "inside").read_text() == "ws\n"
+
+
+def test_session_write_outside_the_workspace_fails_and_host_is_unchanged(policy, tmp_path):
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    victim = host_dir / "victim"
+    victim.write_text("original\n")
+    before = sorted(os.listdir(host_dir))
+    with nsbox.Session(policy) as s:
+        r = s.run(["sh", "-c", f"echo pwned > {victim}"])
+        assert r.returncode != 0 and b"Permission denied" in r.stderr
+        r = s.run(["sh", "-c", f"echo new > {host_dir}/new"])
+        assert r.returncode != 0 and b"Permission denied" in r.stderr
+    assert victim.read_text() == "original\n"
+    assert sorted(os.listdir(host_dir)) == before
+
+
+def test_session_close_kills_lingering_processes_and_removes_tmpdir(policy):
+    tag = marker()
+    s = nsbox.Session(policy)
+    # A plain background child and an orphan whose parent shell exits first.
+    r = s.run(["sh", "-c", f'sleep {tag} & sh -c "sleep {tag} &"; echo "$TMPDIR"'])
+    assert r.returncode == 0, r.stderr
+    tmpdir = r.stdout.decode().strip()
+    assert wait_until(lambda: len(pids_running("sleep", tag)) == 2)
+    assert os.path.isdir(tmpdir)
+    s.close()
+    assert not pids_running("sleep", tag)
+    assert not os.path.lexists(tmpdir)
+    with pytest.raises(nsbox.SandboxError):
+        s.run(["true"])
+
+
+def test_session_timeout_kills_the_command_only(policy):
+    tag = marker()
+    with nsbox.Session(policy) as s:
+        r = s.run(["sh", "-c", f"echo before; sleep {tag} & sleep {tag}"], timeout=0.5)
+        assert r.timed_out and r.stdout == b"before\n"
+        assert r.isolation == "landlock"
+        assert wait_until(lambda: not pids_running("sleep", tag))
+        assert s.run(["echo", "still here"]).stdout == b"still here\n"
+
+
+def test_session_runner_death_leaves_nothing_behind(workspace):
+    tag = marker()
+    code = """
+        import sys, time
+        import nsbox
+        from nsbox.launch import forkserver
+        s = nsbox.Session(nsbox.Policy(workspace=sys.argv[1], isolation="landlock"))
+        print(s.run(["sh", "-c", "sleep " + sys.argv[2] + " & echo $TMPDIR"]).stdout.decode(),
+              end="")
+        print(forkserver.client().pid, flush=True)
+        time.sleep(120)
+    """
+    argv, env = _runner(code, str(workspace), tag)
+    runner = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE)
+    try:
+        tmpdir = runner.stdout.readline().decode().strip()
+        server_pid = int(runner.stdout.readline())
+        assert wait_until(lambda: len(pids_running("sleep", tag)) == 1)
+    finally:
+        runner.kill()
+        runner.wait()
+    assert wait_until(lambda: not alive(server_pid))
+    assert wait_until(lambda: not pids_running("sleep", tag))
+    assert wait_until(lambda: not os.path.lexists(tmpdir))
 
 
 def test_landlock_runs_leave_no_spare(policy):

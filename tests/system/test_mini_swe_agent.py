@@ -1,6 +1,7 @@
 """nsbox as a mini-swe-agent environment, driven by its default agent and deterministic model."""
 
 import os
+import time
 import uuid
 
 import pytest
@@ -84,3 +85,35 @@ def test_template_vars_and_a_failing_command(config, workspace):
         assert env.serialize()["info"]["config"]["environment_type"] == ENVIRONMENT_CLASS
     finally:
         env.cleanup()
+
+
+def test_the_environment_under_landlock_isolation(config, workspace, tmp_path):
+    from nsbox.kernel import landlock
+
+    if landlock.abi_version() < 6:
+        pytest.skip("Landlock-only isolation needs Landlock ABI 6")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('isolation = "landlock"\n')
+    victim = tmp_path / "victim"
+    victim.write_text("original\n")
+    background = f"{300 + uuid.uuid4().int % 100}.{uuid.uuid4().int % 10**6:06d}"
+    config["environment"]["policy"] = str(policy)
+    env = get_environment(config["environment"])
+    try:
+        first = env.execute({"command": 'echo kept > "$TMPDIR/kept"; echo ws > f; echo $TMPDIR'})
+        assert first["returncode"] == 0, first
+        tmpdir = first["output"].strip()
+        assert env.execute({"command": 'cat "$TMPDIR/kept" f'})["output"] == "kept\nws\n"
+        denied = env.execute({"command": f"echo pwned > {victim}"})
+        assert denied["returncode"] != 0 and "Permission denied" in denied["output"]
+        env.execute({"command": f"sleep {background} &"})
+        deadline = time.monotonic() + 10
+        while not pids_running("sleep", background) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the background shell may not have exec'd sleep yet
+        assert pids_running("sleep", background)
+    finally:
+        env.cleanup()
+    assert victim.read_text() == "original\n"
+    assert (workspace / "f").read_text() == "ws\n"
+    assert pids_running("sleep", background) == []
+    assert not os.path.lexists(tmpdir)
