@@ -1,6 +1,8 @@
 import os
 import subprocess
 import sys
+import time
+import uuid
 
 import pytest
 
@@ -67,3 +69,18 @@ def pids_running(*argv: str) -> list:
     """Live processes whose argv is exactly `argv`."""
     wanted = "\0".join(argv).encode() + b"\0"
     return _live_pids(lambda cmdline: cmdline == wanted)
+
+
+def marker() -> str:
+    """A sleep duration no other process uses, to find our sleeps in /proc."""
+    return f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; its last answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()

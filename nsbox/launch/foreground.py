@@ -47,6 +47,11 @@ def run(plan, on_limit=None, on_network=None) -> int:
         hit = limits.finish(active, code, timed_out)
         if active is not None and active.removal_failed:
             sys.stderr.write("nsbox: warning: the sandbox's cgroup could not be removed\n")
+    return conclude(plan, code, failure, hit, on_limit)
+
+
+def conclude(plan, code: int, failure, hit, on_limit=None) -> int:
+    """How a run ended, on stderr when nsbox has something to say; the exit code."""
     if failure is not None:
         sys.stderr.write(f"nsbox: {describe(failure, plan.argv[0])}\n")
         return failure.exit_code

@@ -51,14 +51,7 @@ def run(plan, on_limit=None) -> int:
         hit = limits.finish(active, code, timed_out)
         if problem:
             sys.stderr.write(f"nsbox: {problem}\n")
-    if failure is not None:
-        sys.stderr.write(f"nsbox: {foreground.describe(failure, plan.argv[0])}\n")
-        return failure.exit_code
-    if hit is not None:
-        sys.stderr.write(f"nsbox: {hit.message}\n")
-        if on_limit is not None:
-            on_limit(hit)
-    return code
+    return foreground.conclude(plan, code, failure, hit, on_limit)
 
 
 class Scope:

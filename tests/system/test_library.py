@@ -14,26 +14,12 @@ import pytest
 
 import nsbox
 from nsbox.policy.model import Policy
-from conftest import alive, pids_running
+from conftest import alive, marker, pids_running, wait_until
 
 
 @pytest.fixture
 def policy(workspace):
     return Policy(workspace=str(workspace))
-
-
-def marker() -> str:
-    """A sleep duration no other process uses, to find our sleeps in /proc."""
-    return f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
-
-
-def wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_run_returns_output_and_status(policy):

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 
 import pytest
@@ -21,7 +20,7 @@ import nsbox.api
 from nsbox.errors import SandboxError, UnsupportedKernel
 from nsbox.kernel import landlock
 from nsbox.policy.model import Policy
-from conftest import alive, pids_running
+from conftest import alive, marker, pids_running, wait_until
 
 PY = sys.executable
 ABI = landlock.abi_version()
@@ -33,20 +32,6 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
 @pytest.fixture
 def policy(workspace):
     return Policy(workspace=str(workspace), isolation="landlock")
-
-
-def marker() -> str:
-    """A sleep duration no other process uses, to find our sleeps in /proc."""
-    return f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
-
-
-def wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_run_reports_landlock_and_writes_reach_the_workspace(policy, workspace):

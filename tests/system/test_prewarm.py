@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 
 import pytest
 
@@ -15,7 +14,7 @@ from nsbox import api
 from nsbox.launch import prepare, spares
 from nsbox.policy.limits import Limits
 from nsbox.policy.model import Policy
-from conftest import pids_running
+from conftest import marker, pids_running
 
 
 @pytest.fixture
@@ -23,10 +22,6 @@ def policy(workspace, monkeypatch):
     monkeypatch.delenv("NSBOX_PREWARM", raising=False)
     nsbox.set_prewarm(True)
     return Policy(workspace=str(workspace))
-
-
-def marker() -> str:
-    return f"{1000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
 
 
 def used() -> int:
