@@ -1,4 +1,6 @@
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -84,3 +86,26 @@ def wait_until(condition, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+@contextlib.contextmanager
+def host_tcp_listener():
+    """A listener on the host's loopback. Yields Python code that connects to it and
+    prints 'connected'; afterwards asserts that no connection reached it."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        yield (f"import socket; s = socket.socket(); s.settimeout(3); "
+               f"s.connect(('127.0.0.1', {port})); print('connected')")
+        # The probe has exited: a connection that got through would be queued by now.
+        srv.setblocking(False)
+        try:
+            srv.accept()
+        except BlockingIOError:
+            pass
+        else:
+            raise AssertionError("the host listener accepted a connection from the sandbox")
+    finally:
+        srv.close()

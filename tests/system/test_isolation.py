@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import IS_ROOT, nsbox_cmd, processes_with
+from conftest import IS_ROOT, host_tcp_listener, nsbox_cmd, processes_with
 
 PY = "/usr/bin/python3"  # an interpreter every test user can run inside the sandbox
 
@@ -95,12 +95,12 @@ def test_every_host_mount_is_read_only(nsbox_exec, workspace):
     assert writable == []
 
 
-def test_legacy_remount_fallback_is_read_only_too(workspace):
-    env = dict(os.environ, NSBOX_TEST_LEGACY_MOUNTS="1")
-    r = subprocess.run(nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c",
-                                 "mkdir /sys/fs/cgroup/nsbox-probe; cat /proc/self/mountinfo; "
-                                 "echo ok > inside"),
-                       capture_output=True, env=env, timeout=60)
+# Writes under a host submount, prints the mount table, and writes in the workspace.
+READ_ONLY_PROBE = ["sh", "-c", "mkdir /sys/fs/cgroup/nsbox-probe; cat /proc/self/mountinfo; "
+                               "echo ok > inside"]
+
+
+def assert_host_mounts_read_only(r, workspace):
     assert r.returncode == 0, r.stderr
     assert not os.path.exists("/sys/fs/cgroup/nsbox-probe")
     assert (workspace / "inside").read_text() == "ok\n"
@@ -108,6 +108,13 @@ def test_legacy_remount_fallback_is_read_only_too(workspace):
         fields = line.split()
         if fields[4] in ("/", "/usr", "/etc", "/sys", "/sys/fs/cgroup"):
             assert "ro" in fields[5].split(","), line
+
+
+def test_legacy_remount_fallback_is_read_only_too(workspace):
+    env = dict(os.environ, NSBOX_TEST_LEGACY_MOUNTS="1")
+    r = subprocess.run(nsbox_cmd("exec", "--workspace", str(workspace), "--", *READ_ONLY_PROBE),
+                       capture_output=True, env=env, timeout=60)
+    assert_host_mounts_read_only(r, workspace)
 
 
 # As on a kernel older than 5.12: the new mount API answers ENOSYS.
@@ -124,17 +131,10 @@ os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 
 def test_kernel_without_mount_setattr_falls_back_to_read_only_remounts(workspace):
     pytest.importorskip("pyseccomp")
-    argv = nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c",
-                     "mkdir /sys/fs/cgroup/nsbox-probe; cat /proc/self/mountinfo; echo ok > inside")
+    argv = nsbox_cmd("exec", "--workspace", str(workspace), "--", *READ_ONLY_PROBE)
     r = subprocess.run([sys.executable, "-c", NO_MOUNT_API, *argv[1:]], capture_output=True,
                        timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert not os.path.exists("/sys/fs/cgroup/nsbox-probe")
-    assert (workspace / "inside").read_text() == "ok\n"
-    for line in r.stdout.decode().splitlines():
-        fields = line.split()
-        if fields[4] in ("/", "/usr", "/etc", "/sys", "/sys/fs/cgroup"):
-            assert "ro" in fields[5].split(","), line
+    assert_host_mounts_read_only(r, workspace)
 
 
 def _host_unix_listener(path):
@@ -172,21 +172,10 @@ def test_run_inside_is_empty(nsbox_exec):
 
 
 def test_host_loopback_tcp_is_unreachable(nsbox_exec):
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    srv.settimeout(0.5)
-    port = srv.getsockname()[1]
-    try:
-        probe = (f"import socket; s = socket.socket(); s.settimeout(3); "
-                 f"s.connect(('127.0.0.1', {port})); print('connected')")
+    with host_tcp_listener() as probe:
         r = nsbox_exec([PY, "-c", probe])
         assert r.returncode != 0
         assert b"connected" not in r.stdout
-        with pytest.raises(socket.timeout):
-            srv.accept()
-    finally:
-        srv.close()
 
 
 def test_loopback_inside_works(nsbox_exec):

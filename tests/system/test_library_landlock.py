@@ -7,7 +7,6 @@ denial and that nothing changed on the host.
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ import nsbox.api
 from nsbox.errors import SandboxError, UnsupportedKernel
 from nsbox.kernel import landlock
 from nsbox.policy.model import Policy
-from conftest import alive, marker, pids_running, wait_until
+from conftest import alive, host_tcp_listener, marker, pids_running, wait_until
 
 PY = sys.executable
 ABI = landlock.abi_version()
@@ -73,22 +72,10 @@ def test_tmpdir_is_private_and_removed_afterwards(policy):
 
 
 def test_tcp_connect_to_a_host_listener_fails(policy):
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
-    try:
-        probe = (f"import socket; s = socket.socket(); s.settimeout(3); "
-                 f"s.connect(('127.0.0.1', {port})); print('connected')")
+    with host_tcp_listener() as probe:
         r = nsbox.run([PY, "-c", probe], policy=policy)
         assert r.returncode != 0
         assert b"connected" not in r.stdout
-        # The command has exited: a connection that got through would be queued by now.
-        srv.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            srv.accept()
-    finally:
-        srv.close()
 
 
 def test_background_processes_are_gone_when_run_returns(policy):
