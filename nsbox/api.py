@@ -67,6 +67,9 @@ class Result(Record):
     isolation: str = "full"  # what the command got: full | landlock (no namespaces)
     isolation_fallback: str = ""  # why isolation "auto" settled for landlock
     isolation_missing: tuple = ()  # protections left out under best_effort, in words
+    # what the run changed where code runs later outside the sandbox (git hooks and
+    # pointers, new repositories, editor and agent configs): launch.watch.Change records
+    changes: tuple = ()
 
     def check_returncode(self) -> None:
         if self.returncode:
@@ -165,7 +168,9 @@ class Popen:
         self.exec_error = None  # why the command could not be executed (returncode 126/127)
         self.network_blocked = ()  # network "allowlist": requests the proxy refused
         self.limit_hit = None  # the resource limit that ended the command (see Result)
+        self.changes = ()  # see Result.changes; known once the command has exited
         self.duration_s = None
+        self._session = _session
         self._failure = None
         self._status = None
         self._pump = None
@@ -291,9 +296,19 @@ class Popen:
                 self.returncode, self.signal = failure.exit_code, None
                 self.exec_error = _describe_exec_failure(failure, self.args[0])
             self.duration_s = time.monotonic() - self._began
+            self.changes = self._review_changes()
         elif not record:
             raise SandboxError("the sandbox ended without reporting its exit status "
                                "(was the nsbox fork server killed?)")
+
+    def _review_changes(self) -> tuple:
+        if self._session is not None:
+            return self._session._review_changes()
+        if self._plan is None or self._plan.watch is None:
+            return ()
+        from nsbox.launch import watch
+
+        return watch.review(self._plan.watch)[0]
 
     def _raise_setup_failure(self) -> None:
         if self._failure is None or self._failure[0].step == "exec":
@@ -324,6 +339,7 @@ class Session:
 
         self._plan = _prepare(("nsbox-session",), policy, cwd, env)
         self._lock = threading.Lock()
+        self._watch = self._plan.watch  # compared after each command, then renewed
         self._closed = False
         control, control_theirs = wire.socketpair()
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -388,6 +404,16 @@ class Session:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _review_changes(self) -> tuple:
+        """What changed since the last command ended (background processes included)."""
+        if self._watch is None:
+            return ()
+        from nsbox.launch import watch
+
+        with self._lock:
+            changes, self._watch = watch.review(self._watch)
+        return changes
 
     def _submit(self, args, cwd, env, fds):
         if env is not None:
@@ -677,6 +703,6 @@ def _result(proc: Popen, pump: _Pump) -> Result:
     return Result(args=proc.args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
                   signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s,
                   output_limited=pump.output_limited, network_blocked=proc.network_blocked,
-                  limit_hit=proc.limit_hit,
+                  limit_hit=proc.limit_hit, changes=proc.changes,
                   isolation=proc.isolation, isolation_fallback=proc.isolation_fallback,
                   isolation_missing=proc.isolation_missing)

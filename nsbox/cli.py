@@ -56,8 +56,8 @@ def exec_command(args: list) -> int:
         from nsbox import run_record
 
         started = run_record.now()
-        try:  # opened now: after launch this process sees the sandbox's mounts, not the host's
-            status_out = open(status_file, "w")
+        try:  # its directory, held now: after launch this process sees the sandbox's mounts
+            status_target = run_record.open_target(status_file)
         except OSError as err:
             sys.stderr.write(f"nsbox: cannot write --json-status {status_file}: {err.strerror}\n")
             return SETUP_FAILED
@@ -65,8 +65,11 @@ def exec_command(args: list) -> int:
     error = ""
     network = {}  # the allowlist proxy's report
     limit_hits = []  # the resource limit that ended the command, if one did
+    policy_file = []  # the policy file's trust decision, if a file was used
     try:
-        policy = policy_from_options(values)
+        policy = policy_from_options(values, on_policy_file=policy_file.append)
+        for decision in policy_file:
+            sys.stderr.write(f"nsbox: {decision.describe()}\n")
         if policy.preset == "full-access":
             sys.stderr.write(f"nsbox: {FULL_ACCESS_WARNING}\n")
         plan = prepare.prepare(parsed.command, policy, cwd=values.get("cwd"))
@@ -81,12 +84,29 @@ def exec_command(args: list) -> int:
     except NsboxError as err:
         sys.stderr.write(f"nsbox: {err}\n")
         code, error = SETUP_FAILED, str(err)
+    changes = report_changes(plan)
     if status_file:
-        with status_out:
-            run_record.write(status_out, run_record.record(
+        try:
+            run_record.write(status_target, run_record.record(
                 parsed.command, policy, plan, started, code, error, network=network,
-                limit_hit=limit_hits[0] if limit_hits else None))
+                limit_hit=limit_hits[0] if limit_hits else None, changes=changes,
+                policy_file=policy_file[0] if policy_file else None))
+        except OSError as err:
+            sys.stderr.write(f"nsbox: cannot write --json-status {status_file}: {err.strerror}\n")
     return code
+
+
+def report_changes(plan) -> tuple:
+    """After the run: what changed that runs later outside the sandbox, said on stderr."""
+    if plan is None or plan.watch is None:
+        return ()
+    from nsbox.launch import watch
+
+    changes, _ = watch.review(plan.watch)
+    line = watch.summary(changes, plan.cwd)
+    if line:
+        sys.stderr.write(f"nsbox: {line}\n")
+    return changes
 
 
 FULL_ACCESS_WARNING = ("WARNING: preset full-access: the host filesystem is writable and the "
@@ -98,11 +118,12 @@ FULL_ACCESS_WARNING = ("WARNING: preset full-access: the host filesystem is writ
 NOT_POLICY = ("cwd", "policy", "json_status", "setenv", "limit")
 
 
-def policy_from_options(values: dict):
+def policy_from_options(values: dict, on_policy_file=None):
     """The one place where `nsbox exec` options become a Policy.
 
-    Layers, lowest first: the preset's defaults, the policy file, then the flags
-    actually given (a flag left out keeps the file's value).
+    Layers, lowest first: the preset's defaults, the policy file (narrowed unless
+    trusted, see policy_files), then the flags actually given (a flag left out keeps
+    the file's value). `on_policy_file` gets the file's trust Decision, if one was used.
     """
     from nsbox import policy_files
     from nsbox.policy import loader
@@ -114,9 +135,7 @@ def policy_from_options(values: dict):
         from nsbox.policy.limits import parse_options
 
         flags["limits"] = parse_options(values["limit"])
-    layers = []
-    path = policy_files.find(values.get("policy"), values.get("workspace"))
-    if path:
-        layers.append(policy_files.load(path, values.get("workspace")))
-    layers.append(flags)
-    return loader.merge(layers)
+    policy, decision = policy_files.resolve(values.get("policy"), flags)
+    if decision is not None and on_policy_file is not None:
+        on_policy_file(decision)
+    return policy

@@ -35,6 +35,105 @@ def policy_show(ctx: typer.Context):
 
 
 @app.command()
+def trust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml"),
+          list_: bool = typer.Option(False, "--list", help="list the trusted files")):
+    """Trust a policy file or seccomp profile as it is now, so that it may widen the policy.
+
+    A policy file that a sandbox could have written (the workspace's, or one under a
+    writable root) otherwise only narrows the policy. Any change to the file undoes this.
+    """
+    from nsbox import policy_files
+    from nsbox.errors import PolicyError
+    from nsbox.policy import trust_store
+
+    if list_:
+        if file:
+            _fail("`nsbox trust --list` takes no FILE", 2)
+        _list_trusted()
+        return
+    path = _file_or_default(file)
+    try:
+        real, data = policy_files.read_exact(path, what="file")
+    except PolicyError as err:
+        _fail(str(err), 2)
+    try:
+        if real.endswith(".json"):
+            summary = "a seccomp profile; check it with `nsbox profiles check FILE`"
+        else:
+            widens = policy_files.widening_keys(data, path)
+            summary = (f"it widens nsbox's defaults: {', '.join(widens)}" if widens
+                       else "it only narrows nsbox's defaults")
+        sha256 = trust_store.digest(data)
+        trust_store.add(real, sha256)
+    except PolicyError as err:
+        _fail(f"{err}; nothing was trusted", 1)
+    print(f"trusted {real}\n  sha256 {sha256}\n  {summary}")
+
+
+@app.command()
+def untrust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")):
+    """Forget that a file was trusted: from now on it may only narrow the policy."""
+    import os
+
+    from nsbox.errors import PolicyError
+    from nsbox.policy import trust_store
+
+    real = os.path.realpath(file or _default_file())
+    try:
+        removed = trust_store.remove(real)
+    except PolicyError as err:
+        _fail(str(err), 1)
+    if not removed:
+        _fail(f"{real} was not trusted", 1)
+    print(f"untrusted {real}")
+
+
+def _default_file() -> str:
+    import os
+
+    from nsbox.policy_files import WORKSPACE_FILE
+
+    return os.path.join(".", WORKSPACE_FILE)
+
+
+def _file_or_default(file: str | None) -> str:
+    import os
+
+    if file:
+        return file
+    path = _default_file()
+    if not os.path.isfile(path):
+        _fail(f"no FILE given, and there is no {path} here", 2)
+    return path
+
+
+def _list_trusted() -> None:
+    from nsbox.errors import PolicyError
+    from nsbox.policy import trust_store
+
+    try:
+        entries = trust_store.entries()
+    except PolicyError as err:
+        _fail(str(err), 1)
+    if not entries:
+        print("no trusted files")
+    for path, sha256 in sorted(entries.items()):
+        try:
+            with open(path, "rb") as f:
+                now = "" if trust_store.digest(f.read()) == sha256 else "  (changed: untrusted)"
+        except OSError:
+            now = "  (missing)"
+        print(f"{sha256}  {path}{now}")
+
+
+def _fail(message: str, code: int):
+    import sys
+
+    sys.stderr.write(f"nsbox: {message}\n")
+    raise typer.Exit(code)
+
+
+@app.command()
 def check(json_output: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
     """Report what this host lets nsbox enforce, and how to fix what is missing."""
     from nsbox import doctor
@@ -67,10 +166,8 @@ def run_app(args: list) -> int:
         return done.exit_code
     except SystemExit as done:
         return done.code or 0
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:  # usage errors: click's, or those of the click typer >= 0.29 bundles
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
         raise

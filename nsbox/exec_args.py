@@ -18,6 +18,9 @@ OPTIONS = {
                     "full (default: namespaces + Landlock) | landlock (no namespaces) | auto"),
     "--best-effort": ("best_effort", None, False,
                       "run without protections this kernel lacks (listed on stderr)"),
+    "--allow-broad-workspace": ("allow_broad_workspace", None, False,
+                                "let a writable root be / or contain the home directory "
+                                "(shell start-up files stay read-only)"),
 }
 OPTIONS.update({
     "--hide": ("hide", "PATH", True, "make PATH unreadable and empty inside; repeatable"),

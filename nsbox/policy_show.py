@@ -1,7 +1,7 @@
 """`nsbox policy show`: the effective policy and what it resolves to on this host, as JSON.
 
 Same options and layering as `nsbox exec`, so what it prints is what exec enforces.
-Nothing is created or started: protected paths that exec would create are listed.
+Nothing is started, and nothing is created but nsbox's own state directory.
 """
 
 import os
@@ -9,23 +9,27 @@ import os
 
 def effective(args: list) -> dict:
     """The report for `nsbox policy show [exec options]`; raises UsageError or NsboxError."""
-    from nsbox import cli, exec_args, policy_files
+    from nsbox import cli, exec_args
     from nsbox.launch import prepare, protect
     from nsbox.policy import env as policy_env
     from nsbox.policy import plan as policy_plan
 
     parsed = exec_args.parse(list(args))
     values = parsed.values
-    policy = cli.policy_from_options(values)
-    source = policy_files.find(values.get("policy"), values.get("workspace"))
+    decisions = []
+    policy = cli.policy_from_options(values, on_policy_file=decisions.append)
+    source = decisions[0] if decisions else None
     workspace = prepare.resolve_dir(policy.workspace or os.getcwd(), "workspace")
     extra = tuple(prepare.resolve_dir(p, "writable root") for p in policy.writable)
     writable = policy_plan.writable_roots(policy, workspace, extra)
-    guard = protect.resolve(policy, workspace, writable, os.environ.get("HOME"), create=False)
+    guard = protect.resolve(policy, workspace, writable, prepare.homes(dict(os.environ)),
+                            create=False, own=prepare.own_dirs(os.environ))
     writable += guard.extra_writable
     steps = policy_plan.mount_steps(policy, writable, protections=guard.steps())
     return {
-        "policy_file": os.path.abspath(source) if source else None,
+        "policy_file": source.path if source else None,
+        # {"path", "sha256", "decision": trusted | untrusted, "reason", "ignored": [...]}
+        "policy_file_trust": source.as_dict() if source else None,
         "digest": policy.digest(),
         "policy": policy.as_dict(),
         "resolved": {

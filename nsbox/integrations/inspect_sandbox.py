@@ -42,7 +42,9 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
 
     @classmethod
     async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
-        policy_for(config, tempfile.gettempdir())  # a bad policy file fails the task up front
+        # A bad policy file fails the task up front. Its trust decision is logged once, here,
+        # against a stand-in for a sample's fresh workspace.
+        policy_for(config, os.path.join(tempfile.gettempdir(), "nsbox-inspect-task"), report=True)
 
     @classmethod
     async def sample_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None,
@@ -50,7 +52,7 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
         # The real path: the sandbox sees the workspace there, and so do paths it reports.
         workspace = os.path.realpath(tempfile.mkdtemp(prefix="nsbox-inspect-"))
         try:
-            session = await asyncio.to_thread(Session, policy_for(config, workspace))
+            session = await asyncio.to_thread(Session, policy_for(config, workspace, report=False))
         except BaseException:
             remove_tree(workspace)
             raise
@@ -145,18 +147,19 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
         return None
 
 
-def policy_for(config, workspace: str):
+def policy_for(config, workspace: str, report: bool = True):
     """The sample's Policy: the policy file (the config's, else the one `nsbox exec` would
-    find: the user's), with `workspace` as the workspace."""
+    find: the user's), trusted or narrowed as for `nsbox exec`, with `workspace` as the
+    workspace. `report`: log the file's trust decision to the "nsbox" logger."""
     from nsbox import policy_files
-    from nsbox.policy import loader
 
     if config is not None and not isinstance(config, str):
         raise ValueError("the nsbox sandbox's config is the path of an nsbox policy file, "
                          f"not {type(config).__name__}")
-    path = policy_files.find(config, workspace)
-    layers = [policy_files.load(path, workspace)] if path else []
-    return loader.merge(layers + [{"workspace": workspace}])
+    policy, decision = policy_files.resolve(config, {"workspace": workspace})
+    if decision is not None and report:
+        policy_files.log(decision)
+    return policy
 
 
 def runs_as(user: str) -> bool:

@@ -128,9 +128,11 @@ def _failed(output: str, err: Exception) -> dict:
 
 def _policy(path: str, workspace: str, env: dict):
     from nsbox import policy_files
-    from nsbox.policy import loader
 
-    path = policy_files.find(path or None, workspace)  # as `nsbox exec` finds it
-    layers = [policy_files.load(path, workspace)] if path else []
-    # extra_env: the config's variables are set even where their names look secret.
-    return loader.merge(layers + [{"workspace": workspace, "extra_env": list(env.items())}])
+    # As `nsbox exec` finds and trusts the file. extra_env: the config's variables
+    # are set even where their names look secret.
+    flags = {"workspace": workspace, "extra_env": list(env.items())}
+    policy, decision = policy_files.resolve(path or None, flags)
+    if decision is not None:
+        policy_files.log(decision)
+    return policy

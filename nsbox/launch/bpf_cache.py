@@ -1,13 +1,17 @@
 """On-disk cache of compiled seccomp programs, so a warm start loads no libseccomp.
 
-A cached program is trusted as-is by the next run, so the cache is never used when
-the sandboxed command could write to it, files are written atomically, and a file
-is accepted only if it is ours, names its own key and matches its own digest.
+A cached program is trusted as-is by the next run, so every entry carries an
+HMAC-SHA256 under a secret key kept in nsbox's state directory, which no sandbox
+can read or write: a sandbox that can write the cache (a `--writable ~/.cache`)
+cannot forge an entry a later run accepts. The cache is also never used when
+the sandboxed command could write to it, and files are written atomically.
 """
 
 import os
 
-# The builtin SHA-256 spares importing hashlib and OpenSSL (~2 ms) on the start-up path.
+from nsbox import state
+
+# The builtin SHA-256 spares importing hashlib, hmac and OpenSSL (~2 ms) on the start-up path.
 try:
     from _sha2 import sha256  # Python >= 3.12
 except ImportError:
@@ -15,16 +19,17 @@ except ImportError:
         from _sha256 import sha256
     except ImportError:
         from hashlib import sha256
+from _operator import _compare_digest as same_digest  # what hmac.compare_digest is
 
-_MAGIC = b"nsbox-bpf 1"
+_MAGIC = b"nsbox-bpf 2"  # 2: entries carry an HMAC; unauthenticated "1" entries are ignored
 _MAX_BYTES = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
+_BLOCK = 64  # SHA-256's block size, for HMAC
+KEY_FILE = "cache.key"
+KEY_BYTES = 32
 
 
 def default_dir(env) -> str:
-    base = env.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):
-        base = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "nsbox", "seccomp")
+    return os.path.join(state.cache_dir(env), "seccomp")
 
 
 def usable_dir(directory: str, writable_roots) -> str | None:
@@ -45,8 +50,77 @@ def key(*parts) -> str:
     return digest.hexdigest()
 
 
-def load(directory: str, cache_key: str) -> bytes | None:
-    """The cached program, or None if absent, not ours, or not intact."""
+def hmac_sha256(secret: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104), the same as hmac.digest(secret, message, "sha256")."""
+    if len(secret) > _BLOCK:
+        secret = sha256(secret).digest()
+    secret = secret.ljust(_BLOCK, b"\0")
+    inner = sha256(bytes(b ^ 0x36 for b in secret) + message).digest()
+    return sha256(bytes(b ^ 0x5C for b in secret) + inner).digest()
+
+
+def cache_secret(state_directory: str) -> bytes | None:
+    """The cache's MAC key from `state_directory`, made on first use; None if unusable."""
+    path = os.path.join(state_directory, KEY_FILE)
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        return _make_secret(state_directory, path)
+    except OSError:
+        return None
+
+
+def _read_secret(path: str) -> bytes | None:
+    """The key, if the file is ours, a regular file, closed to others and of the right size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if (info.st_mode & 0o170000 != 0o100000 or info.st_uid != os.geteuid()
+                or info.st_mode & 0o077 or info.st_size != KEY_BYTES):
+            return None
+        data = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    return data if len(data) == KEY_BYTES else None
+
+
+def _make_secret(state_directory: str, path: str) -> bytes | None:
+    """A new random key, written whole before it appears under its name (link, never
+    replace: when two runs race, both use the one that got there first)."""
+    new = os.urandom(KEY_BYTES)
+    tmp = os.path.join(state_directory, f".{KEY_FILE}.{os.urandom(8).hex()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError:
+        return None
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        if os.write(fd, new) != KEY_BYTES:
+            return None
+        os.link(tmp, path)
+        return new
+    except FileExistsError:
+        try:
+            return _read_secret(path)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _signed(cache_key: str, program: bytes) -> bytes:
+    return b"%s %s\n" % (_MAGIC, cache_key.encode()) + program
+
+
+def load(directory: str, cache_key: str, secret: bytes) -> bytes | None:
+    """The cached program, or None if absent, not ours, or its MAC does not verify."""
     try:
         fd = os.open(os.path.join(directory, cache_key + ".bpf"),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -69,12 +143,13 @@ def load(directory: str, cache_key: str) -> bytes | None:
         return None
     if not program or len(program) % 8 or len(program) > _MAX_BYTES:
         return None
-    if sha256(program).hexdigest().encode() != fields[3]:
+    expected = hmac_sha256(secret, _signed(cache_key, program)).hex().encode()
+    if not same_digest(expected, fields[3]):
         return None
     return program
 
 
-def store(directory: str, cache_key: str, program: bytes) -> None:
+def store(directory: str, cache_key: str, program: bytes, secret: bytes) -> None:
     """Write atomically (temporary file + rename); a cache we cannot write is no error."""
     import tempfile
 
@@ -83,10 +158,10 @@ def store(directory: str, cache_key: str, program: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".bpf")
     except OSError:
         return
+    mac = hmac_sha256(secret, _signed(cache_key, program)).hex().encode()
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(b"%s %s %s\n" % (_MAGIC, cache_key.encode(),
-                                     sha256(program).hexdigest().encode()))
+            f.write(b"%s %s %s\n" % (_MAGIC, cache_key.encode(), mac))
             f.write(program)
         os.replace(tmp, os.path.join(directory, cache_key + ".bpf"))
     except OSError:

@@ -140,7 +140,8 @@ def report(plan) -> list:
         if plan.policy.protected or plan.policy.git_protected:
             # Landlock cannot make a path read-only inside a writable root without
             # also forbidding new files in every directory above it.
-            unprotected = "; protected paths in writable roots (.git/hooks, ...) stay writable"
+            unprotected = ("; protected paths in writable roots (.git/hooks, ...) stay writable "
+                           "(changes to them are reported after the run)")
         lines.append("isolation: landlock only, weaker than full: no user, mount, pid, net or "
                      f"ipc namespaces{why}; {reachable}{unprotected}")
     if plan.isolation_missing:

@@ -8,7 +8,8 @@ from nsbox.record import Record
 
 from nsbox.errors import PolicyError, UnsupportedKernel
 from nsbox.kernel import caps, mounts, namespaces
-from nsbox.launch import isolation, limits, protect, seccomp_filter, trace
+from nsbox import state
+from nsbox.launch import isolation, limits, protect, seccomp_filter, trace, watch
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.env import sandbox_env
 from nsbox.policy.model import Policy
@@ -42,6 +43,7 @@ class LaunchPlan(Record):
     private_tmp: str | None = None  # landlock isolation: per-run TMPDIR, created and removed
     limits: object = None  # launch.limits.LimitsPlan: resource limits and their mechanisms
     net_proxy: object = None  # policy.netallow.ProxySettings for network "allowlist"
+    watch: object = None  # watch.Watch: what to compare after the run
 
 
 def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
@@ -56,7 +58,10 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     workdir = resolve_dir(cwd, "working directory") if cwd else workspace
     writable = policy_plan.writable_roots(policy, workspace, extra)
     host_env = dict(os.environ if env is None else env)
-    guard = protect.resolve(policy, workspace, writable, host_env.get("HOME"))
+    iso = isolation.resolve(policy)
+    guard = protect.resolve(policy, workspace, writable, homes(host_env),
+                            own=own_dirs(os.environ), landlock_only=iso.mode == isolation.LANDLOCK)
+    watched = watch.start(writable, guard.watched, guard.repos, guard.undo)
     writable += guard.extra_writable
     steps = policy_plan.mount_steps(
         policy, writable,
@@ -65,7 +70,6 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     ns_flags = 0
     for name in policy_plan.namespaces(policy):
         ns_flags |= _NS_FLAGS[name]
-    iso = isolation.resolve(policy)
     private_tmp = isolation.private_tmp_path() if iso.mode == isolation.LANDLOCK else None
     steps = isolation.with_test_switches(steps)
     # hidden: paths Landlock must make unreadable too (e.g. the policy's hidden list).
@@ -83,7 +87,7 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
         ("/",) if any(step.kind == "root_writable" for step in steps) else ())
     # Without a network namespace, seccomp is what keeps inet sockets from the host's network.
     seccomp_bpf = seccomp_filter.bpf_for(
-        policy, command_writes, host_env,
+        policy, command_writes,
         deny_inet=policy.network == "none" and iso.mode == isolation.LANDLOCK)
     return LaunchPlan(
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
@@ -94,7 +98,20 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
         last_cap=caps.last_cap(), policy=policy, landlock=landlock_rules,
         isolation=iso.mode, isolation_missing=iso.missing,
         isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,
-        seccomp_bpf=seccomp_bpf, net_proxy=net_proxy)
+        seccomp_bpf=seccomp_bpf, net_proxy=net_proxy, watch=watched)
+
+
+def homes(env: dict) -> tuple:
+    """The user's home directories: the password database's, nsbox's $HOME and the
+    command's, where they differ."""
+    return (state.password_home(), os.environ.get("HOME", ""), env.get("HOME", ""))
+
+
+def own_dirs(env) -> protect.OwnDirs:
+    """nsbox's own directories (of this process's environment, not the command's); the
+    state directory is made first so that every run hides it."""
+    return protect.OwnDirs(state=state.ensure_state_dir(env), config=state.config_dir(env),
+                           cache=state.cache_dir(env))
 
 
 def _proxy_settings(policy: Policy, iso, host_env: dict):

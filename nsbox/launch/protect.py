@@ -1,122 +1,161 @@
 """Resolve a policy's protected and hidden paths against the host filesystem.
 
-Runs in the parent before fork. Protections live where commands write: each
-writable root's git directories (pinned as mount points, with hooks and config
-read-only) and the workspace's `.nsbox/`. A protected path that does not exist
-yet is created empty on the host first: the sandbox needs a mount point, and an
-empty hooks directory or config file changes nothing for git. A missing hidden
-path is skipped; nothing can appear there from inside unless it lies in a
-writable root, and then the plan's Landlock rules still deny it.
+Runs in the parent before fork. Everything in a writable root is untrusted
+data: a git pointer, a `commondir` or a hooks path found there never makes
+anything writable unless git's layout vouches for it (see gitdirs). Existing
+protected paths become read-only mounts; missing ones are not created in the
+user's tree (only missing `hooks/` and `info/` inside a git dir, where git
+itself keeps them) but watched, and reported or undone after the run (watch).
+nsbox's own state directory is hidden in every sandbox; its config and cache
+are read-only wherever a writable root contains them.
 """
 
 import os
-from nsbox.record import Record
 
 from nsbox.errors import PolicyError
+from nsbox.launch import gitdirs, watch
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.model import Policy
+from nsbox.record import Record
 
 
 class Protections(Record):
-    extra_writable: tuple = ()  # git dirs outside the roots that a worktree's commits write to
+    extra_writable: tuple = ()  # git dirs outside the roots that a vouched-for worktree writes to
     pinned: tuple = ()  # bound onto themselves so they can't be renamed away
     readonly: tuple = ()
     hidden: tuple = ()  # (path, is_dir), as the plan will mask them
-    created: tuple = ()  # made on the host so they can be mount points
-    landlock_hidden: tuple = ()  # every existing hidden path, for Landlock to deny
+    created: tuple = ()  # directories made inside git dirs so they can be mount points
+    # Existing hidden paths for Landlock to deny. With mounts, not those inside a writable
+    # root: the mask hides them, and Landlock could only do it by forbidding new entries
+    # in every directory above them.
+    landlock_hidden: tuple = ()
+    watched: tuple = ()  # paths compared after the run (see watch)
+    repos: tuple = ()  # `.git` entries in the writable roots
+    undo: tuple = ()  # git redirects that must not appear: removed after the run
 
     def steps(self) -> tuple:
         return policy_plan.protection_steps(self.pinned, self.readonly, self.hidden)
 
 
-def resolve(policy: Policy, workspace: str, writable: tuple, home: str | None,
-            create: bool = True) -> Protections:
-    """Everything to pin, bind read-only and mask; `create=False` only reports what would be made."""
-    made: list = []
-    extra, pinned, readonly = [], [], []
-    roots = list(writable)
-    for root in writable:
-        git = _git_dirs(os.path.join(root, ".git"))
-        if git is None:
-            continue
-        pointer, gitdirs = git
-        if pointer:
-            readonly.append(pointer)
-        for gitdir in gitdirs:
-            if gitdir in roots:
-                continue
-            if not any(_under(gitdir, r) for r in roots):
-                extra.append(gitdir)
-                roots.append(gitdir)
-            else:
-                pinned.append(gitdir)
-        for gitdir in gitdirs:
-            readonly += _expand(gitdir, policy.git_protected, create, made)
+class OwnDirs(Record):
+    state: str = ""  # hidden in every sandbox: trust store, cache key
+    config: str = ""  # read-only where a root contains it (hidden under landlock only)
+    cache: str = ""  # read-only where a root contains it; entries are authenticated anyway
+
+
+def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
+            create: bool = True, own: OwnDirs = OwnDirs(),
+            landlock_only: bool = False) -> Protections:
+    """Everything to pin, bind read-only, mask and watch; `create=False` only reports.
+
+    `homes`: the user's home directories (password database and $HOME); `~` in
+    hidden and protected entries means each of them.
+    """
+    homes = _homes(homes)
     anywhere = policy.preset == "full-access"
+    if not anywhere and not policy.allow_broad_workspace:
+        _refuse_broad(writable, homes)
+    made, extra, pinned, readonly, watched, undo = [], [], [], [], [], []
+    roots = list(writable)
+    repos = gitdirs.find(tuple(writable)) if writable and not anywhere else ()
+    for dotgit in repos:
+        repo = gitdirs.inspect(dotgit, tuple(writable))
+        extra += [d for d in repo.outside if d not in extra]
+        roots += [d for d in repo.outside if d not in roots]
+        if repo.pointer:
+            readonly.append(dotgit)
+            watched.append(dotgit)
+        for gitdir in repo.gitdirs:
+            if gitdir not in roots:
+                pinned.append(gitdir)
+            inside = _within(gitdir, writable)
+            readonly += _expand(gitdir, policy.git_protected, inside, made, dry_run=not create)
+            watched += [os.path.join(gitdir, p) for p in watch.GIT_WATCHED]
+            undo += [p for p in (os.path.join(gitdir, r) for r in watch.GIT_REDIRECTS)
+                     if not os.path.lexists(p)]
+        if repo.hooks_path and _within(repo.hooks_path, roots):
+            readonly += _expand(repo.hooks_path, ("",), False, made)
+            watched.append(repo.hooks_path)
     for entry in policy.protected:
         if _is_relative(entry):
-            found = _expand(workspace, (entry,), create and policy.workspace_writable, made)
+            for root in writable:
+                found = _expand(root, (entry,), False, made)
+                readonly += found
+                watched.append(os.path.join(root, entry.rstrip("/")))
         else:
-            found = _expand("/", (_home_path(entry, home).lstrip("/"),), False, made)
-        readonly += [p for p in found if anywhere or any(_under(p, r) for r in roots)]
-    hidden = _hidden(policy, workspace, home)
+            for path in _home_paths(entry, homes):
+                if anywhere or _within(path, roots):
+                    readonly += _expand("/", (path.lstrip("/"),), False, made)
+                    watched.append(path.rstrip("/"))
+    hidden = _hidden(policy, workspace, homes)
     for path, _ in hidden:
         for root in roots:
             if _under(root, path):
                 raise PolicyError(f"writable root {root} lies inside hidden path {path}; "
                                   f"pass --unhide {path} or choose another directory")
+    own_hidden = _own_hidden(own, roots, landlock_only)
+    readonly += [p for p in (own.config, own.cache)
+                 if p and _within(p, roots) and os.path.isdir(p) and not landlock_only]
+    readonly = [p for p in readonly if os.path.lexists(p)]
     return Protections(
         extra_writable=tuple(extra), pinned=tuple(dict.fromkeys(pinned)),
         readonly=tuple(dict.fromkeys(readonly)),
-        hidden=policy_plan.visible_hidden(hidden, tuple(roots) if not anywhere else ("/",)),
-        created=tuple(made), landlock_hidden=tuple(p for p, _ in hidden))
+        hidden=policy_plan.visible_hidden(tuple(hidden + own_hidden),
+                                          tuple(roots) if not anywhere else ("/",)),
+        created=tuple(made), landlock_hidden=tuple(dict.fromkeys(
+            [p for p, _ in hidden if landlock_only or not _within(p, roots)]
+            # nsbox's own: the mask is enough, and spares listing the home directory
+            + [p for p, _ in own_hidden if landlock_only])),
+        watched=tuple(dict.fromkeys(watched)), repos=repos, undo=tuple(dict.fromkeys(undo)))
 
 
-def _git_dirs(dotgit: str):
-    """(the `.git` file if it is one, the git dirs it stands for), or None without a repo."""
-    try:
-        st = os.lstat(dotgit)
-    except FileNotFoundError:
-        return None
-    import stat
-
-    if stat.S_ISLNK(st.st_mode):
-        raise PolicyError(f"{dotgit} is a symlink, which the sandbox could re-point; "
-                          "replace it with the directory it points to")
-    if stat.S_ISDIR(st.st_mode):
-        return None, [dotgit]
-    # A worktree or submodule: "gitdir: PATH", and PATH/commondir names the shared repo.
-    with open(dotgit) as f:
-        first = f.readline().strip()
-    if not first.startswith("gitdir:"):
-        raise PolicyError(f"{dotgit} is a file but not a 'gitdir:' pointer; cannot protect it")
-    gitdir = os.path.realpath(os.path.join(os.path.dirname(dotgit), first[7:].strip()))
-    dirs = [gitdir]
-    try:
-        with open(os.path.join(gitdir, "commondir")) as f:
-            dirs.insert(0, os.path.realpath(os.path.join(gitdir, f.read().strip())))
-    except FileNotFoundError:
-        pass
-    # The shared dir first, so a worktree's own dir nested in it is pinned, not re-bound.
-    return dotgit, sorted(set(dirs), key=lambda p: (p.count("/"), p))
+def _refuse_broad(writable: tuple, homes: tuple) -> None:
+    """A writable root that is `/` or holds a home directory gives away shell start-up
+    files, credentials and nsbox's own state: only on request."""
+    for root in writable:
+        for top in ("/",) + homes:
+            if _under(top, root):
+                what = "the root directory" if top == "/" else f"the home directory {top}"
+                raise PolicyError(
+                    f"writable root {root} is or contains {what}; a sandbox could then plant "
+                    "what runs later in your shell. Use a project directory, or pass "
+                    "--allow-broad-workspace (shell start-up files, git config and nsbox's "
+                    "own files stay read-only)")
 
 
-def _expand(base: str, patterns: tuple, create: bool, made: list) -> list:
+def _own_hidden(own: OwnDirs, roots: list, landlock_only: bool) -> list:
+    out = []
+    if own.state and os.path.isdir(own.state):
+        out.append((os.path.realpath(own.state), True))
+    # Landlock cannot make a path read-only beneath a writable root: hide it instead.
+    if landlock_only and own.config and _within(own.config, roots) and os.path.isdir(own.config):
+        out.append((os.path.realpath(own.config), True))
+    return out
+
+
+def _expand(base: str, patterns: tuple, create: bool, made: list,
+            dry_run: bool = False) -> list:
+    """Existing paths matching `patterns` under `base`; missing directories ("x/") are
+    made when `create` (inside git dirs), or only listed in `made` on a `dry_run`."""
     found = []
     for pattern in patterns:
         is_dir = pattern.endswith("/")
-        path = os.path.join(base, pattern.rstrip("/"))
+        path = os.path.join(base, pattern.rstrip("/")) if pattern else base
         if any(c in pattern for c in "*?["):
             import glob  # only for wildcard patterns: it drags in re and fnmatch
 
             matches = sorted(glob.glob(glob.escape(base) + "/" + pattern.rstrip("/")))
         elif os.path.lexists(path):
             matches = [path]
-        elif os.path.isdir(os.path.dirname(path)):
+        elif is_dir and os.path.isdir(os.path.dirname(path)):
             if create:
-                _make(path, is_dir)
-            made.append(path)
-            matches = [path]
+                made.append(path)
+                if dry_run:
+                    continue
+                _make_dir(path)
+                matches = [path]
+            else:
+                matches = []
         else:
             matches = []
         for match in matches:
@@ -127,43 +166,53 @@ def _expand(base: str, patterns: tuple, create: bool, made: list) -> list:
     return found
 
 
-def _make(path: str, is_dir: bool) -> None:
+def _make_dir(path: str) -> None:
     try:
-        if is_dir:
-            os.mkdir(path, 0o755)
-        else:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        os.mkdir(path, 0o755)
     except FileExistsError:
-        pass  # a concurrent launch (library threads) made it first; checked as found below
+        pass  # a concurrent launch (library threads) made it first
     except OSError as err:
         raise PolicyError(f"cannot create protected path {path} as a mount point: "
                           f"{err.strerror}") from None
 
 
-def _hidden(policy: Policy, workspace: str, home: str | None) -> list:
+def _hidden(policy: Policy, workspace: str, homes: tuple) -> list:
     out = []
     for entry in policy.hidden:
-        if entry.startswith("~") and not home:
-            continue
-        path = _home_path(entry, home)
-        if not os.path.isabs(path):
-            path = os.path.join(workspace, path)
-        if not os.path.lexists(path):
-            continue
-        real = os.path.realpath(path)
-        if os.path.exists(real):
-            out.append((real, os.path.isdir(real)))
-    return out
+        for path in _home_paths(entry, homes):
+            if not os.path.isabs(path):
+                path = os.path.join(workspace, path)
+            if not os.path.lexists(path):
+                continue
+            real = os.path.realpath(path)
+            if os.path.exists(real):
+                out.append((real, os.path.isdir(real)))
+    return list(dict.fromkeys(out))
 
 
-def _home_path(entry: str, home: str | None) -> str:
+def _homes(homes) -> tuple:
+    if homes is None:
+        return ()
+    if isinstance(homes, str):
+        homes = (homes,)
+    return tuple(dict.fromkeys(os.path.realpath(h) for h in homes if h and os.path.isabs(h)))
+
+
+def _home_paths(entry: str, homes: tuple) -> list:
+    """`entry` for each home if it starts with `~`; an entry without a home is dropped."""
     if entry == "~" or entry.startswith("~/"):
-        return (home or "").rstrip("/") + entry[1:] if home else entry
-    return entry
+        return [home.rstrip("/") + entry[1:] for home in homes]
+    if entry.startswith("~"):
+        return []
+    return [entry]
 
 
 def _is_relative(entry: str) -> bool:
     return not entry.startswith(("/", "~"))
+
+
+def _within(path: str, roots) -> bool:
+    return any(_under(path, r) for r in roots)
 
 
 def _under(path: str, top: str) -> bool:

@@ -1,44 +1,62 @@
 """The seccomp program for a run: from the on-disk cache, or compiled on a miss.
 
-Runs in the parent before fork. A cache hit reads one file; only a miss parses
-the profile and imports the libseccomp binding.
+Runs in the parent before fork. A cache hit reads the cache key and one entry;
+only a miss parses the profile and imports the libseccomp binding.
 """
 
 import os
 import sys
 
-from nsbox.errors import UnsupportedKernel
+from nsbox import state
+from nsbox.errors import PolicyError, UnsupportedKernel
 from nsbox.launch import bpf_cache, profiles
 
 # Bump when the way a profile becomes BPF changes, to retire old cache entries.
-COMPILER_VERSION = "1"
+COMPILER_VERSION = "2"  # 2: entries carry an HMAC
 
 
 def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False) -> bytes:
-    """The BPF program for the policy's profile; PolicyError if the profile is bad.
+    """The BPF program for the policy's profile; PolicyError if the profile is bad, or
+    is a file in a writable root whose bytes the user did not trust.
 
+    env: nsbox's own environment (default os.environ), which places its cache and
+    state directories; never the command's.
     deny_inet: also fail AF_INET/AF_INET6 sockets (for runs without their own
     network namespace; an empty namespace already cuts the network and keeps
     its loopback usable).
     """
     path = profiles.find(policy.seccomp)
     data = profiles.read(path)
+    if profiles.is_path(policy.seccomp):
+        from nsbox.policy import trust_store
+
+        trust_store.check_profile(path, data, writable_roots)
     network_off = deny_inet
     version = libseccomp_version()
-    directory = None
+    env = os.environ if env is None else env
+    directory = secret = None
     if version is not None:
-        directory = bpf_cache.usable_dir(bpf_cache.default_dir(os.environ if env is None else env),
-                                         writable_roots)
+        directory = bpf_cache.usable_dir(bpf_cache.default_dir(env), writable_roots)
+    if directory is not None:
+        secret = cache_secret(env)
     cache_key = bpf_cache.key(COMPILER_VERSION, data, network_off, os.uname().machine,
                               version, os.uname().release)
-    if directory is not None:
-        cached = bpf_cache.load(directory, cache_key)
+    if secret is not None:
+        cached = bpf_cache.load(directory, cache_key, secret)
         if cached is not None:
             return cached
     program = compile_profile(data, path, network_off)
-    if directory is not None:
-        bpf_cache.store(directory, cache_key, program)
+    if secret is not None:
+        bpf_cache.store(directory, cache_key, program, secret)
     return program
+
+
+def cache_secret(env) -> bytes | None:
+    """The cache's MAC key from nsbox's state directory; None (no cache) if unusable."""
+    try:
+        return bpf_cache.cache_secret(state.ensure_state_dir(env))
+    except PolicyError:
+        return None
 
 
 def load_profile(data: bytes, source: str, network_off: bool = False):

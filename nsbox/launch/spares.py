@@ -24,7 +24,7 @@ from nsbox.record import fields, replace
 
 MAX_PLANS = 4  # spares kept, one per plan, least recently used dropped first
 READY_WAIT_S = 10.0  # a spare not ready by then is dropped for a fresh sandbox
-_PER_COMMAND = ("argv", "env", "cwd", "limits")  # limits: compared by value below
+_PER_COMMAND = ("argv", "env", "cwd", "limits", "watch")  # limits: compared by value below
 # Mount steps that take a host path as it is at build time: a path replaced on
 # the host afterwards is not what the spare holds.
 _SOURCE_FROM_HOST = ("bind_rw",)

@@ -30,6 +30,8 @@ class Policy(Record):
     seccomp: str = "default"  # profile name or path
     isolation: str = "full"
     best_effort: bool = False  # run with what can be applied instead of failing closed
+    # A writable root that is / or holds a home directory is refused unless this is set.
+    allow_broad_workspace: bool = False
     hostname: str = "nsbox"
     extra_env: tuple[tuple[str, str], ...] = ()  # set last, wins over all
     # Filesystem rules; None means the preset's defaults (see policy/defaults.py).

@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 import nsbox
+from conftest import nsbox_cmd
 from nsbox.policy.model import Policy
 
 pytestmark = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")),
@@ -217,10 +218,18 @@ def test_an_explicitly_allowed_address_is_reachable(nsbox_exec, servers, resolve
     assert plain.seen == [(f"127.0.0.1:{plain.port}", "/by-ip")]
 
 
-def test_policy_file_network_table(nsbox_exec, workspace, servers, resolve_env):
+def test_policy_file_network_table(nsbox_exec, workspace, servers, resolve_env, tmp_path):
     (workspace / ".nsbox").mkdir()
     (workspace / ".nsbox" / "policy.toml").write_text('[network]\nallow = ["*.test"]\n')
-    r = nsbox_exec("curl -sS http://denied.test/wild", env=resolve_env)
+    env = dict(resolve_env, XDG_STATE_HOME=str(tmp_path / "state"))
+    # A workspace file that widens the network needs the user's trust first.
+    r = nsbox_exec("curl -sS http://denied.test/wild", env=env)
+    assert r.returncode != 0 and b"widening keys ignored: network.allow" in r.stderr
+    assert servers[0].seen == []
+    trust = subprocess.run(nsbox_cmd("trust", str(workspace / ".nsbox" / "policy.toml")),
+                           env=env, capture_output=True)
+    assert trust.returncode == 0, trust.stderr
+    r = nsbox_exec("curl -sS http://denied.test/wild", env=env)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode() == "hello /wild\n"
 

@@ -66,7 +66,7 @@ def test_unhide_and_hide_flags(nsbox_exec, fake_home):
 def test_hidden_path_inside_a_writable_root_stays_hidden(nsbox_exec, fake_home):
     r = nsbox_exec('cat "$HOME/.ssh/id_ed25519"; rm -rf "$HOME/.ssh"; mv "$HOME/.ssh" "$HOME/x"; '
                    'echo new > "$HOME/.ssh/planted"; echo ok > "$HOME/notes.txt"',
-                   "--writable", fake_home, env=env_with(HOME=fake_home))
+                   "--writable", fake_home, "--allow-broad-workspace", env=env_with(HOME=fake_home))
     assert b"PRIVATE-KEY-MATERIAL" not in r.stdout
     assert open(f"{fake_home}/.ssh/id_ed25519").read() == "PRIVATE-KEY-MATERIAL\n"
     assert os.listdir(f"{fake_home}/.ssh") == ["id_ed25519"]
@@ -137,10 +137,18 @@ def test_workspace_policy_file_applies_and_cannot_be_edited_inside(nsbox_exec, w
     assert not (workspace / "gone").exists()
 
 
-def test_missing_nsbox_dir_cannot_be_planted(nsbox_exec, workspace):
-    r = nsbox_exec('mkdir -p .nsbox; echo \'preset = "full-access"\' > .nsbox/policy.toml')
-    assert r.returncode != 0
-    assert not (workspace / ".nsbox" / "policy.toml").exists()
+def test_planted_nsbox_policy_is_reported_and_cannot_widen_the_next_run(nsbox_exec, workspace):
+    # Outside the workspace and off the sandbox's private /tmp: writable on the host only.
+    outside = os.path.join(tempfile.mkdtemp(dir="/var/tmp"), "outside.txt")
+    plant = 'mkdir -p .nsbox; echo \'preset = "full-access"\' > .nsbox/policy.toml; echo PLANTED'
+    r = nsbox_exec(plant)
+    assert r.returncode == 0 and r.stdout == b"PLANTED\n", r.stderr
+    assert b".nsbox (appeared)" in r.stderr  # nothing was created for it beforehand
+    r = nsbox_exec(f'echo started; echo x > {outside}')
+    assert r.stdout == b"started\n" and b"Read-only file system" in r.stderr, r.stderr
+    assert b"untrusted" in r.stderr and b"preset" in r.stderr
+    assert not os.path.exists(outside)
+    os.rmdir(os.path.dirname(outside))
 
 
 def test_bad_toml_names_file_and_line(nsbox_exec, workspace, tmp_path):
@@ -210,8 +218,13 @@ def test_check_json_reports_every_field():
 def test_policy_show_matches_what_exec_records(workspace, tmp_path):
     (workspace / ".nsbox").mkdir()
     (workspace / ".nsbox" / "policy.toml").write_text('network = "host"\n')
+    env = env_with(XDG_STATE_HOME=str(tmp_path / "state"))
+    trust = subprocess.run(nsbox_cmd("trust", str(workspace / ".nsbox" / "policy.toml")),
+                           env=env, capture_output=True)
+    assert trust.returncode == 0, trust.stderr
     opts = ["--workspace", str(workspace), "--hide", "/etc/hostname", "--setenv", "X=1"]
-    show = subprocess.run(nsbox_cmd("policy", "show", *opts), capture_output=True, text=True)
+    show = subprocess.run(nsbox_cmd("policy", "show", *opts), capture_output=True, text=True,
+                          env=env)
     assert show.returncode == 0, show.stderr
     report = json.loads(show.stdout)
     assert report["policy"]["network"] == "host"
@@ -219,7 +232,7 @@ def test_policy_show_matches_what_exec_records(workspace, tmp_path):
     assert "/etc/hostname" in report["resolved"]["hidden"]
     status = tmp_path / "status.json"
     r = subprocess.run(nsbox_cmd("exec", *opts, "--json-status", str(status), "--", "sh", "-c",
-                                 "kill -TERM $$"), capture_output=True)
+                                 "kill -TERM $$"), capture_output=True, env=env)
     record = json.loads(status.read_text())
     assert record["policy_digest"] == report["digest"]
     assert record["exit_code"] == r.returncode == 143 and record["signal"] == "SIGTERM"

@@ -101,7 +101,7 @@ def test_secret_created_after_the_spare_stays_hidden(workspace, monkeypatch):
     home = workspace / "home"
     home.mkdir()
     env = {"HOME": str(home), "PATH": os.environ["PATH"]}
-    policy = Policy(workspace=str(workspace))
+    policy = Policy(workspace=str(workspace), allow_broad_workspace=True)
     nsbox.run(["true"], policy=policy, env=env)
     assert spares.pool().wait_ready()  # a spare built without ~/.ssh
     (home / ".ssh").mkdir()
