@@ -1,6 +1,6 @@
 # Entry points; each installs what it needs (run as root on a fresh machine, or as a user
 # once the Debian packages are there).
-.PHONY: demo test bench venv ffi clean
+.PHONY: demo test bench bench-ray venv ffi clean
 
 demo:
 	bash tests/setup.sh venv
@@ -11,6 +11,13 @@ test:
 
 bench:
 	bash bench/run.sh
+
+# Sandboxes at scale through Ray on a local two-node cluster (127.0.0.1); ARGS=--quick.
+# As root it also installs what Ray's gVisor backend needs, to try that one too.
+bench-ray:
+	bash tests/setup.sh venv
+	-[ "$$(id -u)" != 0 ] || command -v runsc >/dev/null || bash tests/setup.sh packages runsc erofs-utils
+	.venv/bin/python bench/ray_bench.py $(ARGS)
 
 venv:
 	bash tests/setup.sh venv

@@ -337,7 +337,7 @@ class Session:
     def __init__(self, policy=None, *, cwd=None, env=None):
         import threading
 
-        self._plan = _prepare(("nsbox-session",), policy, cwd, env)
+        self._plan = _prepare(("nsbox-session",), policy, cwd, env, session=True)
         self._lock = threading.Lock()
         self._watch = self._plan.watch  # compared after each command, then renewed
         self._closed = False
@@ -439,9 +439,9 @@ class Session:
 
 # --- starting ----------------------------------------------------------------------
 
-def _prepare(args, policy, cwd, env):
+def _prepare(args, policy, cwd, env, session=False):
     """The launch plan, or PolicyError / UnsupportedKernel before anything starts."""
-    return prepare.prepare(args, policy, cwd, env)
+    return prepare.prepare(args, policy, cwd, env, session=session)
 
 
 def _submit(kind: str, plan, fds):

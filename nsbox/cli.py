@@ -48,7 +48,7 @@ def exec_command(args: list) -> int:
         sys.stderr.write(f"nsbox: no command given\n{exec_args.USAGE}\n")
         return SETUP_FAILED
     from nsbox.errors import NsboxError
-    from nsbox.launch import foreground, isolation, prepare
+    from nsbox.launch import foreground, isolation, limits, prepare
 
     values = parsed.values
     status_file = values.get("json_status")
@@ -73,7 +73,7 @@ def exec_command(args: list) -> int:
         if policy.preset == "full-access":
             sys.stderr.write(f"nsbox: {FULL_ACCESS_WARNING}\n")
         plan = prepare.prepare(parsed.command, policy, cwd=values.get("cwd"))
-        for line in isolation.report(plan):
+        for line in isolation.report(plan) + limits.report(plan.limits):
             sys.stderr.write(f"nsbox: {line}\n")
         if plan.isolation == isolation.LANDLOCK:
             from nsbox.launch import landlock_only

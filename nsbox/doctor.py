@@ -117,17 +117,25 @@ def check_cgroup() -> dict:
 def check_limits() -> dict:
     """Which mechanism would enforce each resource limit for this user on this host."""
     from nsbox.launch import limits
+    from nsbox.policy import limits as policy_limits
     from nsbox.policy.limits import Limits
 
     probe = Limits(pids=1024, memory=1 << 30, cpu=1.0, wall=60)
     plan = limits.plan(probe, best_effort=True)
-    mechanisms = {name: entry["mechanism"] or "none" for name, entry in plan.applied().items()}
+    applied = plan.applied()
+    mechanisms = {name: entry["mechanism"] or "none" for name, entry in applied.items()}
+    scopes = {name: entry.get("scope", "none") for name, entry in applied.items()}
     weak = [name for name in ("pids", "memory", "cpu") if mechanisms.get(name) not in
             ("cgroup1", "cgroup2")]
-    out = {"status": OK if not weak else WARN, "mechanisms": mechanisms}
+    out = {"status": OK if not weak else WARN, "mechanisms": mechanisms, "scopes": scopes,
+           "shares": plan.shares()}
     if weak:
-        out["note"] = (f"no writable cgroup for {', '.join(weak)}: rlimits instead (a memory "
-                       "hog gets MemoryError, not an OOM kill; cpu needs a wall limit)")
+        out["note"] = (f"no writable cgroup for {', '.join(weak)}: rlimits instead, per process "
+                       "where the scope says so; --limit memory is refused unless --best-effort, "
+                       f"which caps each process ({policy_limits.RLIMITS['memory']}: a hog gets "
+                       "MemoryError, not an OOM kill); cpu needs a wall limit")
+        out["fix"] = ("run as root or under a delegated cgroup, e.g. "
+                      "systemd-run --user --scope -p Delegate=yes nsbox ...")
     return out
 
 

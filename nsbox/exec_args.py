@@ -34,8 +34,8 @@ OPTIONS.update({
 })
 OPTIONS["--limit"] = ("limit", "NAME=VALUE", True,
                       "resource limit; repeatable: pids=N memory=SIZE cpu=CORES wall=SECONDS "
-                      "tmp=SIZE nofile=N fsize=SIZE (e.g. memory=512M; NAME=none lifts a default; "
-                      "defaults pids=4096 tmp=1G nofile=4096)")
+                      "tmp=SIZE nofile=N fsize=SIZE inotify=N (e.g. memory=512M; NAME=none lifts "
+                      "a default; defaults pids=4096 tmp=1G nofile=4096 inotify=64)")
 ALIASES = {"-w": "--workspace", "-C": "--cwd"}
 
 USAGE = "usage: nsbox exec [OPTIONS] [--] CMD [ARGS...]"
@@ -75,7 +75,7 @@ def parse(args: list) -> ExecArgs:
             raise UsageError(f"unknown option {arg!r}; see 'nsbox exec --help'")
         key, metavar, repeatable, _ = spec
         if metavar is None:
-            result.values[key] = True
+            result.values[key] = _switch(name, inline) if eq else True
             i += 1
             continue
         if eq:
@@ -91,6 +91,19 @@ def parse(args: list) -> ExecArgs:
             result.values[key] = value
         i += 1
     return result
+
+
+_SWITCH_VALUES = {"true": True, "yes": True, "1": True, "on": True,
+                  "false": False, "no": False, "0": False, "off": False}
+
+
+def _switch(name: str, value: str) -> bool:
+    """`--best-effort=no` means no: a switch's value is read, never ignored."""
+    try:
+        return _SWITCH_VALUES[value.lower()]
+    except KeyError:
+        raise UsageError(f"{name} is a switch: give it alone, or as {name}=true or "
+                         f"{name}=false (got {value!r})") from None
 
 
 def help_text() -> str:

@@ -23,7 +23,7 @@ def effective(args: list) -> dict:
     extra = tuple(prepare.resolve_dir(p, "writable root") for p in policy.writable)
     writable = policy_plan.writable_roots(policy, workspace, extra)
     guard = protect.resolve(policy, workspace, writable, prepare.homes(dict(os.environ)),
-                            create=False, own=prepare.own_dirs(os.environ))
+                            create=False, own=prepare.own_dirs(os.environ), envs=(os.environ,))
     writable += guard.extra_writable
     steps = policy_plan.mount_steps(policy, writable, protections=guard.steps())
     return {

@@ -48,8 +48,11 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         "setup_error": error or None,
         "protections": protections(plan) if plan is not None else None,
         "network": _network(policy, network or {}) if policy is not None else None,
-        # limit -> {"value", "mechanism" (cgroup2 | cgroup1 | rlimit | tmpfs | supervisor)}
+        # limit -> {"value", "mechanism" (cgroup2 | cgroup1 | rlimit | tmpfs | supervisor
+        # | userns), "scope" (sandbox | per process)}
         "limits": plan.limits.applied() if plan is not None and plan.limits else None,
+        # the sandbox's maxima of per-user kernel counters it shares with the user
+        "limit_shares": plan.limits.shares() if plan is not None and plan.limits else None,
         "limit_hit": limit_hit.as_dict() if limit_hit is not None else None,
         # {"path", "sha256", "decision": trusted | untrusted, "reason", "ignored": [...]}
         "policy_file": policy_file.as_dict() if policy_file is not None else None,

@@ -24,6 +24,10 @@ packages() {
   # network allowlist tests: curl through the proxy, a self-signed certificate.
   command -v curl >/dev/null || need+=(curl)
   command -v openssl >/dev/null || need+=(openssl)
+  # Ray backend tests block user namespaces with bubblewrap.
+  command -v bwrap >/dev/null || need+=(bubblewrap)
+  # memory caps: node must start under one (a JRE, ~200 MB, is left out: its test skips).
+  command -v node >/dev/null || need+=(nodejs)
   [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
   for extra in "$@"; do need+=("$extra"); done
   if [ ${#need[@]} -gt 0 ]; then
@@ -44,7 +48,7 @@ venv() {
   fi
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   "$dir/bin/python" -m pip install -q --disable-pip-version-check \
-    -e ".[test,inspect,mini-swe-agent]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
+    -e ".[test,inspect,mini-swe-agent,ray]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
   "$dir/bin/python" -c 'import nsbox, cffi, pytest' >/dev/null
 }
 

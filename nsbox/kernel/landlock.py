@@ -49,6 +49,21 @@ def restrict_self(ruleset) -> None:
     a missing rule only takes access away. Symlinks are never followed, so a rule
     lands on the path the parent listed and nowhere else.
     """
+    ruleset_fd = create(ruleset)
+    try:
+        enforce(ruleset_fd)
+    finally:
+        os.close(ruleset_fd)
+
+
+def enforce(ruleset_fd: int) -> None:
+    """The calling thread (only) enters a new domain, nested in the one it is in;
+    its children inherit it. One ruleset fd can make any number of domains."""
+    _ffi.syscall("landlock_restrict_self", ruleset_fd, 0, detail=f"fd {ruleset_fd}")
+
+
+def create(ruleset) -> int:
+    """A close-on-exec fd of the ruleset with its rules added, for enforce()."""
     attr = _ffi.new("struct landlock_ruleset_attr *", {
         "handled_access_fs": ruleset.handled_fs,
         "handled_access_net": ruleset.handled_net,
@@ -63,9 +78,10 @@ def restrict_self(ruleset) -> None:
             _add_path_rule(ruleset_fd, rule.path, rule.access, ruleset.file_access)
         for port, access in ruleset.ports:
             _add_port_rule(ruleset_fd, port, access)
-        _ffi.syscall("landlock_restrict_self", ruleset_fd, 0, detail=f"fd {ruleset_fd}")
-    finally:
+    except BaseException:
         os.close(ruleset_fd)
+        raise
+    return ruleset_fd
 
 
 def _add_path_rule(ruleset_fd: int, path: str, access: int, file_access: int) -> None:

@@ -4,6 +4,7 @@ import os
 
 from nsbox import _ffi
 from nsbox.errors import SyscallError, UnsupportedKernel
+from nsbox.kernel import proc
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -37,18 +38,63 @@ def unshare(flags: int) -> None:
 
 def write_id_maps(uid: int, gid: int) -> None:
     """Map the caller's own uid/gid to the same ids inside (setgroups denied first)."""
-    # The kernel refuses an unprivileged gid_map until setgroups is denied.
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{uid} {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{gid} {gid} 1")
+    # A non-dumpable process's /proc/self files belong to root: an unprivileged
+    # caller is dumpable for these three writes only.
+    dumpable = proc.is_dumpable()
+    if not dumpable:
+        proc.set_dumpable(True)
+    try:
+        # The kernel refuses an unprivileged gid_map until setgroups is denied.
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{uid} {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{gid} {gid} 1")
+    finally:
+        if not dumpable:
+            proc.set_dumpable(False)
 
 
 def set_hostname(name: str) -> None:
     """Set the hostname of the (new) UTS namespace."""
     _ffi.sethostname(name)
+
+
+# Per-user counters of a user namespace (ucounts): each process's use is charged to its
+# user in its own namespace and in every ancestor, and each level has its own maximum.
+USER_COUNTERS = "/proc/sys/user/"
+
+
+def user_counter_limits(names) -> dict:
+    """name -> this namespace's maximum, for the counters this kernel has."""
+    found = {}
+    for name in names:
+        try:
+            fd = os.open(USER_COUNTERS + name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            found[name] = int(os.read(fd, 64))
+        finally:
+            os.close(fd)
+    return found
+
+
+def limit_user_counters(limits) -> None:
+    """Set (name, maximum) pairs in the caller's user namespace; needs CAP_SYS_RESOURCE
+    there (a new namespace's creator has it). Usage also stays charged to the parent."""
+    for name, value in limits:
+        path = USER_COUNTERS + name
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"%d" % value)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise SyscallError(err.errno, "write", f"{path!r}, {value}", "cannot bound the "
+                               "sandbox's share of this per-user counter") from None
 
 
 def _read_sysctl(path: str):

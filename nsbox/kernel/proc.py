@@ -1,8 +1,10 @@
-"""Process attributes: no_new_privs, parent-death signal, subreaper, fd hygiene."""
+"""Process attributes: no_new_privs, parent-death signal, subreaper, dumpable, fd hygiene."""
 
 from nsbox import _ffi
 
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 PR_SET_NO_NEW_PRIVS = 38
@@ -15,6 +17,16 @@ def set_no_new_privs() -> None:
 
 def set_parent_death_signal(sig: int) -> None:
     _ffi.prctl(PR_SET_PDEATHSIG, sig, what=f"PR_SET_PDEATHSIG, {sig}")
+
+
+def set_dumpable(dumpable: bool) -> None:
+    """Not dumpable: no ptrace, no /proc/PID/{environ,mem,fd} for processes without
+    CAP_SYS_PTRACE, whatever their uid. Inherited by fork, reset by exec."""
+    _ffi.prctl(PR_SET_DUMPABLE, int(dumpable), what=f"PR_SET_DUMPABLE, {int(dumpable)}")
+
+
+def is_dumpable() -> bool:
+    return _ffi.prctl(PR_GET_DUMPABLE, what="PR_GET_DUMPABLE") == 1
 
 
 def set_child_subreaper() -> None:

@@ -4,8 +4,8 @@ from nsbox import _ffi
 
 # sys/resource.h (the same on x86_64 and aarch64); through cffi, which is loaded
 # anyway, rather than the `resource` module's extra import on the start-up path.
-RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7,
-           "RLIMIT_AS": 9}
+RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_NPROC": 6,
+           "RLIMIT_NOFILE": 7, "RLIMIT_AS": 9, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12}
 RLIM_INFINITY = (1 << 64) - 1
 
 
@@ -21,3 +21,8 @@ def lower(limits) -> None:
         if hard != RLIM_INFINITY:
             value = min(value, hard)
         _ffi.setrlimit(which, value, value, name)
+
+
+def soft(name: str) -> int:
+    """The caller's current soft limit (RLIM_INFINITY when unlimited)."""
+    return _ffi.getrlimit(RLIMITS[name], name)[0]

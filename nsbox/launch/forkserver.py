@@ -9,6 +9,12 @@ server only forks; each child (nsbox.launch.launcher) reports to the runner itse
 When the runner dies the server reads EOF and exits (and, when it was started
 from the main thread, gets a parent-death signal too); every sandbox has a
 parent-death signal on it, so nothing outlives the runner.
+
+The runner's environment holds its API keys. The server is exec'd with a few
+variables Python and nsbox need (SERVER_ENV), never the runner's, so no process
+forked from it (PID 1, a session's server, the network forwarder) carries a
+copy; and it makes itself non-dumpable first thing, which its forks inherit:
+commands can neither trace them nor read their /proc/PID/{environ,mem,fd}.
 """
 
 # C modules only: their Python wrappers import enum, re and selectors, and threading
@@ -57,6 +63,7 @@ def serve(sock: socket.socket) -> None:
 
 
 def main(argv) -> None:
+    proc.set_dumpable(False)
     fd, runner_pid, watch_runner = int(argv[1]), int(argv[2]), argv[3] == "1"
     os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
@@ -65,6 +72,17 @@ def main(argv) -> None:
         if os.getppid() != runner_pid:
             os._exit(0)
     serve(sock)
+
+
+# What the server's interpreter needs to start and find nsbox, its locale, and tracing.
+SERVER_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "LD_LIBRARY_PATH", "PYTHONHOME",
+              "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "NSBOX_TRACE", "NSBOX_TRACE_FD")
+
+
+def server_env(runner_env, package_root: str) -> dict:
+    env = {name: runner_env[name] for name in SERVER_ENV if name in runner_env}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+    return env
 
 
 class Client:
@@ -110,8 +128,7 @@ class Client:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.MAX_RECORD * 2)
         watch = threading.current_thread() is threading.main_thread()
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+        env = server_env(os.environ, package_root)
         try:
             # cwd "/": `-m` puts the working directory on sys.path, and a workspace
             # may hold modules that shadow the standard library.

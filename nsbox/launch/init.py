@@ -40,11 +40,12 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def supervise(child: int, forwarded, watched, deadline=None) -> int:
+def supervise(child: int, forwarded, watched, deadline=None, resume_stopped=False) -> int:
     """Forward signals to `child` and reap everything until `child` ends.
 
     At `deadline` (time.monotonic()) `child` is killed, and if that is what ended
     it, the result is WALL_TIMEOUT. Killing PID 1 ends its whole PID namespace.
+    resume_stopped: `child` (a session's server) is continued whenever it stops.
     """
     killed = False
     while True:
@@ -56,7 +57,7 @@ def supervise(child: int, forwarded, watched, deadline=None) -> int:
                 killed = _kill(child)
                 continue
         if info.si_signo == signal.SIGCHLD:
-            status = _reap(child)
+            status = _reap(child, resume_stopped)
             if status is not None:
                 if killed and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                     return WALL_TIMEOUT
@@ -76,15 +77,26 @@ def _kill(child: int) -> bool:
     return True
 
 
-def _reap(child: int):
+def _reap(child: int, resume_stopped: bool = False):
     """Reap every exited child (orphans are re-parented to PID 1); `child`'s status if it ended."""
     found = None
+    flags = os.WNOHANG | (os.WUNTRACED if resume_stopped else 0)
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, flags)
         except ChildProcessError:
             return found
         if pid == 0:
             return found
-        if pid == child:
+        if os.WIFSTOPPED(status):
+            if pid == child:
+                resume(child)
+        elif pid == child:
             found = status
+
+
+def resume(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass

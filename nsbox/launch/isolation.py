@@ -23,14 +23,17 @@ class Isolation(Record):
     fallback_reason: str = ""  # why `auto` settled for less than full
 
 
-def resolve(policy) -> Isolation:
-    """Pick the mode and check the kernel can enforce it; fail closed unless best effort."""
+def resolve(policy, session: bool = False) -> Isolation:
+    """Pick the mode and check the kernel can enforce it; fail closed unless best effort.
+    session: for a Session, whose commands each need a Landlock domain of their own."""
     abi = landlock.abi_version()
     mode, fallback_reason = policy.isolation, ""
     if mode == "auto":
         fallback_reason = userns_probe_failure()
         mode = LANDLOCK if fallback_reason else FULL
     missing = _missing_protections(mode, abi, policy)
+    if session and 1 <= abi and not landlock_rules.command_domain(abi):
+        missing.append(SESSION_DOMAINS_MISSING)
     if missing and not policy.best_effort:
         if abi < 1:
             raise UnsupportedKernel(
@@ -40,6 +43,11 @@ def resolve(policy) -> Isolation:
             f"isolation {mode!r} needs a newer Landlock (this kernel has ABI {abi}) for: "
             f"{'; '.join(missing)}. Pass --best-effort to run without them.")
     return Isolation(mode, abi, tuple(missing), fallback_reason)
+
+
+SESSION_DOMAINS_MISSING = (
+    "a Landlock domain per session command, so that it can neither signal the session's "
+    "server nor signal or trace other commands' processes (Landlock ABI 6, Linux 6.12)")
 
 
 def _missing_protections(mode: str, abi: int, policy) -> list:

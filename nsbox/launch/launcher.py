@@ -101,7 +101,7 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     try:
-        _relay(pid1, channel, status, deadline, scope, wake_r)
+        _relay(pid1, channel, status, deadline, scope, wake_r, resume_stopped=kind == SESSION)
     finally:
         os._exit(0)
 
@@ -153,10 +153,11 @@ def _command_from(control_fd: int):
     return await_command
 
 
-def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None) -> None:
+def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None,
+           resume_stopped=False) -> None:
     """Report start and exit of `pid1` (the sandbox's PID 1, or in landlock-only isolation
     the command or session server itself, where `scope` is cleaned up before the exit
-    is reported)."""
+    is reported; a session server that stops is continued)."""
     # The sandbox owns its stdio now; EOF for the runner must not wait for us.
     # A copy of stderr stays, for the message when a resource limit ended the run.
     stderr = os.dup(2)
@@ -193,7 +194,7 @@ def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None) -> Non
             elif fd == wake_r:
                 if signal.SIGHUP in _drain(wake_r):  # the fork server died
                     _kill(pidfd, signal.SIGKILL)
-                _reap(pid1, reaped)
+                _reap(pid1, reaped, resume_stopped)
             elif fd == pidfd:
                 raw = reaped.pop(pid1) if pid1 in reaped else os.waitpid(pid1, 0)[1]
                 if not started:  # the whole sandbox is gone, so the error pipe is at EOF
@@ -227,16 +228,20 @@ def _drain(fd: int) -> bytes:
         return b""
 
 
-def _reap(command: int, reaped: dict) -> None:
+def _reap(command: int, reaped: dict, resume_stopped: bool = False) -> None:
     """Reap the orphans re-parented to this subreaper, keeping the command's status."""
+    flags = os.WNOHANG | (os.WUNTRACED if resume_stopped else 0)
     while True:
         try:
-            pid, raw = os.waitpid(-1, os.WNOHANG)
+            pid, raw = os.waitpid(-1, flags)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        if pid == command:
+        if os.WIFSTOPPED(raw):
+            if pid == command:
+                init.resume(command)
+        elif pid == command:
             reaped[pid] = raw
 
 

@@ -12,6 +12,7 @@ from nsbox import state
 from nsbox.launch import isolation, limits, protect, seccomp_filter, trace, watch
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.env import sandbox_env
+from nsbox.policy.limits import PROFILES_WITHOUT_NAMESPACES
 from nsbox.policy.model import Policy
 
 _NS_FLAGS = {
@@ -47,8 +48,9 @@ class LaunchPlan(Record):
 
 
 def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
-            env: dict | None = None) -> LaunchPlan:
-    """Validate and resolve a policy for one command; raises PolicyError on bad input."""
+            env: dict | None = None, session: bool = False) -> LaunchPlan:
+    """Validate and resolve a policy for one command (or a session's server); raises
+    PolicyError on bad input."""
     trace.mark("prepare")
     policy = policy or Policy()
     if not argv:
@@ -58,9 +60,10 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     workdir = resolve_dir(cwd, "working directory") if cwd else workspace
     writable = policy_plan.writable_roots(policy, workspace, extra)
     host_env = dict(os.environ if env is None else env)
-    iso = isolation.resolve(policy)
+    iso = isolation.resolve(policy, session=session)
     guard = protect.resolve(policy, workspace, writable, homes(host_env),
-                            own=own_dirs(os.environ), landlock_only=iso.mode == isolation.LANDLOCK)
+                            own=own_dirs(os.environ), landlock_only=iso.mode == isolation.LANDLOCK,
+                            envs=(os.environ, host_env))
     watched = watch.start(writable, guard.watched, guard.repos, guard.undo)
     writable += guard.extra_writable
     steps = policy_plan.mount_steps(
@@ -81,7 +84,8 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
         net_proxy = _proxy_settings(policy, iso, host_env)
         point_at_proxy(full_env, policy, net_proxy.port)
     limits_plan = limits.plan(policy.limits, policy.best_effort,
-                              namespaced=iso.mode != isolation.LANDLOCK)
+                              namespaced=iso.mode != isolation.LANDLOCK,
+                              nested_namespaces=policy.seccomp not in PROFILES_WITHOUT_NAMESPACES)
     # A cached filter is trusted by later runs: never cache where this command can write.
     command_writes = writable + ((private_tmp,) if private_tmp else ()) + (
         ("/",) if any(step.kind == "root_writable" for step in steps) else ())

@@ -12,8 +12,9 @@ are read-only wherever a writable root contains them.
 
 import os
 
-from nsbox.errors import PolicyError
-from nsbox.launch import gitdirs, watch
+from nsbox.errors import PolicyError, UnsupportedKernel
+from nsbox.kernel import mountinfo
+from nsbox.launch import gitdirs, hidden_paths, watch
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.model import Policy
 from nsbox.record import Record
@@ -45,11 +46,12 @@ class OwnDirs(Record):
 
 def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
             create: bool = True, own: OwnDirs = OwnDirs(),
-            landlock_only: bool = False) -> Protections:
+            landlock_only: bool = False, envs: tuple = ()) -> Protections:
     """Everything to pin, bind read-only, mask and watch; `create=False` only reports.
 
     `homes`: the user's home directories (password database and $HOME); `~` in
-    hidden and protected entries means each of them.
+    hidden and protected entries means each of them. `envs`: the environments whose
+    variables `$NAME` hidden entries name (nsbox's own and the command's).
     """
     homes = _homes(homes)
     anywhere = policy.preset == "full-access"
@@ -87,13 +89,19 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
                 if anywhere or _within(path, roots):
                     readonly += _expand("/", (path.lstrip("/"),), False, made)
                     watched.append(path.rstrip("/"))
-    hidden = _hidden(policy, workspace, homes)
+    hidden, read_as_empty = hidden_paths.existing(policy.hidden, workspace, homes, envs)
     for path, _ in hidden:
         for root in roots:
             if _under(root, path):
                 raise PolicyError(f"writable root {root} lies inside hidden path {path}; "
                                   f"pass --unhide {path} or choose another directory")
     own_hidden = _own_hidden(own, roots, landlock_only)
+    # The same files through another mount (a second bind of the home directory).
+    found = _elsewhere(hidden + own_hidden, roots, policy.best_effort)
+    own_paths = {path for path, _ in own_hidden}
+    hidden += [(alias, is_dir) for alias, is_dir, original in found if original not in own_paths]
+    read_as_empty |= {alias for alias, _, original in found if original in read_as_empty}
+    own_hidden += [(alias, is_dir) for alias, is_dir, original in found if original in own_paths]
     readonly += [p for p in (own.config, own.cache)
                  if p and _within(p, roots) and os.path.isdir(p) and not landlock_only]
     readonly = [p for p in readonly if os.path.lexists(p)]
@@ -103,7 +111,11 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
         hidden=policy_plan.visible_hidden(tuple(hidden + own_hidden),
                                           tuple(roots) if not anywhere else ("/",)),
         created=tuple(made), landlock_hidden=tuple(dict.fromkeys(
-            [p for p, _ in hidden if landlock_only or not _within(p, roots)]
+            # With mounts, a path under a private tree is out of sight anyway, and one
+            # that reads as empty is left to its mask.
+            [p for p, _ in hidden if landlock_only or not (
+                _within(p, roots) or p in read_as_empty
+                or _within(p, policy_plan.PRIVATE_TREES))]
             # nsbox's own: the mask is enough, and spares listing the home directory
             + [p for p, _ in own_hidden if landlock_only])),
         watched=tuple(dict.fromkeys(watched)), repos=repos, undo=tuple(dict.fromkeys(undo)))
@@ -176,18 +188,22 @@ def _make_dir(path: str) -> None:
                           f"{err.strerror}") from None
 
 
-def _hidden(policy: Policy, workspace: str, homes: tuple) -> list:
-    out = []
-    for entry in policy.hidden:
-        for path in _home_paths(entry, homes):
-            if not os.path.isabs(path):
-                path = os.path.join(workspace, path)
-            if not os.path.lexists(path):
-                continue
-            real = os.path.realpath(path)
-            if os.path.exists(real):
-                out.append((real, os.path.isdir(real)))
-    return list(dict.fromkeys(out))
+def _elsewhere(hidden: list, roots: list, best_effort: bool) -> list:
+    """Other places that show a hidden path (mountinfo.elsewhere), failing closed; a
+    writable root inside one is refused as inside the path itself."""
+    try:
+        found = mountinfo.elsewhere(hidden)
+    except OSError as err:
+        if best_effort:
+            return []
+        raise UnsupportedKernel(f"cannot check where else the hidden paths are mounted "
+                                f"({err}). Pass --best-effort to run without that check") from None
+    for alias, _, original in found:
+        for root in roots:
+            if _under(root, alias):
+                raise PolicyError(f"writable root {root} lies inside {alias}, another mount of "
+                                  f"hidden path {original}; choose another directory")
+    return found
 
 
 def _homes(homes) -> tuple:

@@ -17,17 +17,22 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
     # a workspace under /tmp would otherwise resolve into the read-only copy.
     sources = {s.source: _grab_writable(s.source, use_mount_api)
                for s in steps if s.kind == "bind_rw"}
-    empty_file = _make_empty_file() if any(s.kind == "mask_file" for s in steps) else None
+    masks = _empty_files_dir() if any(s.kind == "mask_file" for s in steps) else None
+    masked = 0
+    shm_from = {s.source for s in steps if s.kind == "dev" and s.source}
+    shm = None  # O_PATH fd of the directory /dev/shm shows
     for step in steps:
         target = STAGE + step.target if step.target != "/" else STAGE
         if step.kind == "root_readonly":
             _attach_root(readonly=True, use_mount_api=use_mount_api)
         elif step.kind == "root_writable":
             _attach_root(readonly=False, use_mount_api=use_mount_api)
+        elif step.kind == "tmpfs" and step.target in shm_from:
+            shm = _mount_shared_tmpfs(target, step.mode, step.size)
         elif step.kind == "tmpfs":
             mounts.mount_tmpfs(target, mode=step.mode, size=step.size)
         elif step.kind == "dev":
-            _populate_dev(target)
+            _populate_dev(target, shm)
         elif step.kind == "bind_rw":
             os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
             _attach_writable(sources[step.source], target, use_mount_api)
@@ -42,27 +47,49 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
             mounts.mount_tmpfs(target, mode=0o555, size=4096, flags=mounts.MS_RDONLY
                                | mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC)
         elif step.kind == "mask_file":
-            mounts.bind(f"/proc/self/fd/{empty_file}", target, recursive=False)
+            empty = _new_empty_file(masks, f"empty{masked}")
+            masked += 1
+            mounts.bind(f"/proc/self/fd/{empty}", target, recursive=False)
+            os.close(empty)
             mounts.remount_readonly(target)
         elif step.kind == "proc":
             mounts.mount_proc(target)
         else:
             raise ValueError(f"unknown mount step {step.kind!r}")
-    if empty_file is not None:
-        os.close(empty_file)
+    if masks is not None:
+        os.close(masks)
     trace.mark("pivot_root")
     mounts.pivot_into(STAGE)
 
 
-def _make_empty_file() -> int:
-    """An O_PATH fd of an empty read-only file on a private tmpfs, the source for file masks.
+def _empty_files_dir() -> int:
+    """An O_PATH fd of a private tmpfs for the sources of file masks.
 
-    The tmpfs sits under STAGE, so the root attached next covers it; the fd keeps it alive.
+    It sits under STAGE, so the root attached next covers it; the fd keeps it reachable.
     """
     mounts.mount_tmpfs(STAGE, mode=0o700, size=4096)
-    path = STAGE + "/empty"
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
-    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    return os.open(STAGE, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _new_empty_file(directory: int, name: str) -> int:
+    """An O_PATH fd of a new empty read-only file: one per mask, since a Landlock rule
+    lands on the file a path shows, and one that lets a mask be read (a file that reads
+    as empty) must not open the others."""
+    os.mknod(name, 0o444, dir_fd=directory)  # a regular file
+    return os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=directory)
+
+
+def _mount_shared_tmpfs(target: str, mode: int, size: int) -> int:
+    """One tmpfs for `target` and /dev/shm, so that its size bounds both: `target` shows
+    its `tmp` directory (bound over the tmpfs's root), /dev/shm will show its `shm`
+    directory. Returns an O_PATH fd of `shm`."""
+    mounts.mount_tmpfs(target, mode=0o755, size=size)
+    for name in ("tmp", "shm"):
+        os.mkdir(f"{target}/{name}")
+        os.chmod(f"{target}/{name}", mode)  # mkdir's mode would pass through the umask
+    shm = os.open(f"{target}/shm", os.O_PATH | os.O_CLOEXEC)
+    mounts.bind(f"{target}/tmp", target, recursive=False)
+    return shm
 
 
 def _bind_onto_itself(target: str, readonly: bool, use_mount_api: bool) -> None:
@@ -112,7 +139,7 @@ def _attach_writable(fd: int, target: str, use_mount_api: bool) -> None:
     os.close(fd)
 
 
-def _populate_dev(dev: str) -> None:
+def _populate_dev(dev: str, shm) -> None:
     mounts.mount_tmpfs(dev, mode=0o755, flags=mounts.MS_NOSUID | mounts.MS_NOEXEC)
     for name in DEVICES:
         node = f"{dev}/{name}"
@@ -121,6 +148,10 @@ def _populate_dev(dev: str) -> None:
     os.mkdir(f"{dev}/pts", 0o755)
     mounts.mount_devpts(f"{dev}/pts")
     os.mkdir(f"{dev}/shm", 0o1777)
-    mounts.mount_tmpfs(f"{dev}/shm", mode=0o1777)
+    if shm is None:
+        mounts.mount_tmpfs(f"{dev}/shm", mode=0o1777)
+    else:
+        mounts.bind(f"/proc/self/fd/{shm}", f"{dev}/shm", recursive=False)
+        os.close(shm)
     for name, points_to in DEV_LINKS.items():
         os.symlink(points_to, f"{dev}/{name}")

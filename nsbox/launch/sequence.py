@@ -53,6 +53,7 @@ def fork_init(plan, channel: Channel) -> int:
         # A caller that did not create the limits' cgroup itself gets it here:
         # PID 1 must never start outside it. The caller removes it (limits.finish).
         channel.limits = limits.start(plan.limits)
+    proc.set_dumpable(False)  # PID 1 and all it forks, from birth: see forkserver
     pid = os.fork()
     if pid == 0:
         try:
@@ -107,7 +108,8 @@ def _init_main(plan, channel: Channel) -> None:
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     os.close(channel.error_w)
-    os._exit(init.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS))
+    os._exit(init.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS,
+                            resume_stopped=channel.serve is not None))
 
 
 def _command_main(plan, channel: Channel) -> None:

@@ -1,22 +1,34 @@
 """A warm session's server: the sandbox's command process, serving fork+exec requests.
 
 It has been through every restriction of the launch sequence (capabilities,
-no_new_privs, Landlock, seccomp), so each command it forks inherits them all
-and costs one fork and one exec. A request arrives on the control socket as one
+no_new_privs, Landlock, seccomp), so each command it starts inherits them all
+and costs one posix_spawn. A request arrives on the control socket as one
 record (see wire.encode_command) with the command's reply socket and stdio
 attached; the reply socket gets STARTED or FAILED, then EXITED, and carries
 signal requests for the command's process group the other way. EOF on the
 control socket ends the server, and with it the sandbox (its PID 1 exits; in
 landlock-only isolation the launcher kills what is left and removes the TMPDIR).
+
+Each command runs in a Landlock domain of its own, nested in the session's
+(Landlock ABI 6): it can neither signal nor trace this server or another
+command's processes, nor reach their abstract unix sockets. A spawned child
+inherits the credentials of the thread that spawns it, so each request is taken
+and its command spawned by a short-lived thread that entered a new domain first;
+the main thread never leaves the session's. That thread outlives the command's
+exec by a moment: a command that signals it then can stop or kill its own
+session's server, nothing more (its parent resumes a stopped server at once).
 """
 
 # C modules only: `signal` and `socket` import enum, in every fork of the fork server.
 import _signal as signal
 import _socket as socket
+import _thread
 import os
 import select
 
+from nsbox.kernel import landlock
 from nsbox.launch import errorpipe, sequence, wire
+from nsbox.policy import landlock_rules
 
 
 def server(control_fd: int):
@@ -30,31 +42,32 @@ def serve(control_fd: int, plan) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    taker = _Taker(plan, control)
     poller = select.poll()
-    poller.register(control, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    poller.register(taker.done_r, select.POLLIN)
     running = {}  # command pid -> its reply socket
     by_reply = {}  # reply socket fd -> command pid
+    taking = taker.start()
     while True:
-        for fd, _ in poller.poll():
+        # No thread (the pids limit, say): retry soon; requests wait in the socket.
+        for fd, _ in poller.poll(None if taking else _RETRY_MS):
             if fd == wake_r:
                 _drain(wake_r)
                 _reap(running, by_reply, poller)
-            elif fd == control.fileno():
-                try:
-                    record, fds = wire.receive(control)
-                except OSError:
-                    record, fds = b"", []
-                if not record:
+            elif fd == taker.done_r:
+                taken = taker.result()
+                if taken is None:
                     return 0
-                reply = socket.socket(fileno=fds[0])
-                pid = _start(plan, record, fds[1:4], reply)
+                pid, reply = taken
                 if pid:
                     running[pid] = reply
                     by_reply[reply.fileno()] = pid
                     poller.register(reply, select.POLLIN)
+                    _reap(running, by_reply, poller)  # it may have ended already
                 else:
                     reply.close()
+                taking = False
             else:
                 pid = by_reply.get(fd)
                 if pid is None:
@@ -64,6 +77,72 @@ def serve(control_fd: int, plan) -> int:
                 _kill_group(pid, wire.parse_signal(request) if request else signal.SIGKILL)
                 if not request:
                     poller.unregister(fd)
+        if not taking:
+            taking = taker.start()
+
+
+_RETRY_MS = 50
+_STACK_SIZE = 1 << 20  # plenty for a few frames and posix_spawn
+
+
+class _Taker:
+    """Takes one request at a time from the control socket, each in a new thread that
+    first enters the next command's own Landlock domain, and spawns its command."""
+
+    def __init__(self, plan, control):
+        _thread.stack_size(_STACK_SIZE)
+        self.plan, self.control = plan, control
+        self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
+        self._taken = None
+        self.domain_fd = self.refusal = None
+        abi = plan.landlock.abi if plan.landlock is not None else 0
+        domain = landlock_rules.command_domain(abi)
+        if domain is not None:
+            try:
+                self.domain_fd = landlock.create(domain)
+            except OSError as err:
+                self.refusal = err  # every command is refused: fail closed
+
+    def start(self) -> bool:
+        """False if no thread could be started."""
+        try:
+            _thread.start_new_thread(self._take_one, ())
+        except RuntimeError:
+            return False
+        return True
+
+    def result(self):
+        """(pid, or 0 if it did not start; reply socket), or None at EOF."""
+        os.read(self.done_r, 1)
+        taken, self._taken = self._taken, None
+        if isinstance(taken, BaseException):
+            raise taken
+        return taken
+
+    def _take_one(self) -> None:
+        taken = None
+        try:
+            refusal = self.refusal
+            if refusal is None and self.domain_fd is not None:
+                try:
+                    landlock.enforce(self.domain_fd)
+                except OSError as err:
+                    refusal = err
+            try:
+                record, fds = wire.receive(self.control)
+            except OSError:
+                record, fds = b"", []
+            if record:
+                reply = socket.socket(fileno=fds[0])
+                if refusal is None:
+                    taken = (_start(self.plan, record, fds[1:4], reply), reply)
+                else:
+                    _refuse(refusal, fds[1:4], reply)
+                    taken = (0, reply)
+        except BaseException as err:
+            taken = err
+        self._taken = taken
+        os.write(self.done_w, b".")
 
 
 def _start(plan, record: bytes, stdio, reply) -> int:
@@ -84,15 +163,25 @@ def _start(plan, record: bytes, stdio, reply) -> int:
         pid = os.posix_spawn(path, argv, env, file_actions=_stdio_actions(stdio),
                              setpgroup=0, setsigdef=_DEFAULT_SIGNALS)
     except OSError as err:
-        failure = errorpipe.Failure(step, err.errno or 0, str(err))
-        wire.send_quietly(reply, wire.failed_from(failure))
-        wire.send_quietly(reply, wire.exited(failure.exit_code, None))
+        _report_failure(errorpipe.Failure(step, err.errno or 0, str(err)), reply)
         return 0
     finally:
         for fd in stdio:
             os.close(fd)
     wire.send_quietly(reply, wire.STARTED)
     return pid
+
+
+def _refuse(err: OSError, stdio, reply) -> None:
+    """A command whose own Landlock domain could not be made never starts."""
+    for fd in stdio:
+        os.close(fd)
+    _report_failure(errorpipe.Failure("landlock", err.errno or 0, str(err)), reply)
+
+
+def _report_failure(failure: errorpipe.Failure, reply) -> None:
+    wire.send_quietly(reply, wire.failed_from(failure))
+    wire.send_quietly(reply, wire.exited(failure.exit_code, None))
 
 
 # The command gets the defaults back for what this server ignores or handles.
@@ -104,23 +193,24 @@ def _stdio_actions(stdio):
 
 
 def _reap(running: dict, by_reply: dict, poller) -> None:
-    while True:
+    """Report every registered command that has exited. Only those are waited for:
+    glibc reaps a child whose exec failed itself."""
+    for pid in list(running):
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        reply = running.pop(pid, None)
-        if reply is None:
+            done, status = pid, None  # never reaped here: the runner is told nothing
+        if not done:
             continue
+        reply = running.pop(pid)
         fd = reply.fileno()
         if by_reply.pop(fd, None) is not None:
             try:
                 poller.unregister(fd)
             except KeyError:
                 pass
-        wire.send_quietly(reply, wire.exited_from_status(status))
+        if status is not None:
+            wire.send_quietly(reply, wire.exited_from_status(status))
         reply.close()
 
 

@@ -81,6 +81,14 @@ def scopes(abi: int) -> int:
     return SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
 
 
+def command_domain(abi: int):
+    """The ruleset of a session command's own domain, nested in the session's (which
+    confines everything else): signals and abstract unix sockets scoped to the
+    command's processes. None before ABI 6."""
+    scoped = scopes(abi)
+    return Ruleset(abi=abi, handled_fs=0, handled_net=0, scoped=scoped) if scoped else None
+
+
 def build(abi: int, writable=(), tmp=(), network: str = "none", hidden=(), listings=None,
           devices=DEVICES_SANDBOX, confine_fs: bool = True, list_hidden_parents: bool = False,
           net_namespace: bool = False):
@@ -106,7 +114,7 @@ def build(abi: int, writable=(), tmp=(), network: str = "none", hidden=(), listi
         return None
     rules = []
     if handled_fs:
-        hidden = _normalized(hidden)
+        hidden = _Hidden(_normalized(hidden))
         listings = listings or {}
         rules += _grant("/", READ, hidden, listings)
         if list_hidden_parents and hidden:
@@ -122,23 +130,22 @@ def build(abi: int, writable=(), tmp=(), network: str = "none", hidden=(), listi
 def dirs_to_list(roots, hidden) -> tuple:
     """Directories whose entries `build` needs: every ancestor of a hidden path, from
     each granted root down to the hidden path's parent."""
-    needed = []
+    needed = {}  # ordered set
+    tops = _unique(("/",) + tuple(posixpath.normpath(r) for r in roots))
     for h in _normalized(hidden):
-        for root in ("/",) + tuple(roots):
-            root = posixpath.normpath(root)
+        for root in tops:
             if not _strictly_beneath(h, root):
                 continue
             d = posixpath.dirname(h)
             while True:
-                if d not in needed:
-                    needed.append(d)
+                needed[d] = None
                 if d == root:
                     break
                 d = posixpath.dirname(d)
     return tuple(needed)
 
 
-def _grant(path: str, access: int, hidden: tuple, listings) -> list:
+def _grant(path: str, access: int, hidden: "_Hidden", listings) -> list:
     """Rules giving `access` beneath `path`, leaving out every hidden path.
 
     An explicitly granted path wins over a hidden ancestor of it.
@@ -146,14 +153,31 @@ def _grant(path: str, access: int, hidden: tuple, listings) -> list:
     path = posixpath.normpath(path)
     if not access:
         return []
-    if not any(_strictly_beneath(h, path) for h in hidden):
+    if path not in hidden.above:
         return [PathRule(path, access)]
     rules = []
     for name in sorted(listings.get(path, ())):
         child = posixpath.join(path, name)
-        if child not in hidden:
+        if child not in hidden.paths:
             rules += _grant(child, access, hidden, listings)
     return rules
+
+
+class _Hidden:
+    """Hidden paths and every directory above one, as sets: `_grant` asks per path."""
+
+    def __init__(self, paths: tuple):
+        self.ordered, self.paths, self.above = paths, frozenset(paths), set()
+        for path in paths:
+            while path not in ("/", ""):
+                path = posixpath.dirname(path)
+                self.above.add(path)
+
+    def __iter__(self):
+        return iter(self.ordered)
+
+    def __bool__(self):
+        return bool(self.ordered)
 
 
 def _strictly_beneath(path: str, top: str) -> bool:

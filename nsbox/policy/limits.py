@@ -10,11 +10,29 @@ _DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "h": 3600}
 _OFF = ("none", "unlimited", "off", "max")
 
 DEFAULT_PIDS = 4096
+DEFAULT_INOTIFY = 64  # half the kernel's default per-user maximum (128)
 # limit -> cgroup controller that enforces it for the whole sandbox
 CONTROLLERS = {"pids": "pids", "memory": "memory", "cpu": "cpu"}
-# limit -> rlimit used without a cgroup (per process, so weaker; see fallback_note)
-RLIMITS = {"pids": "RLIMIT_NPROC", "memory": "RLIMIT_AS", "cpu": "RLIMIT_CPU",
+# limit -> rlimit used without a cgroup. Memory: RLIMIT_DATA counts a process's private
+# writable memory, so node, java and go start (they reserve gigabytes of address space,
+# which RLIMIT_AS counts: node and go need AS >= ~0.8G, java ~4G; DATA >= ~60M, java
+# ~RAM/64 + 100M for the heap it commits at start).
+RLIMITS = {"pids": "RLIMIT_NPROC", "memory": "RLIMIT_DATA", "cpu": "RLIMIT_CPU",
            "nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE"}
+
+# Per-user kernel counters (/proc/sys/user) the sandbox shares with its user's other
+# processes. The kernel charges the sandbox's use to the user on the host too, so a
+# maximum set in the sandbox's own user namespace bounds its share and leaves the rest.
+# inotify instances are the `inotify` limit; these get half of the host's maximum.
+SHARED_COUNTERS = ("max_inotify_watches", "max_fanotify_groups", "max_fanotify_marks")
+# Reachable only where seccomp lets the command create namespaces.
+NAMESPACE_COUNTERS = ("max_user_namespaces", "max_mnt_namespaces", "max_pid_namespaces",
+                      "max_net_namespaces", "max_ipc_namespaces", "max_uts_namespaces",
+                      "max_cgroup_namespaces", "max_time_namespaces")
+PROFILES_WITHOUT_NAMESPACES = ("default", "strict")  # shipped profiles deny creating them
+# rlimits the kernel counts per user namespace and charges to its ancestors too (Linux
+# 5.14+): half of the caller's value, set in the sandbox, bounds the sandbox's share.
+SHARED_RLIMITS = ("RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE")
 
 
 class Limits(Record):
@@ -27,9 +45,10 @@ class Limits(Record):
     tmp: int | None = 1 << 30  # size of the private /tmp, bytes
     nofile: int | None = 4096  # open files per process
     fsize: int | None = None  # largest file a process may write, bytes
+    inotify: int | None = DEFAULT_INOTIFY  # inotify instances the whole sandbox holds at once
 
     def __post_init__(self):
-        for name in ("pids", "memory", "tmp", "nofile", "fsize"):
+        for name in ("pids", "memory", "tmp", "nofile", "fsize", "inotify"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
@@ -163,15 +182,19 @@ def _parse_count(value, name: str) -> int:
 class Enforcement:
     """How each active limit is enforced (a plain class: it is built on every start)."""
 
-    __slots__ = ("mechanisms", "unenforced", "rlimits")
+    __slots__ = ("mechanisms", "unenforced", "rlimits", "per_process")
 
-    def __init__(self, mechanisms: tuple = (), unenforced: tuple = (), rlimits: tuple = ()):
+    def __init__(self, mechanisms: tuple = (), unenforced: tuple = (), rlimits: tuple = (),
+                 per_process: tuple = ()):
         self.mechanisms = mechanisms  # ((limit, mechanism), ...), e.g. ("pids", "cgroup2")
         self.unenforced = unenforced  # ((limit, reason), ...)
         self.rlimits = rlimits  # ((RLIMIT_NAME, value), ...) set in the command before exec
+        # ((limit, reason), ...): meant for the whole sandbox, held only per process here
+        self.per_process = per_process
 
     def __repr__(self) -> str:
-        return f"Enforcement({self.mechanisms!r}, {self.unenforced!r}, {self.rlimits!r})"
+        return (f"Enforcement({self.mechanisms!r}, {self.unenforced!r}, {self.rlimits!r}, "
+                f"{self.per_process!r})")
 
     def mechanism(self, name: str):
         return dict(self.mechanisms).get(name)
@@ -191,14 +214,16 @@ def controllers_wanted(limits: Limits, namespaced: bool = True) -> set:
     return {CONTROLLERS[n] for n in limits.active() if n in CONTROLLERS}
 
 
-def enforcement(limits: Limits, cgroup_controllers: dict, namespaced: bool = True) -> Enforcement:
+def enforcement(limits: Limits, cgroup_controllers: dict, namespaced: bool = True,
+                user_counters: bool = True) -> Enforcement:
     """Choose a mechanism per active limit.
 
     `cgroup_controllers` maps a controller name (pids, memory, cpu) to the cgroup
     version that can enforce it here ("cgroup2" or "cgroup1"); absent means none.
     `namespaced`: the sandbox has its own user namespace and a tmpfs /tmp.
+    `user_counters`: that namespace's /proc/sys/user maxima can be set here.
     """
-    mechanisms, unenforced, rlimits = [], [], []
+    mechanisms, unenforced, rlimits, per_process = [], [], [], []
     # Moving PID 1 into a cgroup costs up to ~10 ms (the kernel waits for an RCU
     # grace period), so the default pids limit alone does not pay for one: inside
     # the sandbox's own user namespace RLIMIT_NPROC counts exactly its processes.
@@ -219,6 +244,14 @@ def enforcement(limits: Limits, cgroup_controllers: dict, namespaced: bool = Tru
                 mechanisms.append((name, "tmpfs"))
             else:
                 unenforced.append((name, "/tmp is a plain directory without namespaces"))
+        elif name == "inotify":
+            if namespaced and user_counters:
+                mechanisms.append((name, "userns"))
+            else:
+                unenforced.append((name, "nsbox cannot set an inotify maximum for the "
+                                         "sandbox alone (landlock-only isolation has no user "
+                                         "namespace, or /proc/sys is read-only): only the "
+                                         "host's per-user one applies"))
         elif name == "pids" and not namespaced:
             # Outside a user namespace RLIMIT_NPROC counts all of the uid's processes.
             unenforced.append((name, "no cgroup pids controller is available, and "
@@ -230,7 +263,33 @@ def enforcement(limits: Limits, cgroup_controllers: dict, namespaced: bool = Tru
         else:
             mechanisms.append((name, "rlimit"))
             rlimits.append((RLIMITS[name], _rlimit_value(name, value, limits)))
-    return Enforcement(tuple(mechanisms), tuple(unenforced), tuple(rlimits))
+            if name == "memory":
+                per_process.append((name, "no writable cgroup with the memory controller"))
+    return Enforcement(tuple(mechanisms), tuple(unenforced), tuple(rlimits), tuple(per_process))
+
+
+def scope(name: str, mechanism: str) -> str:
+    """What a mechanism bounds: the sandbox as a whole, or each of its processes."""
+    if mechanism == "rlimit" and name != "pids":  # RLIMIT_NPROC counts per user namespace
+        return "per process"
+    return "sandbox"
+
+
+def counters_to_read(limits: Limits, nested_namespaces: bool) -> tuple:
+    """The host's /proc/sys/user maxima that `shares` needs."""
+    names = tuple(n for n in SHARED_COUNTERS  # inotify=none lifts the watches' bound too
+                  if limits.inotify is not None or not n.startswith("max_inotify"))
+    return names + (NAMESPACE_COUNTERS if nested_namespaces else ())
+
+
+def shares(limits: Limits, host_counters: dict, host_rlimits: dict) -> tuple:
+    """(counters, rlimits): the sandbox's maxima of per-user kernel counters, as
+    ((name, value), ...) for its user namespace and ((RLIMIT_NAME, value), ...) for its
+    processes: the `inotify` limit and half of each host value given."""
+    counters = [("max_inotify_instances", limits.inotify)] if limits.inotify is not None else []
+    counters += [(name, max(1, value // 2)) for name, value in host_counters.items() if value > 0]
+    rlimits = [(name, max(1, value // 2)) for name, value in host_rlimits.items() if value > 0]
+    return tuple(counters), tuple(rlimits)
 
 
 def _rlimit_value(name: str, value, limits: Limits) -> int:

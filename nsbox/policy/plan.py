@@ -13,6 +13,7 @@ class MountStep(Record):
     # root_readonly | root_writable | tmpfs | dev | proc | bind_rw | bind_new
     # | pin (bind a path onto itself: a mount point can't be renamed or removed)
     # | bind_ro (the same, read-only) | mask_dir | mask_file (empty, read-only)
+    # dev: its shm shows a directory of the tmpfs step whose target is `source`
     kind: str
     target: str
     source: str = ""
@@ -53,14 +54,26 @@ def _depth(path: str) -> int:
 
 def visible_hidden(hidden: tuple, writable: tuple) -> tuple:
     """The (path, is_dir) masks worth mounting: none under another mask or a private tree."""
-    kept = []
+    kept, masked = [], set()
     for path, is_dir in sorted(set(hidden), key=lambda h: (_depth(h[0]), h[0])):
-        if any(_under(path, other) for other, _ in kept):
+        if _has_ancestor_in(path, masked):
             continue
         if any(_under(path, t) for t in PRIVATE_TREES) and not any(_under(path, w) for w in writable):
             continue
         kept.append((path, is_dir))
+        masked.add(path.rstrip("/") or "/")
     return tuple(kept)
+
+
+def _has_ancestor_in(path: str, paths: set) -> bool:
+    """`path` or a directory above it is in `paths` (one set lookup per level)."""
+    path = path.rstrip("/") or "/"
+    while True:
+        if path in paths:
+            return True
+        if path == "/":
+            return False
+        path = path.rpartition("/")[0] or "/"
 
 
 def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = ()) -> tuple:
@@ -87,7 +100,8 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
     steps.append(MountStep("tmpfs", "/run", mode=0o755))
     if var_run_is_dir:
         steps.append(MountStep("bind_new", "/var/run", source="/run"))
-    steps.append(MountStep("dev", "/dev"))
+    # /dev/shm is a directory of the /tmp tmpfs: the tmp limit bounds both together.
+    steps.append(MountStep("dev", "/dev", source="/tmp"))
     # Shallow roots first so a nested root is mounted on top of its parent.
     for root in sorted(writable, key=lambda p: p.count("/")):
         steps.append(MountStep("bind_rw", root, root))

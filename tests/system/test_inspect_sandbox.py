@@ -1,13 +1,17 @@
 """nsbox as an Inspect AI sandbox provider, driven by a real eval with a scripted mock model."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import uuid
 
 import pytest
+
+import nsbox
 
 inspect_ai = pytest.importorskip(
     "inspect_ai", reason="Inspect AI is not installed (pip install nsbox[inspect])")
@@ -219,3 +223,36 @@ def test_the_provider_under_landlock_isolation(tmp_path, monkeypatch):
     assert victim.read_text() == "original\n"
     assert not os.path.lexists(tmpdir)
     assert not os.path.exists(workspace)
+
+
+def test_the_runners_api_key_is_out_of_the_commands_reach(tmp_path):
+    """An eval runner holds the model's key in its environment. In a fresh runner (its
+    fork server starts with the key around), a sample's command greps every
+    environment it can read for it."""
+    code = textwrap.dedent("""
+        import asyncio, json, os, sys, tempfile
+        from nsbox.integrations.inspect_sandbox import NsboxSandboxEnvironment
+
+        tempfile.tempdir = sys.argv[1]
+        grep = 'echo started; cat /proc/*/environ /proc/*/task/*/environ 2>/dev/null | grep -c "$1"'
+
+        async def main():
+            envs = await NsboxSandboxEnvironment.sample_init("t", None, {})
+            try:
+                box = envs["default"]
+                # env: Inspect's way in for the runner's own environment, too.
+                result = await box.exec(["sh", "-c", grep, "sh", os.environ["OPENAI_API_KEY"]],
+                                        env={"FROM_SAMPLE": "1"})
+            finally:
+                await NsboxSandboxEnvironment.sample_cleanup("t", None, envs, False)
+            return [result.returncode, result.stdout]
+
+        print(json.dumps(asyncio.run(main())))
+    """)
+    secret = f"sk-test-{uuid.uuid4().hex}"
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
+    env = dict(os.environ, OPENAI_API_KEY=secret, PYTHONPATH=package_root)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [1, "started\n0\n"]

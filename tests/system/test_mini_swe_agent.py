@@ -1,10 +1,16 @@
 """nsbox as a mini-swe-agent environment, driven by its default agent and deterministic model."""
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 
 import pytest
+
+import nsbox
 
 # mini-swe-agent writes a global config directory on import; keep it out of $HOME.
 os.environ.setdefault("MSWEA_GLOBAL_CONFIG_DIR", f"/tmp/nsbox-test-mswea-{os.getuid()}")
@@ -117,3 +123,29 @@ def test_the_environment_under_landlock_isolation(config, workspace, tmp_path):
     assert (workspace / "f").read_text() == "ws\n"
     assert pids_running("sleep", background) == []
     assert not os.path.lexists(tmpdir)
+
+
+def test_the_runners_api_key_is_out_of_the_commands_reach(workspace):
+    """The agent's process holds the model's key in its environment. In a fresh one (its
+    fork server starts with the key around), an action greps every environment it can
+    read for it."""
+    code = textwrap.dedent("""
+        import json, os, sys
+        from nsbox.integrations.mini_swe_agent import NsboxEnvironment
+
+        env = NsboxEnvironment(cwd=sys.argv[1], timeout=60)
+        try:
+            out = env.execute({"command": "echo started; cat /proc/*/environ "
+                               "/proc/*/task/*/environ 2>/dev/null | grep -c "
+                               + os.environ["OPENAI_API_KEY"]})
+        finally:
+            env.cleanup()
+        print(json.dumps([out["returncode"], out["output"]]))
+    """)
+    secret = f"sk-test-{uuid.uuid4().hex}"
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
+    env = dict(os.environ, OPENAI_API_KEY=secret, PYTHONPATH=package_root)
+    out = subprocess.run([sys.executable, "-c", code, str(workspace)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [1, "started\n0\n"]

@@ -57,6 +57,9 @@ DENIED = [
     ("personality_linux32", 135, [0x0008]), ("personality_no_aslr", 135, [0x0040000]),
     ("socket_packet", 41, [17, 3, 0]), ("socket_vsock", 41, [40, 1, 0]),
     ("socket_alg", 41, [38, 5, 0]), ("socket_inet_high_bits", 41, [(1 << 32) | 2, 1, 0]),
+    # Unfiltered, these fail with EBADF / ESRCH: another process's fds and memory.
+    ("pidfd_getfd", 438, [-1, 0, 0]), ("process_vm_readv", 310, [0, 0, 0, 0, 0, 0]),
+    ("process_vm_writev", 311, [0, 0, 0, 0, 0, 0]),
 ]
 ALLOWED = [
     ("getpid", 39, []), ("personality_query", 135, [0xFFFFFFFF]), ("personality_default", 135, [0]),

@@ -34,3 +34,12 @@ def test_help_lists_every_option():
     text = exec_args.help_text()
     for name in exec_args.OPTIONS:
         assert name in text
+
+
+def test_switches_mean_what_their_value_says():
+    assert exec_args.parse(["--best-effort", "true"]).values["best_effort"] is True
+    assert exec_args.parse(["--best-effort=no", "true"]).values["best_effort"] is False
+    assert exec_args.parse(["--clearenv=false", "true"]).values["clearenv"] is False
+    assert exec_args.parse(["--clearenv=YES", "true"]).values["clearenv"] is True
+    with pytest.raises(exec_args.UsageError, match="--allow-broad-workspace is a switch"):
+        exec_args.parse(["--allow-broad-workspace=maybe", "true"])

@@ -83,3 +83,25 @@ def test_missing_protections_fail_closed_unless_best_effort(monkeypatch, mode, a
         assert iso.missing and iso.mode == mode
     else:
         assert isolation.resolve(policy).missing == ()
+
+
+@pytest.mark.parametrize("mode", ["full", "landlock"])
+@pytest.mark.parametrize("abi", [1, 5, 6, 7])
+def test_a_session_needs_a_landlock_domain_per_command(monkeypatch, mode, abi):
+    from nsbox.errors import UnsupportedKernel
+    from nsbox.kernel import landlock
+    from nsbox.policy.model import Policy
+
+    monkeypatch.setattr(landlock, "abi_version", lambda: abi)
+    policy = Policy(isolation=mode)
+    if abi >= 6:
+        assert isolation.resolve(policy, session=True).missing == ()
+        assert landlock_rules.command_domain(abi).scoped == landlock_rules.scopes(abi)
+        return
+    assert landlock_rules.command_domain(abi) is None
+    with pytest.raises(UnsupportedKernel, match="domain per session command"):
+        isolation.resolve(policy, session=True)
+    iso = isolation.resolve(policy.with_changes(best_effort=True), session=True)
+    assert isolation.SESSION_DOMAINS_MISSING in iso.missing
+    if mode == "full":  # a one-shot run needs no such domain
+        assert isolation.resolve(policy).missing == ()

@@ -76,16 +76,62 @@ def test_cgroups_take_precedence_and_the_rest_become_rlimits():
     limits = Limits(pids=100, memory=64 << 20, wall=5, fsize=1 << 20)
     chosen = L.enforcement(limits, {"pids": "cgroup2", "memory": "cgroup1"})
     assert chosen.as_dict() == {"pids": "cgroup2", "memory": "cgroup1", "wall": "supervisor",
-                                "tmp": "tmpfs", "nofile": "rlimit", "fsize": "rlimit"}
+                                "tmp": "tmpfs", "nofile": "rlimit", "fsize": "rlimit",
+                                "inotify": "userns"}
     assert chosen.rlimits == (("RLIMIT_NOFILE", 4096), ("RLIMIT_FSIZE", 1 << 20))
-    assert chosen.unenforced == ()
+    assert chosen.unenforced == () and chosen.per_process == ()
 
 
 def test_without_cgroups_everything_falls_back_to_rlimits():
     limits = Limits(pids=100, memory=64 << 20, cpu=0.5, wall=10)
     chosen = L.enforcement(limits, {})
-    assert dict(chosen.rlimits) == {"RLIMIT_NPROC": 100, "RLIMIT_AS": 64 << 20,
+    assert dict(chosen.rlimits) == {"RLIMIT_NPROC": 100, "RLIMIT_DATA": 64 << 20,
                                     "RLIMIT_CPU": 5, "RLIMIT_NOFILE": 4096}
+
+
+def test_memory_without_a_cgroup_is_only_per_process_and_says_so():
+    chosen = L.enforcement(Limits(memory=64 << 20), {})
+    assert [name for name, _ in chosen.per_process] == ["memory"]
+    assert L.scope("memory", chosen.mechanism("memory")) == "per process"
+    assert L.scope("pids", "rlimit") == "sandbox"  # RLIMIT_NPROC counts per user namespace
+    assert L.scope("memory", "cgroup2") == "sandbox"
+    assert L.enforcement(Limits(memory=64 << 20), {"memory": "cgroup2"}).per_process == ()
+
+
+def test_inotify_is_bounded_in_the_user_namespace_or_not_at_all():
+    assert Limits().inotify == 64
+    assert Limits().with_options("inotify=8").inotify == 8
+    assert L.enforcement(Limits(), {}).mechanism("inotify") == "userns"
+    unset = L.enforcement(Limits(), {}, user_counters=False)
+    assert [name for name, _ in unset.unenforced] == ["inotify"]
+
+
+def test_the_sandbox_gets_half_of_each_shared_counter():
+    host = {"max_inotify_watches": 8192, "max_fanotify_groups": 128, "max_user_namespaces": 0}
+    counters, rlimits = L.shares(Limits(inotify=16), host, {"RLIMIT_MSGQUEUE": 819200})
+    assert counters == (("max_inotify_instances", 16), ("max_inotify_watches", 4096),
+                        ("max_fanotify_groups", 64))  # a counter the host disabled is left
+    assert rlimits == (("RLIMIT_MSGQUEUE", 409600),)
+    assert L.shares(Limits(inotify=None), {}, {}) == ((), ())
+    assert "max_inotify_watches" not in L.counters_to_read(Limits(inotify=None), False)
+    assert "max_mnt_namespaces" in L.counters_to_read(Limits(), True)
+    assert "max_mnt_namespaces" not in L.counters_to_read(Limits(), False)
+
+
+def test_the_shipped_profiles_deny_creating_namespaces():
+    """What lets nsbox skip bounding the namespace counters under them."""
+    import json
+
+    from nsbox.launch import profiles
+
+    for name in L.PROFILES_WITHOUT_NAMESPACES:
+        with open(profiles.find(name)) as f:
+            rules = json.load(f)["syscalls"]
+        denied = {n for r in rules if r["action"] == "SCMP_ACT_ERRNO" and not r.get("args")
+                  for n in r["names"]}
+        assert {"unshare", "setns", "clone3"} <= denied, name
+        masks = {a["value"] for r in rules if "clone" in r["names"] for a in r.get("args", ())}
+        assert 0x10000000 in masks, name  # clone(CLONE_NEWUSER)
 
 
 def test_a_cpu_rate_without_cgroup_or_wall_is_unenforceable():
@@ -96,7 +142,7 @@ def test_a_cpu_rate_without_cgroup_or_wall_is_unenforceable():
 
 def test_without_namespaces_pids_and_tmp_cannot_be_enforced_by_rlimit_or_tmpfs():
     chosen = L.enforcement(Limits(), {}, namespaced=False)
-    assert sorted(name for name, _ in chosen.unenforced) == ["pids", "tmp"]
+    assert sorted(name for name, _ in chosen.unenforced) == ["inotify", "pids", "tmp"]
     assert L.enforcement(Limits(), {"pids": "cgroup2"}, namespaced=False).mechanism("pids") \
         == "cgroup2"
 

@@ -111,9 +111,18 @@ def test_network_off_rules_deny_inet_families_by_low_32_bits():
 
 def test_strict_denies_more_than_default():
     default, strict = shipped("default"), shipped("strict")
-    for call in ("ptrace", "process_vm_readv", "process_vm_writev", "sethostname"):
+    for call in ("ptrace", "kcmp", "sethostname"):
         assert denies(default, call) is None
         assert denies(strict, call) == sp.EPERM
+
+
+@pytest.mark.parametrize("name", ["default", "strict"])
+def test_no_profile_lets_a_command_take_another_process_memory_or_fds(name):
+    # The runner's helpers are out of ptrace's reach anyway; these need no ptrace at all.
+    profile = shipped(name)
+    for call in ("pidfd_getfd", "process_vm_readv", "process_vm_writev"):
+        assert denies(profile, call) == sp.EPERM, call
+    assert denies(profile, "pidfd_open") is None and denies(profile, "kill") is None
 
 
 # --- the OCI / Docker shape --------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""A policy's hidden list -> the existing host paths to hide. Runs in the parent before fork.
+
+About 180 entries for each home, so the work goes by directory, shallow first: one
+that several entries name is listed once, and a directory missing from its listed
+parent costs nothing more. `*` entries match names in such a listing (one level;
+nothing deeper is ever read).
+"""
+
+import os
+import stat
+
+from nsbox.policy import defaults, hidden_entries
+
+
+def existing(entries, workspace: str, homes: tuple, envs: tuple = ()) -> tuple:
+    """([(real path, is_dir)], {real paths that read as empty under full isolation})."""
+    names, patterns = _by_directory(entries, workspace, homes, envs)
+    wanted = sorted({*names, *patterns}, key=lambda d: (d.count("/"), d))
+    inside = {}  # directory -> how many wanted directories sit directly in it
+    for directory in wanted:
+        parent = directory.rpartition("/")[0] or "/"
+        inside[parent] = inside.get(parent, 0) + 1
+    listings, found, read_as_empty = {}, [], set()
+    for directory in wanted:
+        if _known_missing(directory, listings):
+            continue
+        items = names.get(directory, ())
+        listing = None
+        if directory in patterns or len(items) + inside.get(directory, 0) > 1:
+            listing = listings[directory] = _listing(directory)
+            if listing is None:
+                continue
+        real_dir = []  # os.path.realpath(directory), once it is needed
+        for name, entry in items:
+            hit = _existing(directory, name, listing, hidden_entries.from_variable(entry),
+                            real_dir)
+            if hit:
+                found.append(hit)
+                if entry in defaults.HIDDEN_READ_AS_EMPTY:
+                    read_as_empty.add(hit[0])
+        if directory in patterns:
+            matcher = hidden_entries.NamePatterns(patterns[directory])
+            found += [(os.path.realpath(e.path), False) for name, e in listing.items()
+                      if e.is_file() and matcher.match(name)]
+    return list(dict.fromkeys(found)), read_as_empty
+
+
+def _by_directory(entries, workspace: str, homes: tuple, envs: tuple) -> tuple:
+    """({directory: [(name, entry)]}, {directory: [pattern]}), expanding each distinct
+    directory part of the entries once."""
+    heads = {}
+    for entry in entries:
+        entry = entry.rstrip("/") or "/"
+        if entry.startswith(("~", "$")) and "/" not in entry:
+            head, name = entry, ""  # a home or a variable on its own
+        else:
+            head, _, name = entry.rpartition("/")
+            if not entry.startswith(("/", "~", "$")):
+                head = os.path.join(workspace, head) if head else workspace
+        heads.setdefault(head or "/", []).append((name, entry))
+    names, patterns = {}, {}
+    for head, items in heads.items():
+        plain = [(name, entry) for name, entry in items if name and "*" not in name]
+        globs = [name for name, _ in items if "*" in name]
+        whole = [entry for name, entry in items if not name]  # the head's own path
+        for base in hidden_entries.expand(head, homes, envs) if head[0] in "~$" else (head,):
+            base = base.rstrip("/") or "/"
+            if plain:
+                names.setdefault(base, []).extend(plain)
+            if globs:
+                patterns.setdefault(base, []).extend(globs)
+            parent, _, name = base.rpartition("/")
+            if whole and name:  # "/" itself is never hidden this way
+                names.setdefault(parent or "/", []).extend((name, entry) for entry in whole)
+    return names, patterns
+
+
+def _known_missing(directory: str, listings: dict) -> bool:
+    """True when the nearest listed ancestor shows `directory` cannot exist."""
+    top = directory
+    while top != "/":
+        top = top.rpartition("/")[0] or "/"
+        if top in listings:
+            listing = listings[top]
+            first = directory[len(top):].lstrip("/").partition("/")[0]
+            return listing is None or first not in listing
+    return False
+
+
+def _listing(directory: str):
+    try:
+        with os.scandir(directory) as entries:
+            return {e.name: e for e in entries}
+    except OSError:
+        return None  # missing or unreadable: nothing to hide there
+
+
+def _existing(directory: str, name: str, listing, from_variable: bool, real_dir: list):
+    if listing is not None:
+        entry = listing.get(name)
+        if entry is None:
+            return None
+        if not entry.is_symlink():
+            if from_variable and not (entry.is_file() or entry.is_dir()):
+                return None
+            if not real_dir:
+                real_dir.append(os.path.realpath(directory).rstrip("/"))
+            return f"{real_dir[0]}/{name}", entry.is_dir()
+    path = f"{directory.rstrip('/')}/{name}"
+    if listing is None and not os.path.lexists(path):
+        return None
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return None
+    # A variable may name anything (KUBECONFIG=/dev/null): only files and directories count.
+    if from_variable and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return None
+    return real, stat.S_ISDIR(mode)
