@@ -1,0 +1,561 @@
+"""Sandboxes at scale on a local two-node Ray cluster (127.0.0.1 only), nsbox as Ray's backend.
+
+    make bench-ray                         # or: .venv/bin/python bench/ray_bench.py [--quick]
+
+Two ways to use the backend, measured from the driver through Ray:
+- runtime: one actor per node holds a SandboxRuntime (nsbox.integrations.ray) and
+  many sandboxes; C clients per node, both nodes at once, each doing create ->
+  first command, then commands on its sandbox.
+- actor per sandbox: nsbox.integrations.ray.create(), the shape of
+  ray.experimental.sandbox.create (a Ray actor, so a worker process, each).
+Also: memory per idle sandbox (PSS), where the time goes, and Ray's own gVisor
+backend if it can run here. The cluster is stopped at the end, also on failure.
+Results: a table on stdout and JSON in bench/results/ray_bench.json.
+"""
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ray_cluster import LOOPBACK_ENV, LocalCluster  # noqa: E402
+
+os.environ.update(LOOPBACK_ENV)
+import ray  # noqa: E402
+
+NODES = ("bench_node_0", "bench_node_1")
+CONCURRENCY = (1, 4, 16, 64)  # sandboxes at once per node, both nodes together
+GOAL_PER_NODE = 8  # 16 at once in the cluster
+RPC_TIMEOUT = 120
+
+
+def pss_kib(pids) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def tree(pid: int) -> list:
+    from ray_cluster import descendants
+
+    return [pid, *descendants(pid)]
+
+
+def busy_ms() -> float:
+    """CPU time the whole machine spent busy so far (all cores), in ms."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot() -> dict:
+    """pid -> (ppid, CPU ms of it and its reaped children)."""
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    snap = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            snap[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) * tick)
+    return snap
+
+
+def cpu_breakdown(before: dict, after: dict, host_pids, ray_pids) -> dict:
+    """CPU ms spent between two snapshots, by who spent it."""
+    children = {}
+    for pid, (ppid, _) in after.items():
+        children.setdefault(ppid, []).append(pid)
+    nsbox_pids, pending = set(), list(host_pids)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            nsbox_pids.add(child)
+            pending.append(child)
+    out = {}
+    for pid, (ppid, ms) in after.items():
+        if pid in host_pids:
+            who = "Ray worker holding the sandboxes"
+        elif pid in nsbox_pids:
+            who = "nsbox fork server and sandboxes"
+        elif pid == os.getpid():
+            who = "benchmark driver"
+        elif pid in ray_pids:
+            who = "Ray daemons and other workers"
+        elif ppid == 2 or pid == 2:
+            who = "kernel threads"
+        else:
+            who = "other processes on the machine"
+        out[who] = out.get(who, 0.0) + ms - before.get(pid, (0, 0.0))[1]
+    return out
+
+
+@ray.remote(num_cpus=0, max_concurrency=256)
+class NodeHost:
+    """Many sandboxes on its node through nsbox's SandboxRuntime."""
+
+    def __init__(self, warm: int = 0):
+        from nsbox.integrations.ray import SandboxRuntime
+
+        self.rt = SandboxRuntime(warm=warm)
+        sid = self.rt.create("host")
+        self.rt.exec(sid, ["true"])  # the fork server is up, `auto` isolation resolved
+        self.meta = self.rt.get_metadata(sid)
+        self.rt.delete(sid)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "isolation": self.meta["isolation"],
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def ping(self):
+        return None
+
+    def create(self):
+        t = time.perf_counter()
+        sid = self.rt.create("host")
+        return sid, time.perf_counter() - t
+
+    def exec(self, sid, argv):
+        return self.rt.exec(sid, argv).exit_code
+
+    def delete_all(self) -> float:
+        t = time.perf_counter()
+        self.rt.delete_all()
+        return time.perf_counter() - t
+
+    def close(self):
+        self.rt.close()
+
+    def cpu_ms(self) -> float:
+        t = os.times()
+        return (t.user + t.system) * 1000
+
+    def pss_kib(self) -> int:
+        return pss_kib(tree(os.getpid()))
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else None
+
+
+async def runtime_level(hosts, c, per_client, seconds, host_pids, ray_pids):
+    """C clients per node: create -> first command (kept), then commands for `seconds`."""
+    latencies, in_actor = [], []
+    sids = {h: [] for h in hosts}
+    snap0 = cpu_snapshot()
+
+    async def client(host):
+        for _ in range(per_client):
+            t = time.perf_counter()
+            sid, took = await host.create.remote()
+            assert await host.exec.remote(sid, ["true"]) == 0
+            latencies.append(time.perf_counter() - t)
+            in_actor.append(took)
+            sids[host].append(sid)
+
+    cpu0, host_cpu0 = busy_ms(), [await h.cpu_ms.remote() for h in hosts]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(h) for h in hosts for _ in range(c)))
+    create_wall = time.perf_counter() - t0
+    cpu1, host_cpu1 = busy_ms(), [await h.cpu_ms.remote() for h in hosts]
+    created = sum(len(v) for v in sids.values())
+    by_whom = cpu_breakdown(snap0, cpu_snapshot(), host_pids, ray_pids())
+    by_whom["processes gone meanwhile, interrupts"] = max(0.0, cpu1 - cpu0 - sum(by_whom.values()))
+
+    count = 0
+    stop = time.perf_counter() + seconds
+
+    async def runner(host, sid):
+        nonlocal count
+        while time.perf_counter() < stop:
+            assert await host.exec.remote(sid, ["true"]) == 0
+            count += 1
+
+    t1 = time.perf_counter()
+    await asyncio.gather(*(runner(h, sids[h][i % len(sids[h])]) for h in hosts for i in range(c)))
+    cmd_wall = time.perf_counter() - t1
+    idle_pss = [await h.pss_kib.remote() for h in hosts]
+    delete_s = sum([await h.delete_all.remote() for h in hosts])
+    return {
+        "concurrency_per_node": c, "created": created,
+        "creates_per_s_per_node": created / create_wall / len(hosts),
+        "commands_per_s_per_node": count / cmd_wall / len(hosts),
+        "latency_p50_ms": pct(latencies, 50) * 1000, "latency_p99_ms": pct(latencies, 99) * 1000,
+        "in_actor_create_p50_ms": pct(in_actor, 50) * 1000,
+        "in_actor_create_p99_ms": pct(in_actor, 99) * 1000,
+        "cpu_ms_per_create": (cpu1 - cpu0) / created,
+        "cpu_ms_per_create_by_whom": {k: v / created for k, v in sorted(by_whom.items())},
+        "host_worker_cpu_ms_per_create": sum(b - a for a, b in zip(host_cpu0, host_cpu1)) / created,
+        "live_sandboxes_per_node": created // len(hosts), "pss_kib_per_node_live": idle_pss,
+        "delete_ms_each": delete_s / created * 1000,
+    }
+
+
+async def bursts(hosts, c, rounds, pause):
+    """Rounds of C simultaneous create -> first command per node, `pause` s apart."""
+    latencies = []
+
+    async def one(host):
+        t = time.perf_counter()
+        sid, _ = await host.create.remote()
+        assert await host.exec.remote(sid, ["true"]) == 0
+        latencies.append(time.perf_counter() - t)
+
+    for _ in range(rounds):
+        await asyncio.sleep(pause)
+        await asyncio.gather(*(one(h) for h in hosts for _ in range(c)))
+        await asyncio.gather(*(h.delete_all.remote() for h in hosts))
+    return {"p50_ms": pct(latencies, 50) * 1000, "p99_ms": pct(latencies, 99) * 1000,
+            "samples": len(latencies)}
+
+
+async def actor_level(c):
+    """C sandbox actors at once (create() API), spread over the nodes."""
+    from nsbox.integrations.ray import create
+
+    latencies = []
+    actors = []
+
+    async def one(i):
+        t = time.perf_counter()
+        sb = create("host", resources={NODES[i % len(NODES)]: 1})
+        actors.append(sb)
+        r = await sb.exec.remote(["true"])
+        assert r.exit_code == 0
+        latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(i) for i in range(c)))
+        wall = time.perf_counter() - t0
+        metas = await asyncio.gather(*(sb.get_metadata.remote() for sb in actors))
+        pss = pss_kib([p for m in metas for p in tree(m["pid"])]) / c
+    finally:
+        for sb in actors:
+            ray.kill(sb)
+    return {"concurrency": c, "creates_per_s": c / wall,
+            "latency_p50_ms": pct(latencies, 50) * 1000,
+            "latency_p99_ms": pct(latencies, 99) * 1000, "pss_kib_per_sandbox": pss,
+            "limits_dropped": sorted({k for m in metas for k in m["limits_dropped"]})}
+
+
+def gvisor_attempt(workdir: str) -> dict:
+    """Ray's own backend (gVisor) on a minimal local image; the error if it cannot run."""
+    if not shutil.which("runsc"):
+        return {"ran": False, "why": "runsc is not installed (Debian package runsc)"}
+    image = os.path.join(workdir, "bench-image.tar")
+    _image_tar(image)
+
+    @ray.remote(num_cpus=0, resources={NODES[0]: 1})
+    def attempt(image):
+        from ray.experimental.sandbox import SandboxRuntime
+
+        ray_dir = "/tmp/ray"  # Ray's gVisor backend keeps images and bundles there
+        existed = os.path.exists(ray_dir)
+        rt = SandboxRuntime()
+        t = time.perf_counter()
+        try:
+            sid = rt.create(image, timeout_seconds=60)
+            created = time.perf_counter() - t
+            rt.exec(sid, ["/bin/true"])
+            first = time.perf_counter() - t
+            rt.delete(sid)
+            return {"ran": True, "create_s": created, "first_command_s": first}
+        except Exception as err:
+            return {"ran": False, "why": f"{type(err).__name__}: {err}"}
+        finally:
+            if not existed:
+                shutil.rmtree(ray_dir, ignore_errors=True)
+
+    version = subprocess.run(["runsc", "--version"], capture_output=True, text=True).stdout
+    return {**ray.get(attempt.remote(image), timeout=RPC_TIMEOUT),
+            "runsc": version.splitlines()[0] if version else "?"}
+
+
+def _image_tar(path: str) -> None:
+    """A docker-archive image holding /bin/sh, /bin/true and their libraries."""
+    import hashlib
+
+    files = set()
+    for binary in ("/bin/sh", "/bin/true", "/bin/cat"):
+        real = os.path.realpath(binary)
+        files.add(real)
+        out = subprocess.run(["ldd", real], capture_output=True, text=True).stdout
+        files.update(p.split()[0] for p in (line.split("=>")[-1] for line in out.splitlines())
+                     if p.split() and p.split()[0].startswith("/"))
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as t:
+        for f in sorted(files):
+            t.add(f, arcname=f.lstrip("/"))
+    blob = layer.getvalue()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": ["sha256:" + hashlib.sha256(blob).hexdigest()]}})
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["bench:1"],
+                            "Layers": ["layer.tar"]}])
+    with tarfile.open(path, "w") as t:
+        for name, data in (("layer.tar", blob), ("config.json", config.encode()),
+                           ("manifest.json", manifest.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+async def start_hosts(warm: int):
+    hosts = [NodeHost.options(resources={n: 1}).remote(warm) for n in NODES]
+    infos = [await h.info.remote() for h in hosts]
+    return hosts, infos
+
+
+async def stop_hosts(hosts):
+    await asyncio.gather(*(h.close.remote() for h in hosts))
+    for h in hosts:
+        ray.kill(h)
+
+
+async def main_async(args, out, cluster):
+    levels = CONCURRENCY[:3] if args.quick else CONCURRENCY
+    deadline = time.monotonic() + args.budget
+    rounds = {1: 20, 4: 8, 16: 4, 64: 2}
+
+    def ray_pids():
+        return set(cluster.pids())
+
+    hosts, infos = await start_hosts(0)
+    out["isolation"] = sorted({i["isolation"] for i in infos})
+    host_pids = {i["pid"] for i in infos}
+    baseline = [await h.pss_kib.remote() for h in hosts]
+    pings = []
+    for _ in range(50):
+        t = time.perf_counter()
+        await hosts[0].ping.remote()
+        pings.append(time.perf_counter() - t)
+    out["ray_call_p50_ms"] = pct(pings, 50) * 1000
+    for c in levels:
+        if time.monotonic() > deadline:
+            out["skipped"].append(f"runtime c={c}: over the time budget")
+            continue
+        per_client = max(1, (16 if args.quick else 32) // c)
+        level = await runtime_level(hosts, c, per_client, 1.0 if args.quick else 3.0,
+                                    host_pids, ray_pids)
+        level["pss_kib_per_sandbox"] = statistics.mean(
+            (live - base) / level["live_sandboxes_per_node"]
+            for live, base in zip(level["pss_kib_per_node_live"], baseline))
+        n_rounds = max(1, rounds[c] // (2 if args.quick else 1))
+        level["burst_cold"] = await bursts(hosts, c, n_rounds, 0.2)
+        out["runtime"].append(level)
+        print(f"runtime c={c}: {level['creates_per_s_per_node']:.0f} creates/s/node, "
+              f"{level['commands_per_s_per_node']:.0f} cmds/s/node, saturated p50 "
+              f"{level['latency_p50_ms']:.1f} p99 {level['latency_p99_ms']:.1f} ms, burst p99 "
+              f"{level['burst_cold']['p99_ms']:.1f} ms", flush=True)
+    # The goal's point: 16 sandboxes at once in the cluster (8 per node).
+    out["goal_16"] = {"cold": await bursts(hosts, GOAL_PER_NODE, 6, 0.3)}
+    await stop_hosts(hosts)
+
+    hosts, _ = await start_hosts(args.warm)
+    out["goal_16"]["warm"] = await bursts(hosts, GOAL_PER_NODE, 6, 0.6)
+    print(f"16 at once in the cluster: p99 cold {out['goal_16']['cold']['p99_ms']:.1f} ms, "
+          f"warm {out['goal_16']['warm']['p99_ms']:.1f} ms", flush=True)
+    for level in out["runtime"]:
+        c = level["concurrency_per_node"]
+        if time.monotonic() > deadline:
+            out["skipped"].append(f"warm bursts c={c}: over the time budget")
+            continue
+        level["burst_warm"] = await bursts(hosts, c, max(1, rounds[c] // (2 if args.quick else 1)),
+                                           0.3 + 0.04 * min(c, args.warm))
+        print(f"warm pool of {args.warm}, bursts of {c}/node: p50 "
+              f"{level['burst_warm']['p50_ms']:.1f} p99 {level['burst_warm']['p99_ms']:.1f} ms",
+              flush=True)
+    await stop_hosts(hosts)
+
+    for c in (1, 4) if args.quick else (1, 4, 16):
+        if time.monotonic() > deadline:
+            out["skipped"].append(f"actor per sandbox c={c}: over the time budget")
+            continue
+        level = await actor_level(c)
+        out["actor_per_sandbox"].append(level)
+        print(f"actor per sandbox c={c}: {level['creates_per_s']:.1f} creates/s, "
+              f"p50 {level['latency_p50_ms']:.0f} ms", flush=True)
+
+
+_OWN_CPU_SCRIPT = """
+import sys
+from nsbox.integrations.ray import SandboxRuntime
+n = int(sys.argv[1])
+rt = SandboxRuntime()
+rt.exec(s := rt.create("host"), ["true"])
+rt.delete(s)
+ids = []
+for _ in range(n):
+    s = rt.create("host")
+    rt.exec(s, ["true"])
+    ids.append(s)
+rt.close()
+"""
+
+
+def own_cpu_main(n: int) -> None:
+    """In a helper process: the CPU of nsbox's whole process tree per sandbox (create,
+    first command, delete), whatever else the machine runs: a subreaper collects every
+    descendant's rusage. Prints JSON."""
+    import ctypes
+    import resource
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+    def run(count):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", _OWN_CPU_SCRIPT, str(count)], check=True,
+                       timeout=120)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.02)
+            except ChildProcessError:
+                break
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+
+    base, full = run(0), run(n)
+    print(json.dumps({"user_ms": (full[0] - base[0]) * 1000 / n,
+                      "system_ms": (full[1] - base[1]) * 1000 / n, "sandboxes": n}))
+
+
+def nsbox_own_cpu(n: int) -> dict:
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--own-cpu", str(n)],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode:
+        return {"error": r.stderr[-500:]}
+    return json.loads(r.stdout)
+
+
+def table(out) -> str:
+    def ms(d, key="p"):
+        return f"{d[key + '50_ms']:.1f} / {d[key + '99_ms']:.1f}" if d else "–"
+
+    rows = ["| backend, shape | sandboxes at once per node | creations/s per node | "
+            "commands/s per node | create→first command p50 / p99 ms: saturated | "
+            "burst, cold | burst, warm pool | PSS per idle sandbox |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for lv in out["runtime"]:
+        rows.append(f"| nsbox SandboxRuntime, 1 actor/node | {lv['concurrency_per_node']} | "
+                    f"{lv['creates_per_s_per_node']:.0f} | {lv['commands_per_s_per_node']:.0f} | "
+                    f"{lv['latency_p50_ms']:.1f} / {lv['latency_p99_ms']:.1f} | "
+                    f"{ms(lv['burst_cold'], 'p')} | {ms(lv.get('burst_warm'), 'p')} | "
+                    f"{lv['pss_kib_per_sandbox'] / 1024:.1f} MiB |")
+    for lv in out["actor_per_sandbox"]:
+        rows.append(f"| nsbox `create()`, 1 actor/sandbox | {lv['concurrency'] / len(NODES):g} | "
+                    f"{lv['creates_per_s'] / len(NODES):.1f} | – | – | "
+                    f"{lv['latency_p50_ms']:.0f} / {lv['latency_p99_ms']:.0f} | – | "
+                    f"{lv['pss_kib_per_sandbox'] / 1024:.0f} MiB |")
+    g = out.get("gvisor", {})
+    if g.get("ran"):
+        rows.append(f"| Ray gVisor SandboxRuntime | 1 | {1 / g['create_s']:.1f} | – | – | "
+                    f"{g['first_command_s'] * 1000:.0f} | – | – |")
+    return "\n".join(rows)
+
+
+def where_time_goes(out) -> str:
+    lines = []
+    for lv in out["runtime"]:
+        parts = ", ".join(f"{who} {v:.1f}" for who, v in sorted(
+            lv["cpu_ms_per_create_by_whom"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        lines.append(f"{lv['concurrency_per_node']}/node: {lv['cpu_ms_per_create']:.1f} ms of CPU "
+                     f"per sandbox (create + first command), by whom (ms): {parts}; one create "
+                     f"inside the actor p50 {lv['in_actor_create_p50_ms']:.1f} ms; delete "
+                     f"{lv['delete_ms_each']:.1f} ms")
+    goal = out.get("goal_16")
+    if goal:
+        lines.append(f"16 sandboxes at once in the cluster (8 per node), create → first command "
+                     f"p50 / p99: {goal['cold']['p50_ms']:.1f} / {goal['cold']['p99_ms']:.1f} ms "
+                     f"cold, {goal['warm']['p50_ms']:.1f} / {goal['warm']['p99_ms']:.1f} ms "
+                     f"with the warm pool")
+    lines.append(f"one Ray actor call round trip: p50 {out['ray_call_p50_ms']:.2f} ms")
+    own = out.get("nsbox_own_cpu", {})
+    if "user_ms" in own:
+        lines.append(f"nsbox alone, no Ray (its whole process tree, by rusage): "
+                     f"{own['user_ms']:.1f} ms user + {own['system_ms']:.1f} ms system CPU per "
+                     f"sandbox (create, first command, delete)")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer levels, about a minute")
+    parser.add_argument("--warm", type=int, default=16, help="warm pool size for the warm rows")
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds for the measurements after the cluster is up")
+    parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--own-cpu", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.own_cpu:
+        return own_cpu_main(args.own_cpu)
+    out = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load_before": os.getloadavg(),
+           "machine": f"{os.cpu_count()} cores, Linux {platform.release()}, "
+                      f"Python {platform.python_version()}, ray {ray.__version__}",
+           "user": os.getuid(), "runtime": [], "actor_per_sandbox": [], "skipped": []}
+    temp = tempfile.mkdtemp(prefix="nsray-bench-", dir="/tmp")  # short: unix socket paths
+    tmpdir = os.path.join(temp, "tmp")
+    os.mkdir(tmpdir)
+    nodes = [{"num_cpus": 32, "resources": {n: 1000}} for n in NODES]
+    cluster = None
+    started = time.monotonic()
+    out["nsbox_own_cpu"] = nsbox_own_cpu(40 if args.quick else 100)
+    try:
+        cluster = LocalCluster(temp, nodes, env={"TMPDIR": tmpdir})
+        out["cluster_start_s"] = time.monotonic() - started
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        asyncio.run(asyncio.wait_for(main_async(args, out, cluster), args.budget + 120))
+        try:
+            out["gvisor"] = gvisor_attempt(temp)
+        except Exception as err:
+            out["gvisor"] = {"ran": False, "why": f"{type(err).__name__}: {err}"}
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+    out["total_s"] = time.monotonic() - started
+    out["load_after"] = os.getloadavg()
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "ray_bench.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"\n{out['date_utc']}, {out['machine']}, uid {out['user']}, isolation "
+          f"{'/'.join(out.get('isolation', ['?']))}; two Ray nodes on 127.0.0.1 sharing the "
+          f"cores; load average before/after {out['load_before'][0]:.1f}/"
+          f"{out['load_after'][0]:.1f}; warm pool {args.warm}\n")
+    print(table(out))
+    print("\nWhere the time goes:\n" + where_time_goes(out))
+    g = out.get("gvisor", {})
+    print("\nRay's gVisor backend: "
+          + ("ran" if g.get("ran") else f"could not run: {g.get('why')}"))
+    for note in out["skipped"]:
+        print("skipped:", note)
+    print(f"total {out['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
