@@ -67,7 +67,17 @@ class Record:
         return self._values() == other._values()
 
     def __hash__(self):
-        return hash((type(self).__name__,) + self._values())
+        # Kept after the first call: spare sandboxes' keys hash whole plans repeatedly.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((type(self).__name__,) + self._values())
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_hash", None)  # string hashes differ between processes
+        return state
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self._fields)

@@ -119,6 +119,20 @@ def _has_secret_key(low: str) -> bool:
     return False
 
 
+# A library process filters much the same environment run after run: remember the
+# verdicts (a pure function of the pair), a bounded number of them.
+_VERDICTS: dict = {}
+
+
+def _is_secret(name: str, value: str) -> bool:
+    verdict = _VERDICTS.get((name, value))
+    if verdict is None:
+        if len(_VERDICTS) > 4096:
+            _VERDICTS.clear()
+        verdict = _VERDICTS[(name, value)] = looks_secret(name) or looks_secret_value(value)
+    return verdict
+
+
 def sandbox_env(policy: Policy, host_env: dict, tmpdir: str = "/tmp") -> dict:
     """What the command sees: host variables minus secrets (or a minimal set), then --setenv."""
     keep = set(policy.env_keep)
@@ -127,8 +141,7 @@ def sandbox_env(policy: Policy, host_env: dict, tmpdir: str = "/tmp") -> dict:
         env = {k: v for k, v in host_env.items() if k in keep}
         env.setdefault("PATH", defaults.DEFAULT_PATH)
     else:
-        env = {k: v for k, v in host_env.items()
-               if k in keep or not (looks_secret(k) or looks_secret_value(v))}
+        env = {k: v for k, v in host_env.items() if k in keep or not _is_secret(k, v)}
     env["TMPDIR"] = tmpdir  # the host's TMPDIR is not visible inside
     env.update(policy.extra_env)
     return env
