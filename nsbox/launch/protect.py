@@ -123,16 +123,35 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
 
 def _refuse_broad(writable: tuple, homes: tuple) -> None:
     """A writable root that is `/` or holds a home directory gives away shell start-up
-    files, credentials and nsbox's own state: only on request."""
+    files, credentials and nsbox's own state: only on request. A root that is another
+    mount of the home or of a directory above it counts too (same device and inode)."""
+    above = {}  # (st_dev, st_ino) of "/", each home and each directory above one
+    for top in ("/",) + homes:
+        path = top
+        while True:
+            try:
+                info = os.stat(path)
+                above.setdefault((info.st_dev, info.st_ino), top)
+            except OSError:
+                pass
+            if path == "/":
+                break
+            path = os.path.dirname(path)
     for root in writable:
-        for top in ("/",) + homes:
-            if _under(top, root):
-                what = "the root directory" if top == "/" else f"the home directory {top}"
-                raise PolicyError(
-                    f"writable root {root} is or contains {what}; a sandbox could then plant "
-                    "what runs later in your shell. Use a project directory, or pass "
-                    "--allow-broad-workspace (shell start-up files, git config and nsbox's "
-                    "own files stay read-only)")
+        top = next((t for t in ("/",) + homes if _under(t, root)), None)
+        if top is None:
+            try:
+                info = os.stat(root)
+            except OSError:
+                continue
+            top = above.get((info.st_dev, info.st_ino))
+        if top is not None:
+            what = "the root directory" if top == "/" else f"the home directory {top}"
+            raise PolicyError(
+                f"writable root {root} is or contains {what}; a sandbox could then plant "
+                "what runs later in your shell. Use a project directory, or pass "
+                "--allow-broad-workspace (shell start-up files, git config and nsbox's "
+                "own files stay read-only)")
 
 
 def _own_hidden(own: OwnDirs, roots: list, landlock_only: bool) -> list:

@@ -291,3 +291,12 @@ def test_namespace_counts_get_a_share_when_the_profile_lets_the_command_create_n
         host = int(f.read())
     r = nsbox_exec(["cat", "/proc/sys/user/max_user_namespaces"], "--seccomp", str(profile))
     assert r.returncode == 0 and int(r.stdout) == max(1, host // 2), r.stderr
+
+
+def test_another_mount_of_the_home_is_a_broad_workspace_too(workspace, fake_home):
+    home, alias = fake_home
+    r = in_private_mount_namespace(home, alias, nsbox_cmd(
+        "exec", "--workspace", alias, "--", "sh", "-c", "echo started; echo x >> .bashrc"),
+        env_with(HOME=home))
+    assert r.returncode == 125 and b"--allow-broad-workspace" in r.stderr, r.stderr
+    assert alias.encode() in r.stderr and b"started" not in r.stdout
