@@ -26,8 +26,9 @@ packages() {
   command -v openssl >/dev/null || need+=(openssl)
   # Ray backend tests block user namespaces with bubblewrap.
   command -v bwrap >/dev/null || need+=(bubblewrap)
-  # memory caps: node must start under one (a JRE, ~200 MB, is left out: its test skips).
+  # memory caps: node and java must start under one.
   command -v node >/dev/null || need+=(nodejs)
+  command -v java >/dev/null || need+=(default-jre-headless)
   [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
   for extra in "$@"; do need+=("$extra"); done
   if [ ${#need[@]} -gt 0 ]; then
