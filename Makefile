@@ -2,9 +2,10 @@
 # once the Debian packages are there).
 .PHONY: demo test bench bench-ray venv ffi clean
 
+# Only what the demo needs, in .venv-demo (nsbox and its own dependencies).
 demo:
-	bash tests/setup.sh venv
-	.venv/bin/python tests/demo.py
+	@bash tests/setup.sh demo .venv-demo
+	@.venv-demo/bin/python tests/demo.py
 
 test:
 	bash tests/run.sh
@@ -27,4 +28,4 @@ ffi:
 	.venv/bin/python -m nsbox._ffi_build
 
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv .venv-demo build *.egg-info

@@ -83,6 +83,8 @@ def exec_command(args: list) -> int:
             code = foreground.run(plan, on_limit=limit_hits.append, on_network=network.update)
     except NsboxError as err:
         sys.stderr.write(f"nsbox: {err}\n")
+        if userns_blocked(err, policy):
+            sys.stderr.write(f"nsbox: {USERNS_HINT}\n")
         code, error = SETUP_FAILED, str(err)
     changes = report_changes(plan)
     if status_file:
@@ -109,6 +111,18 @@ def report_changes(plan) -> tuple:
     return changes
 
 
+USERNS_HINT = ("hint: --isolation auto runs the command here with Landlock and seccomp only "
+               "(no private /tmp, network or PID namespace); see `nsbox check`")
+
+
+def userns_blocked(err, policy) -> bool:
+    """The error is full isolation failing to create a user namespace."""
+    from nsbox.errors import UnsupportedKernel
+
+    return (isinstance(err, UnsupportedKernel) and policy is not None
+            and policy.isolation == "full" and "user namespace" in str(err).lower())
+
+
 FULL_ACCESS_WARNING = ("WARNING: preset full-access: the host filesystem is writable and the "
                        "network is the host's; only processes, IPC and the hostname are contained")
 
@@ -125,8 +139,18 @@ def policy_from_options(values: dict, on_policy_file=None):
     trusted, see policy_files), then the flags actually given (a flag left out keeps
     the file's value). `on_policy_file` gets the file's trust Decision, if one was used.
     """
+    import os
+
     from nsbox import policy_files
     from nsbox.policy import loader
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        from nsbox.errors import PolicyError
+
+        raise PolicyError("the current directory no longer exists; cd to an existing "
+                          "directory and run again") from None
 
     flags = {key: value for key, value in values.items() if key not in NOT_POLICY}
     if "setenv" in values:

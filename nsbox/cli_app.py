@@ -2,7 +2,9 @@
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"max_content_width": 80, "terminal_width": 80,
+                                    "help_option_names": ["-h", "--help"]},
                   help="nsbox: run commands in a Linux namespace sandbox.")
 
 
@@ -20,7 +22,7 @@ from nsbox.cli_profiles import profiles_app  # noqa: E402
 app.add_typer(profiles_app, name="profiles")
 
 
-policy_app = typer.Typer(no_args_is_help=True, help="Inspect sandbox policies.")
+policy_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect sandbox policies.")
 app.add_typer(policy_app, name="policy")
 
 
@@ -44,7 +46,7 @@ def trust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")
     """
     from nsbox import policy_files
     from nsbox.errors import PolicyError
-    from nsbox.policy import trust_store
+    from nsbox import trust_store
 
     if list_:
         if file:
@@ -76,7 +78,7 @@ def untrust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml
     import os
 
     from nsbox.errors import PolicyError
-    from nsbox.policy import trust_store
+    from nsbox import trust_store
 
     real = os.path.realpath(file or _default_file())
     try:
@@ -109,7 +111,7 @@ def _file_or_default(file: str | None) -> str:
 
 def _list_trusted() -> None:
     from nsbox.errors import PolicyError
-    from nsbox.policy import trust_store
+    from nsbox import trust_store
 
     try:
         entries = trust_store.entries()
@@ -157,6 +159,15 @@ def version():
 
 
 def run_app(args: list) -> int:
+    """Run the typer app; usage errors print one message and return 2, never a traceback."""
+    if args in ([], ["help"]):
+        args = ["--help"]
+    elif args[0] == "help":
+        args = args[1:] + ["--help"]
+    elif args[0] in ("--version", "-V"):
+        args = ["version"] + args[1:]
+    elif args in (["policy"], ["profiles"]):
+        args = args + ["--help"]
     try:
         # Without standalone mode, click returns a typer.Exit's code instead of raising it.
         code = app(args=args, prog_name="nsbox", standalone_mode=False)
@@ -165,10 +176,23 @@ def run_app(args: list) -> int:
     except typer.Exit as done:
         return done.exit_code
     except SystemExit as done:
-        return done.code or 0
-    except Exception as err:  # usage errors: click's, or those of the click typer >= 0.29 bundles
+        return done.code if isinstance(done.code, int) else 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # usage errors of the click typer bundles (or of click)
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
+        if isinstance(err, OSError):
+            import os
+            import sys
+
+            try:
+                os.getcwd()
+                problem = f"{err.strerror or err}{': ' + str(err.filename) if err.filename else ''}"
+            except FileNotFoundError:
+                problem = "the current directory no longer exists; cd to an existing one"
+            sys.stderr.write(f"nsbox: {problem}\n")
+            return 1
         raise
     return 0

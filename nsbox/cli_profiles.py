@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-profiles_app = typer.Typer(no_args_is_help=True,
+profiles_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="seccomp profiles: the shipped ones, and checking your own.")
 
 

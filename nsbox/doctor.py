@@ -60,7 +60,17 @@ def check_userns() -> dict:
         return {"status": OK, "works": True}
     from nsbox.kernel import namespaces
 
-    return {"status": FAIL, "works": False, "error": error, "fix": namespaces.userns_blocker()}
+    reason = namespaces.userns_blocker()
+    error = error.replace(f". {reason}", "").strip()
+    fix = reason.split("Fix: ", 1)[1] if "Fix: " in reason else USERNS_FIX
+    return {"status": FAIL, "works": False, "error": error, "cause": reason.split(" Fix: ")[0],
+            "fix": fix, "instead": ISOLATION_AUTO_GIVES}
+
+
+USERNS_FIX = ("let the container create user namespaces (e.g. docker run --security-opt "
+              "seccomp=unconfined --security-opt apparmor=unconfined), or run nsbox on the host")
+ISOLATION_AUTO_GIVES = ("`nsbox exec --isolation auto` works here: Landlock and seccomp confine "
+                        "the command, but it gets no private /tmp, network or PID namespace")
 
 
 def check_landlock() -> dict:
@@ -72,7 +82,10 @@ def check_landlock() -> dict:
         if abi < 4:
             out.update(status=WARN, note="ABI < 4: no TCP rules (Linux 6.7+)")
         return out
-    return {"status": FAIL, "abi": 0, "fix": landlock.unavailable_reason()}
+    reason = landlock.unavailable_reason()
+    return {"status": FAIL, "abi": 0, "cause": reason,
+            "fix": "use Linux 5.13+ with lsm=landlock on the kernel command line "
+                   "(CONFIG_SECURITY_LANDLOCK=y)"}
 
 
 def check_seccomp() -> dict:
@@ -84,6 +97,8 @@ def check_seccomp() -> dict:
     out = {"status": OK if works else FAIL, "available": works, "mode_here": int(mode)}
     if not works:
         out["error"] = error
+        out["fix"] = ("allow seccomp() for this process (a container runtime's own seccomp "
+                      "profile may forbid it: docker run --security-opt seccomp=unconfined)")
     return out
 
 
@@ -128,7 +143,9 @@ def check_limits() -> dict:
     weak = [name for name in ("pids", "memory", "cpu") if mechanisms.get(name) not in
             ("cgroup1", "cgroup2")]
     out = {"status": OK if not weak else WARN, "mechanisms": mechanisms, "scopes": scopes,
-           "shares": plan.shares()}
+           "shares": plan.shares(),
+           "described": {name: _mechanism_words(name, mechanism)
+                         for name, mechanism in mechanisms.items()}}
     if weak:
         out["note"] = (f"no writable cgroup for {', '.join(weak)}: rlimits instead, per process "
                        "where the scope says so; --limit memory is refused unless --best-effort, "
@@ -137,6 +154,23 @@ def check_limits() -> dict:
         out["fix"] = ("run as root or under a delegated cgroup, e.g. "
                       "systemd-run --user --scope -p Delegate=yes nsbox ...")
     return out
+
+
+def _mechanism_words(name: str, mechanism: str) -> str:
+    from nsbox.policy.limits import RLIMITS
+
+    words = {
+        "cgroup1": f"cgroup v1 {name} controller, whole sandbox",
+        "cgroup2": f"cgroup v2 {name} controller, whole sandbox",
+        "supervisor": "nsbox kills the whole sandbox when time is up",
+        "tmpfs": "size of the sandbox's private /tmp",
+        "userns": "a maximum in the sandbox's own user namespace",
+        "none": "not enforced here",
+    }
+    if mechanism == "rlimit":
+        scope = "counted in the sandbox's user namespace" if name == "pids" else "per process"
+        return f"{RLIMITS.get(name, 'rlimit')}, {scope}"
+    return words.get(mechanism, mechanism)
 
 
 def check_container() -> dict:
@@ -215,9 +249,27 @@ def render(checks: dict) -> None:
     colours = {OK: "green", WARN: "yellow", FAIL: "red"}
     for name, result in checks.items():
         status = result.get("status", OK)
+        if name == "limits":
+            for limit, words in result["described"].items():
+                table.add_row(f"limit {limit}", f"[{colours[status]}]{status}[/]", escape(words))
+            shared = ", ".join(f"{k}={v}" for k, v in result["shares"].items())
+            rest = {"shared counters": shared or "-", **{k: result[k] for k in ("note", "fix")
+                                                         if k in result}}
+            table.add_row("limits", f"[{colours[status]}]{status}[/]",
+                          escape("; ".join(f"{k}: {v}" for k, v in rest.items())))
+            continue
         details = "; ".join(f"{k}: {_short(v)}" for k, v in result.items() if k != "status")
-        table.add_row(name, f"[{colours[status]}]{status}[/]", escape(details))
+        table.add_row(_title(name, result), f"[{colours[status]}]{status}[/]", escape(details))
     Console().print(table)
+
+
+def _title(name: str, result: dict) -> str:
+    if name == "cgroup_v2":
+        from nsbox.kernel import mountinfo
+
+        v1 = mountinfo.find_fstype("cgroup") is not None
+        return "cgroup v1 + v2" if v1 and result.get("v2") else "cgroup v1" if v1 else "cgroup v2"
+    return name.replace("_", " ")
 
 
 def _short(value) -> str:

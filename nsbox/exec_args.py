@@ -107,10 +107,16 @@ def _switch(name: str, value: str) -> bool:
 
 
 def help_text() -> str:
+    import textwrap
+
+    short = {long: alias for alias, long in ALIASES.items()}
     lines = [USAGE, "", "Run CMD in a fresh sandbox. Options:"]
     for name, (_, metavar, repeatable, text) in OPTIONS.items():
-        shown = f"{name} {metavar}" if metavar else name
-        lines.append(f"  {shown:<22} {text}")
+        shown = f"{short[name]}, {name}" if name in short else name
+        shown = f"{shown} {metavar}" if metavar else shown
+        lines.append(f"  {shown}")
+        lines += textwrap.wrap(text, 80, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    lines += ["  -h, --help", " " * 8 + "show this help and exit"]
     lines += ["", "Exit status: CMD's own; 125 if nsbox failed to set up the sandbox;",
               "126 if CMD cannot be executed; 127 if CMD is not found;",
               "124 if the wall limit killed it."]

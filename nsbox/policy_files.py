@@ -114,7 +114,8 @@ def widening_keys(data: bytes, source: str) -> list:
 
 def _read(path: str, explicit: str | None, flags: dict, env) -> tuple:
     """The file's layer (narrowed unless trusted) and the Decision, from one read of its bytes."""
-    from nsbox.policy import loader, trust, trust_store
+    from nsbox import trust_store
+    from nsbox.policy import loader, trust
 
     workspace = flags.get("workspace")
     real, data = read_exact(path)

@@ -3,6 +3,8 @@
 #   setup.sh packages   Debian packages (as root; skipped when present)
 #   setup.sh venv [DIR] a virtualenv in DIR (default .venv) with nsbox and test deps
 #   setup.sh user       the unprivileged test user (as root)
+#   setup.sh demo [DIR] what `make demo` needs: a virtualenv in DIR (default .venv-demo)
+#                       with nsbox and its own dependencies only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +53,24 @@ venv() {
   "$dir/bin/python" -m pip install -q --disable-pip-version-check \
     -e ".[test,inspect,mini-swe-agent,ray]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
   "$dir/bin/python" -c 'import nsbox, cffi, pytest' >/dev/null
+}
+
+demo() {
+  local dir=${1:-.venv-demo} need=()
+  echo "[1/3] Debian packages: python3-venv, procps"
+  "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+  command -v ps >/dev/null || need+=(procps)
+  if [ ${#need[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || { echo "setup: missing Debian packages: ${need[*]} (run as root to install them)" >&2; return 1; }
+    echo "      installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  echo "[2/3] virtualenv $dir"
+  [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+  echo "[3/3] nsbox and its dependencies (cffi, typer, pyseccomp) into $dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check \
+    -e . --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
 }
 
 user() {

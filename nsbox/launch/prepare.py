@@ -61,6 +61,14 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     writable = policy_plan.writable_roots(policy, workspace, extra)
     host_env = dict(os.environ if env is None else env)
     iso = isolation.resolve(policy, session=session)
+    # Checks that can fail come before protect.resolve, which may create mount points.
+    seccomp_filter.profiles.find(policy.seccomp)
+    limits_plan = limits.plan(policy.limits, policy.best_effort,
+                              namespaced=iso.mode != isolation.LANDLOCK,
+                              nested_namespaces=policy.seccomp not in PROFILES_WITHOUT_NAMESPACES)
+    net_proxy = None
+    if policy.network == "allowlist":
+        net_proxy = _proxy_settings(policy, iso, host_env)
     guard = protect.resolve(policy, workspace, writable, homes(host_env),
                             own=own_dirs(os.environ), landlock_only=iso.mode == isolation.LANDLOCK,
                             envs=(os.environ, host_env))
@@ -79,13 +87,8 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     landlock_rules = isolation.ruleset(iso, policy, writable, private_tmp,
                                        hidden=guard.landlock_hidden)
     full_env = sandbox_env(policy, host_env, tmpdir=private_tmp or "/tmp")
-    net_proxy = None
-    if policy.network == "allowlist":
-        net_proxy = _proxy_settings(policy, iso, host_env)
+    if net_proxy is not None:
         point_at_proxy(full_env, policy, net_proxy.port)
-    limits_plan = limits.plan(policy.limits, policy.best_effort,
-                              namespaced=iso.mode != isolation.LANDLOCK,
-                              nested_namespaces=policy.seccomp not in PROFILES_WITHOUT_NAMESPACES)
     # A cached filter is trusted by later runs: never cache where this command can write.
     command_writes = writable + ((private_tmp,) if private_tmp else ()) + (
         ("/",) if any(step.kind == "root_writable" for step in steps) else ())

@@ -71,7 +71,7 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
             if gitdir not in roots:
                 pinned.append(gitdir)
             inside = _within(gitdir, writable)
-            readonly += _expand(gitdir, policy.git_protected, inside, made, dry_run=not create)
+            readonly += _expand(gitdir, policy.git_protected, inside, made, dry_run=True)
             watched += [os.path.join(gitdir, p) for p in watch.GIT_WATCHED]
             undo += [p for p in (os.path.join(gitdir, r) for r in watch.GIT_REDIRECTS)
                      if not os.path.lexists(p)]
@@ -104,6 +104,10 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
     own_hidden += [(alias, is_dir) for alias, is_dir, original in found if original in own_paths]
     readonly += [p for p in (own.config, own.cache)
                  if p and _within(p, roots) and os.path.isdir(p) and not landlock_only]
+    if create:  # only once every check above has passed
+        for path in made:
+            _make_dir(path)
+        readonly += made
     readonly = [p for p in readonly if os.path.lexists(p)]
     return Protections(
         extra_writable=tuple(extra), pinned=tuple(dict.fromkeys(pinned)),

@@ -28,7 +28,7 @@ def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False) -> bytes:
     path = profiles.find(policy.seccomp)
     data = profiles.read(path)
     if profiles.is_path(policy.seccomp):
-        from nsbox.policy import trust_store
+        from nsbox import trust_store
 
         trust_store.check_profile(path, data, writable_roots)
     network_off = deny_inet

@@ -10,6 +10,11 @@ _DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "h": 3600}
 _OFF = ("none", "unlimited", "off", "max")
 
 DEFAULT_PIDS = 4096
+# Largest values accepted: what the kernel's 64-bit limits and timers can hold.
+MAX_COUNT = (1 << 31) - 1  # pids, nofile, inotify
+MAX_BYTES = 1 << 60  # memory, tmp, fsize: 1024 pebibytes
+MAX_SECONDS = 100 * 365 * 86400  # wall: a century
+MAX_CORES = 1 << 16
 DEFAULT_INOTIFY = 64  # half the kernel's default per-user maximum (128)
 # limit -> cgroup controller that enforces it for the whole sandbox
 CONTROLLERS = {"pids": "pids", "memory": "memory", "cpu": "cpu"}
@@ -53,11 +58,20 @@ class Limits(Record):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
                 _raise(f"limit {name} must be a positive integer or None; got {value!r}")
+            ceiling = MAX_BYTES if name in ("memory", "tmp", "fsize") else MAX_COUNT
+            if value is not None and value > ceiling:
+                _raise(f"limit {name}: {self.describe(name)} is too large (at most "
+                       f"{format_size(ceiling) if ceiling == MAX_BYTES else ceiling}); "
+                       f"use {name}=none for no limit")
         for name in ("cpu", "wall"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not value > 0 or math.isinf(value)):
                 _raise(f"limit {name} must be a positive number or None; got {value!r}")
+            ceiling = MAX_SECONDS if name == "wall" else MAX_CORES
+            if value is not None and value > ceiling:
+                _raise(f"limit {name}: {value:g} is too large (at most {ceiling}); "
+                       f"use {name}=none for no limit")
 
     def with_options(self, *items: str) -> "Limits":
         """Apply `NAME=VALUE` options, as given to `--limit`."""

@@ -37,6 +37,15 @@ def writable_roots(policy: Policy, workspace: str, extra: tuple) -> tuple:
     for root in roots:
         if root not in unique:
             unique.append(root)
+    hidden_by = [t for t in PRIVATE_TREES if _under(workspace, t)]
+    if hidden_by and policy.isolation != "landlock" and not any(
+            _under(workspace, root) for root in unique):
+        from nsbox.errors import PolicyError
+
+        raise PolicyError(f"workspace {workspace} is under {hidden_by[0]}, which the sandbox "
+                          f"replaces with a private one, so preset {policy.preset} would not "
+                          "show it; use a workspace outside /tmp and /run, or add "
+                          "--writable for it")
     return tuple(unique)
 
 

@@ -7,8 +7,8 @@ import nsbox
 
 ROOT = pathlib.Path(nsbox.__file__).parent
 # Lower number = lower layer. Modules not listed are entry points (cli, api, ...).
-LAYERS = {"_ffi": 0, "_libc": 0, "errors": 0, "record": 0, "kernel": 1, "policy": 2, "launch": 3,
-          "netproxy": 3}
+LAYERS = {"_ffi": 0, "_libc": 0, "errors": 0, "record": 0, "kernel": 1, "state": 1,
+          "trust_store": 1, "policy": 2, "launch": 3, "netproxy": 3}
 
 
 def layer_of(module: str):
@@ -47,5 +47,6 @@ def test_no_module_imports_a_higher_layer():
 def test_policy_layer_makes_no_kernel_calls():
     for path in (ROOT / "policy").rglob("*.py"):
         for imported in imports_of(path):
-            assert not imported.startswith(("nsbox.kernel", "nsbox._ffi", "cffi", "ctypes")), \
+            assert not imported.startswith(("nsbox.kernel", "nsbox._ffi", "nsbox.state",
+                                            "nsbox.trust_store", "cffi", "ctypes")), \
                 f"{path.name} imports {imported}"

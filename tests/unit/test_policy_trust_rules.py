@@ -7,7 +7,8 @@ import pytest
 
 from nsbox import policy_files
 from nsbox.errors import PolicyError
-from nsbox.policy import loader, trust_store
+from nsbox import trust_store
+from nsbox.policy import loader
 from nsbox.policy.trust import only_narrowing
 
 
