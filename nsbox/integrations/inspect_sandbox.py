@@ -12,7 +12,6 @@ say) are read and written by a command inside the sandbox, with its rights.
 import asyncio
 import os
 import pwd
-import shutil
 import tempfile
 from typing import Literal, Union, overload
 
@@ -29,6 +28,7 @@ from inspect_ai.util import (
 
 from nsbox.api import Session
 from nsbox.errors import SandboxError
+from nsbox.integrations.workspaces import remove_tree
 from nsbox.kernel import beneath
 
 # Inside the sandbox, outside the workspace: let a command do the I/O.
@@ -176,23 +176,6 @@ def pwd_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a workspace even where its commands took away our write or search rights.
-
-    Only called once the session is closed: nothing can swap entries meanwhile.
-    """
-    pending = [path]
-    while pending:
-        directory = pending.pop()
-        try:
-            os.chmod(directory, 0o700)
-            with os.scandir(directory) as entries:
-                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-        except OSError:
-            pass
-    shutil.rmtree(path)
 
 
 def _too_large() -> OutputLimitExceededError:

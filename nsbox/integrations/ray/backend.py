@@ -6,7 +6,6 @@ private workspace directory (its cwd and only writable path, besides its private
 """
 
 import os
-import shutil
 import signal
 import stat
 import tempfile
@@ -29,6 +28,7 @@ from ray.experimental.sandbox.image_manager import BaseImageManager
 
 import nsbox
 from nsbox.errors import NsboxError, SandboxError as NsboxSandboxError
+from nsbox.integrations.workspaces import remove_tree
 
 HOST_IMAGE = "host"
 # Ray's network modes nsbox has, plus nsbox's filtering proxy.
@@ -700,15 +700,5 @@ def _sweep_dead_owners(base: str) -> None:
 
 
 def _remove_dirs(paths) -> None:
-    """Remove trees even where commands took away our write or search rights."""
     for path in paths:
-        pending = [path]
-        while pending:
-            directory = pending.pop()
-            try:
-                os.chmod(directory, 0o700)
-                with os.scandir(directory) as entries:
-                    pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-            except OSError:
-                pass
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, ignore_errors=True)
