@@ -31,6 +31,8 @@ packages() {
   # memory caps: node and java must start under one.
   command -v node >/dev/null || need+=(nodejs)
   command -v java >/dev/null || need+=(default-jre-headless)
+  # terminal tests drive an interactive shell in the sandbox.
+  command -v tmux >/dev/null || need+=(tmux)
   [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
   for extra in "$@"; do need+=("$extra"); done
   if [ ${#need[@]} -gt 0 ]; then

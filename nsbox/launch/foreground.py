@@ -3,7 +3,7 @@
 import sys
 import time
 
-from nsbox.launch import errorpipe, init, limits, sequence, trace
+from nsbox.launch import errorpipe, init, limits, rootfs, sequence, trace
 
 
 def run(plan, on_limit=None, on_network=None) -> int:
@@ -22,6 +22,7 @@ def run(plan, on_limit=None, on_network=None) -> int:
     try:
         channel = sequence.Channel()
         channel.limits = active
+        channel.console = rootfs.host_terminal()
         if plan.net_proxy is not None:
             from nsbox.launch import proxy as net_proxy
 

@@ -61,7 +61,7 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     writable = policy_plan.writable_roots(policy, workspace, extra)
     host_env = dict(os.environ if env is None else env)
     iso = isolation.resolve(policy, session=session)
-    # Checks that can fail come before protect.resolve, which may create mount points.
+    # Everything that can fail comes before the mount points are made (at the end).
     seccomp_filter.profiles.find(policy.seccomp)
     limits_plan = limits.plan(policy.limits, policy.best_effort,
                               namespaced=iso.mode != isolation.LANDLOCK,
@@ -69,10 +69,10 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     net_proxy = None
     if policy.network == "allowlist":
         net_proxy = _proxy_settings(policy, iso, host_env)
-    guard = protect.resolve(policy, workspace, writable, homes(host_env),
+    guard = protect.resolve(policy, workspace, writable, homes(host_env), create=False,
                             own=own_dirs(os.environ), landlock_only=iso.mode == isolation.LANDLOCK,
                             envs=(os.environ, host_env))
-    watched = watch.start(writable, guard.watched, guard.repos, guard.undo)
+    roots = writable
     writable += guard.extra_writable
     steps = policy_plan.mount_steps(
         policy, writable,
@@ -96,6 +96,8 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     seccomp_bpf = seccomp_filter.bpf_for(
         policy, command_writes,
         deny_inet=policy.network == "none" and iso.mode == isolation.LANDLOCK)
+    protect.make_mount_points(guard.created)
+    watched = watch.start(roots, guard.watched, guard.repos, guard.undo)
     return LaunchPlan(
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
         uid=os.getuid(), gid=os.getgid(), ns_flags=ns_flags, mounts=steps,

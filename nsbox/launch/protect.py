@@ -104,11 +104,9 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
     own_hidden += [(alias, is_dir) for alias, is_dir, original in found if original in own_paths]
     readonly += [p for p in (own.config, own.cache)
                  if p and _within(p, roots) and os.path.isdir(p) and not landlock_only]
+    readonly = [p for p in readonly if os.path.lexists(p)] + made
     if create:  # only once every check above has passed
-        for path in made:
-            _make_dir(path)
-        readonly += made
-    readonly = [p for p in readonly if os.path.lexists(p)]
+        make_mount_points(made)
     return Protections(
         extra_writable=tuple(extra), pinned=tuple(dict.fromkeys(pinned)),
         readonly=tuple(dict.fromkeys(readonly)),
@@ -199,6 +197,12 @@ def _expand(base: str, patterns: tuple, create: bool, made: list,
                                   "re-point; replace it with what it points to")
             found.append(match)
     return found
+
+
+def make_mount_points(paths) -> None:
+    """Create the missing directories inside git dirs that `resolve` planned to mount."""
+    for path in paths:
+        _make_dir(path)
 
 
 def _make_dir(path: str) -> None:

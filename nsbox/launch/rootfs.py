@@ -11,7 +11,19 @@ DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc
              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
 
 
-def build_and_enter(steps, use_mount_api: bool) -> None:
+def host_terminal():
+    """(fd, host path) of the first of fds 0-2 that is a terminal, else None."""
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            try:
+                return fd, os.ttyname(fd)
+            except OSError:
+                return None
+    return None
+
+
+def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
+    """console: host_terminal()'s answer, shown as /dev/console."""
     mounts.make_private_recursive()
     # Take every writable tree from the host before anything is stacked on STAGE:
     # a workspace under /tmp would otherwise resolve into the read-only copy.
@@ -32,7 +44,7 @@ def build_and_enter(steps, use_mount_api: bool) -> None:
         elif step.kind == "tmpfs":
             mounts.mount_tmpfs(target, mode=step.mode, size=step.size)
         elif step.kind == "dev":
-            _populate_dev(target, shm)
+            _populate_dev(target, shm, console)
         elif step.kind == "bind_rw":
             os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
             _attach_writable(sources[step.source], target, use_mount_api)
@@ -139,7 +151,7 @@ def _attach_writable(fd: int, target: str, use_mount_api: bool) -> None:
     os.close(fd)
 
 
-def _populate_dev(dev: str, shm) -> None:
+def _populate_dev(dev: str, shm, console=None) -> None:
     mounts.mount_tmpfs(dev, mode=0o755, flags=mounts.MS_NOSUID | mounts.MS_NOEXEC)
     for name in DEVICES:
         node = f"{dev}/{name}"
@@ -155,3 +167,22 @@ def _populate_dev(dev: str, shm) -> None:
         os.close(shm)
     for name, points_to in DEV_LINKS.items():
         os.symlink(points_to, f"{dev}/{name}")
+    if console is not None:
+        _bind_console(f"{dev}/console", *console)
+
+
+def _bind_console(node: str, fd: int, path: str) -> None:
+    """Bind the terminal on `fd` (named `path` on the host) onto `node`: that one device
+    node only, never its devpts, so that ttyname() finds it."""
+    try:
+        found = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # gone since the caller looked: no console
+    try:
+        want, got = os.fstat(fd), os.fstat(found)
+        if (want.st_rdev, want.st_dev, want.st_ino) != (got.st_rdev, got.st_dev, got.st_ino):
+            return  # not the same terminal
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        mounts.bind(f"/proc/self/fd/{found}", node, recursive=False)
+    finally:
+        os.close(found)

@@ -35,6 +35,8 @@ class Channel:
         self.await_command = None
         # launch.proxy.Running for network "allowlist": started by the caller before unshare.
         self.proxy = None
+        # rootfs.host_terminal() of `nsbox exec`: shown as /dev/console.
+        self.console = None
 
 
 def enter_namespaces(plan) -> None:
@@ -81,7 +83,7 @@ def _init_main(plan, channel: Channel) -> None:
             os._exit(errorpipe.SETUP_FAILED)  # the caller died before we could watch it
         step = "mounts"
         trace.mark("mounts")
-        rootfs.build_and_enter(plan.mounts, plan.use_mount_api)
+        rootfs.build_and_enter(plan.mounts, plan.use_mount_api, channel.console)
         step = "hostname"
         trace.mark("hostname")
         namespaces.set_hostname(plan.hostname)

@@ -44,8 +44,9 @@ DEVICE_RIGHTS = FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE | FS_IOCTL_DEV
 
 # Device nodes a command may write to and use ioctls on. The sandbox's own /dev
 # has a private devpts; the host's /dev/pts holds the user's other terminals.
+# /dev/console, if there, is the caller's own terminal.
 DEVICES_SANDBOX = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
-                   "/dev/tty", "/dev/pts")
+                   "/dev/tty", "/dev/pts", "/dev/console")
 DEVICES_HOST = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
                 "/dev/tty")
 

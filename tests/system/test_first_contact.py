@@ -227,3 +227,16 @@ def test_userns_blocked_check_gives_fixes(place):
     for name, result in checks.items():
         if result.get("status") == "fail":
             assert result.get("fix"), name
+
+
+def test_a_bad_profile_creates_no_mount_point_in_the_repository(place):
+    ws = place / "ws"
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    shutil.rmtree(ws / ".git" / "hooks")
+    bad = place / "unknown-syscall.json"
+    bad.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["nope"], '
+                   '"action": "SCMP_ACT_ERRNO"}]}')
+    r = run(["exec", "--workspace", str(ws), "--seccomp", str(bad), *touch_marker(ws)],
+            place, place / "home")
+    assert r.returncode == 125 and "Traceback" not in r.stderr, r.stderr
+    assert not (ws / MARKER).exists() and not (ws / ".git" / "hooks").exists()
