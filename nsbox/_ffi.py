@@ -22,8 +22,10 @@ def lib():
 # Syscall numbers libc has no wrapper for. Calls numbered >= 424 are the same
 # on every architecture.
 _ARCH_SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "seccomp": 317, "statx": 332},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "seccomp": 277, "statx": 291},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "seccomp": 317, "statx": 332,
+               "fcntl": 72},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "seccomp": 277, "statx": 291,
+                "fcntl": 25},
 }
 _COMMON_SYSCALLS = {
     "open_tree": 428,

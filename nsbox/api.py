@@ -297,6 +297,8 @@ class Popen:
                 self.exec_error = _describe_exec_failure(failure, self.args[0])
             self.duration_s = time.monotonic() - self._began
             self.changes = self._review_changes()
+            if self._session is not None:
+                self.network_blocked = self._session._refusals_since(self._began)
         elif not record:
             raise SandboxError("the sandbox ended without reporting its exit status "
                                "(was the nsbox fork server killed?)")
@@ -339,6 +341,7 @@ class Session:
 
         self._plan = _prepare(("nsbox-session",), policy, cwd, env, session=True)
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock()  # one network query on the status socket at a time
         self._watch = self._plan.watch  # compared after each command, then renewed
         self._closed = False
         control, control_theirs = wire.socketpair()
@@ -388,22 +391,48 @@ class Session:
                 return
             self._closed = True
             self._control.close()
-        wire.send_quietly(self._status, wire.signal_request(_signals.SIGKILL))
-        deadline = time.monotonic() + 10
-        while _readable(self._status, max(0.0, deadline - time.monotonic())):
-            try:
-                record = self._status.recv(wire.MAX_RECORD)
-            except ConnectionResetError:
-                break  # it exited (after its cleanup) before reading our SIGKILL request
-            if not record or record[:1] == wire.EXITED:
-                break
-        self._status.close()
+        with self._query_lock:  # a network query in flight gets its answer first
+            wire.send_quietly(self._status, wire.signal_request(_signals.SIGKILL))
+            deadline = time.monotonic() + 10
+            while _readable(self._status, max(0.0, deadline - time.monotonic())):
+                try:
+                    record = self._status.recv(wire.MAX_RECORD)
+                except ConnectionResetError:
+                    break  # it exited (after its cleanup) before reading our SIGKILL request
+                if not record or record[:1] == wire.EXITED:
+                    break
+            self._status.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    def _refusals_since(self, since: float) -> tuple:
+        """Network "allowlist": what the proxy refused from `since` (time.monotonic()) on.
+
+        Commands running at the same time share these: the proxy cannot tell them apart.
+        """
+        if self._plan.net_proxy is None:
+            return ()
+        from nsbox.policy.netallow import Refusal
+
+        with self._query_lock:
+            if self._closed:
+                return ()
+            try:
+                wire.send(self._status, wire.network_query(since))
+                while _readable(self._status, 10):
+                    record = self._status.recv(wire.MAX_RECORD)
+                    if record[:1] == wire.NETWORK:
+                        report = wire.parse_network_report(record)
+                        return tuple(Refusal(**item) for item in report.get("blocked", ()))
+                    if not record or record[:1] == wire.EXITED:
+                        break  # the session has ended
+            except OSError:
+                pass
+        return ()
 
     def _review_changes(self) -> tuple:
         """What changed since the last command ended (background processes included)."""

@@ -11,7 +11,7 @@ OPTIONS = {
                   "(only --allow-domain names, through a filtering proxy)"),
     "--allow-domain": ("network_allow", "NAME", True,
                        "reachable through the proxy (implies --network allowlist); repeatable; "
-                       "*.example.org matches its sub-domains"),
+                       "*.example.org matches its sub-domains; NAME=IP pins NAME to IP"),
     "--seccomp": ("seccomp", "NAME|PATH", False,
                   "seccomp profile: default | strict | a JSON file (see 'nsbox profiles list')"),
     "--isolation": ("isolation", "MODE", False,

@@ -42,15 +42,18 @@ def unavailable_reason() -> str:
     return ""
 
 
-def restrict_self(ruleset) -> None:
+def restrict_self(ruleset, own_files: bool = False) -> None:
     """Create the ruleset, add its rules and enforce it on the calling thread.
 
     Needs no_new_privs (or CAP_SYS_ADMIN). Paths that do not exist are skipped:
     a missing rule only takes access away. Symlinks are never followed, so a rule
     lands on the path the parent listed and nowhere else.
+    own_files: also grant add_own_files()'s rules (for the command's process).
     """
     ruleset_fd = create(ruleset)
     try:
+        if own_files and ruleset.handled_fs:
+            add_own_files(ruleset_fd, ruleset.handled_fs)
         enforce(ruleset_fd)
     finally:
         os.close(ruleset_fd)
@@ -109,3 +112,55 @@ def _add_port_rule(ruleset_fd: int, port: int, access: int) -> None:
     rule = _ffi.new("struct landlock_net_port_attr *", {"allowed_access": access, "port": port})
     _ffi.syscall("landlock_add_rule", ruleset_fd, RULE_NET_PORT, rule, 0,
                  detail=f"port {port}, access={access:#x}")
+
+
+_WRITE = 1 << 1 | 1 << 14  # FS_WRITE_FILE, FS_TRUNCATE
+_IOCTL_DEV = 1 << 15
+_O_ACCMODE = 3
+_F_GETFL = 3
+
+
+def add_own_files(ruleset_fd: int, handled_fs: int) -> None:
+    """Write rights on what this process may already write about itself:
+
+    - the files its fds 0-2 are open for writing on (a regular file, named FIFO or
+      terminal), so /dev/stdout and /proc/self/fd/N reopen them. The rule is on the
+      file itself: its other names become writable too, no other file does.
+    - its own /proc/PID directory (comm, oom_score_adj, task/TID/comm): the process
+      calling this and, after exec, the command; never another process's, and not
+      its children's (a rule lands on one process's directory inode).
+    """
+    for fd in (0, 1, 2):
+        try:
+            mode = os.fstat(fd).st_mode
+            writing = _ffi.syscall("fcntl", fd, _F_GETFL) & _O_ACCMODE != os.O_RDONLY
+        except (OSError, SyscallError):
+            continue  # closed
+        if not writing:
+            continue  # also O_PATH
+        if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):
+            access = _WRITE
+        elif stat.S_ISCHR(mode) and os.isatty(fd):
+            access = _WRITE | _IOCTL_DEV
+        else:
+            continue
+        _add_fd_rule(ruleset_fd, fd, access & handled_fs)
+    try:
+        own = os.open("/proc/self", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # no /proc: nothing to grant
+    try:
+        _add_fd_rule(ruleset_fd, own, _WRITE & handled_fs)
+    finally:
+        os.close(own)
+
+
+def _add_fd_rule(ruleset_fd: int, fd: int, access: int) -> None:
+    rule = _ffi.new("struct landlock_path_beneath_attr *",
+                    {"allowed_access": access, "parent_fd": fd})
+    try:
+        _ffi.syscall("landlock_add_rule", ruleset_fd, RULE_PATH_BENEATH, rule, 0,
+                     detail=f"fd {fd}, access={access:#x}")
+    except SyscallError as err:
+        if err.errno != errno.EBADFD:  # a pipe or socket: Landlock never checks those
+            raise

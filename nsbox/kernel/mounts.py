@@ -12,9 +12,14 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 AT_FDCWD = -100
@@ -83,13 +88,33 @@ def remount_readonly(target: str) -> None:
 
 def remount_readonly_recursive(target: str) -> None:
     """Fallback for kernels without mount_setattr: remount every submount read-only."""
-    for point in mountinfo.beneath(mountinfo.read(), target):
+    table = mountinfo.read()
+    options = {m.mount_point: m.options for m in table}  # the last, topmost, wins
+    for point in mountinfo.beneath(table, target):
+        kept = kept_flags(options[point])
         try:
-            _ffi.mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            _ffi.mount(None, point, None,
+                       MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | kept)
         except SyscallError:
-            # A locked mount may refuse new nosuid/nodev flags; read-only is the part
-            # that must not be skipped.
-            _ffi.mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            # read-only is the part that must not be skipped
+            _ffi.mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+
+
+_KEPT = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+         "nosymfollow": MS_NOSYMFOLLOW, "noatime": MS_NOATIME,
+         "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+
+
+def kept_flags(options: str) -> int:
+    """The MS_* flags a bind remount must repeat to keep a mount's per-mount options
+    (mountinfo field 6): a remount clears what it omits, and a user namespace may
+    not clear the host's nosuid/nodev/noexec/atime flags (they are locked)."""
+    flags = 0
+    for name in options.split(","):
+        flags |= _KEPT.get(name, 0)
+    if not flags & (MS_NOATIME | MS_RELATIME):
+        flags |= MS_STRICTATIME  # shown as neither
+    return flags
 
 
 def mount_tmpfs(target: str, mode: int = 0o755, size: int = 0, flags: int = MS_NOSUID | MS_NODEV) -> None:

@@ -119,7 +119,8 @@ def _command_main(plan, error_w: int, parent: int, active, serve) -> None:
         errorpipe.report(error_w, "cgroup", err)
         os._exit(errorpipe.SETUP_FAILED)
     # Without a user namespace, capabilities would be real ones on the host: only root has any.
-    sequence.restrict_command(plan, error_w, drop_caps=plan.uid == 0, expected_parent=parent)
+    sequence.restrict_command(plan, error_w, drop_caps=plan.uid == 0, expected_parent=parent,
+                              own_files=serve is None)
     if serve is not None:
         os.close(error_w)  # EOF: the session is ready
         os._exit(serve(plan))

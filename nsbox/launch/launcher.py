@@ -186,7 +186,10 @@ def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None,
                 started = _report_start(channel, status)
             elif fd == status.fileno():
                 request = status.recv(64)
-                if request:
+                since = wire.parse_network_query(request) if request else None
+                if since is not None:  # a session command has ended: its refusals
+                    wire.send_quietly(status, wire.network_report(_proxy_refusals(channel, since)))
+                elif request:
                     _kill(pidfd, wire.parse_signal(request))
                 else:  # the runner is gone: nothing may outlive it
                     poller.unregister(status)
@@ -253,6 +256,14 @@ def _stop_proxy(channel) -> dict:
 
     running, channel.proxy = channel.proxy, None
     return net_proxy.stop(running)
+
+
+def _proxy_refusals(channel, since: float) -> dict:
+    if channel.proxy is None:
+        return {}
+    from nsbox.launch import proxy as net_proxy
+
+    return net_proxy.refusals_since(channel.proxy, since)
 
 
 def _write_quietly(fd: int, text: str) -> None:

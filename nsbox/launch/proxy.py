@@ -54,6 +54,24 @@ def start(settings) -> Running:
     return Running(pid, control, sandbox_end.detach())
 
 
+def refusals_since(running: Running | None, since: float) -> dict:
+    """A running proxy's refusals at or after `since` (time.monotonic()), as stop() reports."""
+    if running is None:
+        return {}
+    data = b""
+    try:
+        running.control.sendall(f"since {since!r}\n".encode())
+        while not data.endswith(b"\n") and \
+                select.select([running.control], [], [], STOP_TIMEOUT)[0]:
+            chunk = running.control.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        return json.loads(data)
+    except (OSError, ValueError):
+        return {}
+
+
 def stop(running: Running | None) -> dict:
     """End the proxy and return its report: {"blocked": [...], "blocked_total": N}."""
     if running is None:

@@ -116,7 +116,7 @@ def _init_main(plan, channel: Channel) -> None:
 
 def _command_main(plan, channel: Channel) -> None:
     trace.mark("command start")
-    restrict_command(plan, channel.error_w)
+    restrict_command(plan, channel.error_w, own_files=channel.serve is None)
     if channel.serve is not None:
         os.close(channel.error_w)  # EOF: the session is ready
         os._exit(channel.serve(plan))
@@ -125,8 +125,10 @@ def _command_main(plan, channel: Channel) -> None:
     exec_command(plan, channel.error_w)
 
 
-def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent=None) -> None:
-    """The command process's own steps, in order; a failure is reported and ends it (125)."""
+def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent=None,
+                     own_files: bool = True) -> None:
+    """The command process's own steps, in order; a failure is reported and ends it (125).
+    own_files: grant landlock.add_own_files() (not for a session's server)."""
     step = "signals"
     try:
         init.reset_signals(WATCHED_SIGNALS)
@@ -149,7 +151,7 @@ def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent
         if plan.landlock is not None:
             step = "landlock"
             trace.mark("landlock")
-            landlock.restrict_self(plan.landlock)
+            landlock.restrict_self(plan.landlock, own_files=own_files)
         # seccomp last: everything before it may use calls the filter denies.
         if plan.seccomp_bpf is not None:
             step = "seccomp"

@@ -20,6 +20,7 @@ READY = b"R"  # a spare sandbox, on its control socket: send the command
 LIMIT = b"L"  # + the resource limit that ended the command, as JSON; just before EXITED
 _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
+_SINCE = struct.Struct("=d")
 
 MAX_RECORD = 1 << 18  # a request carries the environment; the socket buffer caps it anyway
 MAX_FDS = 8
@@ -122,6 +123,18 @@ def parse_limit_report(record: bytes) -> dict:
     import json
 
     return json.loads(record[1:])
+
+
+def network_query(since: float) -> bytes:
+    """A session's runner, to its launcher: the proxy's refusals since `since` (monotonic)."""
+    return NETWORK + _SINCE.pack(since)
+
+
+def parse_network_query(record: bytes):
+    """`since` of a network query, or None if `record` is a signal request."""
+    if len(record) == 1 + _SINCE.size and record[:1] == NETWORK:
+        return _SINCE.unpack(record[1:])[0]
+    return None
 
 
 def signal_request(sig: int) -> bytes:

@@ -6,8 +6,11 @@ sandbox's own loopback and hands each accepted socket over a unix socketpair
 or SOCKS5), resolves and connects only to allowed names, and relays bytes.
 Every refusal is written to stderr as one line and kept for the run's report,
 which the caller asks for by shutting down its end of the control socket.
+A session's launcher asks for the refusals since a time with a line
+"since <monotonic seconds>" on it; the answer is one JSON line.
 """
 
+import collections
 import json
 import os
 import select
@@ -15,6 +18,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 
 from nsbox.kernel import caps, proc
 from nsbox.netproxy import protocol
@@ -25,6 +29,7 @@ HEAD_TIMEOUT = 30.0  # a client that connects and says nothing
 CONNECT_TIMEOUT = 15.0
 _CHUNK = 1 << 16
 _MAX_FDS = 16
+_RECENT = 4 * netallow.MAX_REPORTED  # timestamped refusals kept for a session's queries
 
 
 def main(settings, channel_fd: int, control_fd: int, parent_pid: int) -> None:
@@ -68,6 +73,7 @@ class Proxy:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.refusals = []
         self.refused_total = 0
+        self.recent = collections.deque(maxlen=_RECENT)  # (time.monotonic(), Refusal)
 
     # --- the control loop -----------------------------------------------------------
 
@@ -77,12 +83,18 @@ class Proxy:
         poller = select.poll()
         poller.register(channel_fd, select.POLLIN)
         poller.register(control_fd, select.POLLIN)
+        pending = b""
         while True:
             for fd, _ in poller.poll():
                 if fd == control_fd:
-                    if not _read_quietly(control_fd):
+                    data = _read_quietly(control_fd)
+                    if not data:
                         self._send_report(control_fd)
                         return
+                    pending += data
+                    while b"\n" in pending:
+                        line, _, pending = pending.partition(b"\n")
+                        self._answer_query(control_fd, line)
                 elif not self._take_connections(channel):
                     poller.unregister(channel_fd)  # the sandbox is gone
 
@@ -115,16 +127,23 @@ class Proxy:
         with self._lock:
             report = {"blocked": [r.as_dict() for r in self.refusals],
                       "blocked_total": self.refused_total}
-        data = json.dumps(report).encode()
+        _write_all(control_fd, json.dumps(report).encode())
+
+    def _answer_query(self, control_fd: int, line: bytes) -> None:
         try:
-            while data:
-                data = data[os.write(control_fd, data):]
-        except OSError:
-            pass
+            since = float(line.split(b" ", 1)[1])
+        except (IndexError, ValueError):
+            since = float("inf")
+        with self._lock:
+            found = [r for t, r in self.recent if t >= since]
+        report = {"blocked": [r.as_dict() for r in found[:netallow.MAX_REPORTED]],
+                  "blocked_total": len(found)}
+        _write_all(control_fd, json.dumps(report).encode() + b"\n")
 
     def refuse(self, method: str, host: str, port: int, reason: str) -> netallow.Refusal:
         refusal = netallow.Refusal(method, netallow.normalize(host), port, reason)
         with self._lock:
+            self.recent.append((time.monotonic(), refusal))
             self.refused_total += 1
             if len(self.refusals) < netallow.MAX_REPORTED:
                 self.refusals.append(refusal)
@@ -230,25 +249,29 @@ class Proxy:
         """
         if port == 0:
             return None, None, (502, "port 0", "destination_not_found", protocol.SOCKS_FAILURE)
-        override = netallow.resolve_override(self.overrides, host, port)
+        override = netallow.resolve_override(self.overrides, host, port)  # tests only
+        pinned = netallow.pinned_address(host, self.allow)
         if override is not None:
-            candidates = [override]  # an explicit test mapping, loopback included
+            addresses = [override]
+        elif pinned is not None:
+            addresses = [(pinned, port)]
         else:
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except (socket.gaierror, UnicodeError) as err:
                 text = f"cannot resolve {host}: {getattr(err, 'strerror', None) or err}"
                 return None, None, (502, text, "dns_error", protocol.SOCKS_HOST_UNREACHABLE)
-            candidates, refused = [], None
-            for _, _, _, _, address in infos:
-                why = netallow.address_refusal(address[0], self.allow)
-                if why is None:
-                    candidates.append(address[:2])
-                else:
-                    refused = why
-            if not candidates:
-                self.refuse(label, host, port, refused)
-                return None, refused, None
+            addresses = [info[4][:2] for info in infos]
+        candidates, refused = [], None
+        for address in addresses:
+            why = netallow.address_refusal(address[0], self.allow, host)
+            if why is None:
+                candidates.append(address)
+            else:
+                refused = why
+        if not candidates:
+            self.refuse(label, host, port, refused)
+            return None, refused, None
         error = None
         for address in candidates:
             family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -324,6 +347,14 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 def _read_quietly(fd: int) -> bytes:

@@ -1,10 +1,13 @@
 """Network allowlist: which names and addresses the filtering proxy may reach. Pure.
 
 An entry is a host name (`pypi.org`), a wildcard for its sub-domains at any
-depth (`*.example.org`, which does not match `example.org` itself) or an IP
-address literal. A raw IP address is only reachable when listed, and a name
-that resolves to a loopback, private or link-local address is refused unless
-that address is listed too: a wildcard must not open the host's own services.
+depth (`*.example.org`, which does not match `example.org` itself), an IP
+address literal, or a host name pinned to an address (`registry.internal=10.1.2.3`).
+A raw IP address is only reachable when listed. An exact or pinned name may
+resolve to any address (gateways, split-horizon DNS, internal mirrors); a name
+matched only by a wildcard that resolves to a loopback, private or link-local
+address is refused unless that address is listed: a wildcard must not open the
+host's own services.
 """
 
 import ipaddress
@@ -66,11 +69,20 @@ def check_entries(entries) -> tuple:
     for entry in entries:
         if not isinstance(entry, str):
             raise ValueError(f"network allow entries must be strings, not {entry!r}")
-        name = normalize(entry)
-        if ip_literal(name) is None and not _valid_pattern(name):
+        name, eq, pin = entry.partition("=")
+        name = normalize(name)
+        if eq:
+            pinned = ip_literal(pin)
+            ok = pinned is not None and ip_literal(name) is None and _valid_pattern(name) \
+                and not name.startswith("*.")
+            name = f"{name}={pinned}"
+        else:
+            ok = ip_literal(name) is not None or _valid_pattern(name)
+        if not ok:
             raise ValueError(
                 f"bad network allow entry {entry!r}: expected a host name (pypi.org), "
-                "a wildcard for its sub-domains (*.example.org) or an IP address")
+                "a wildcard for its sub-domains (*.example.org), an IP address, "
+                "or a host name pinned to an address (registry.internal=10.1.2.3)")
         if name not in checked:
             checked.append(name)
     return tuple(checked)
@@ -91,9 +103,24 @@ def name_allowed(host: str, allow: tuple) -> bool:
         if entry.startswith("*."):
             if host.endswith(entry[1:]) and len(host) > len(entry) - 1:
                 return True
-        elif host == entry:
-            return True
-    return False
+    return exactly_listed(host, allow)
+
+
+def exactly_listed(host: str, allow: tuple) -> bool:
+    """True if `host` is listed by name (plain or pinned), not only through a wildcard."""
+    host = normalize(host)
+    return ip_literal(host) is None and any(
+        entry.partition("=")[0] == host for entry in allow if not entry.startswith("*."))
+
+
+def pinned_address(host: str, allow: tuple):
+    """The address a `name=address` entry pins `host` to, or None."""
+    host = normalize(host)
+    for entry in allow:
+        name, eq, address = entry.partition("=")
+        if eq and name == host:
+            return address
+    return None
 
 
 def refusal_reason(host: str, allow: tuple) -> str | None:
@@ -104,16 +131,17 @@ def refusal_reason(host: str, allow: tuple) -> str | None:
     return None if name_allowed(host, allow) else NOT_LISTED
 
 
-def address_refusal(address: str, allow: tuple) -> str | None:
-    """Why connecting to a resolved `address` is refused, or None.
+def address_refusal(address: str, allow: tuple, host: str = "") -> str | None:
+    """Why connecting to `address`, resolved from `host`, is refused, or None.
 
-    A public address is fine; a loopback, private, link-local or otherwise
-    non-global one only when listed itself.
+    A public address is fine, and any address for an exactly listed name; a
+    loopback, private, link-local or otherwise non-global one otherwise only
+    when listed itself.
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if getattr(ip, "ipv4_mapped", None) is not None:
         ip = ip.ipv4_mapped
-    if ip.is_global or _address_listed(ip, allow):
+    if ip.is_global or _address_listed(ip, allow) or (host and exactly_listed(host, allow)):
         return None
     return f"resolves to non-public address {ip}"
 

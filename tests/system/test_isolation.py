@@ -117,6 +117,50 @@ def test_legacy_remount_fallback_is_read_only_too(workspace):
     assert_host_mounts_read_only(r, workspace)
 
 
+# Mounts a nosuid,nodev,noexec tmpfs on argv[1], then runs the rest with this interpreter.
+MOUNT_THEN_RUN = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(b"tmpfs", sys.argv[1].encode(), b"tmpfs", 2 | 4 | 8, b"mode=777") != 0:
+    sys.exit("nsbox-test mount: " + os.strerror(ctypes.get_errno()))
+if sys.argv[2] == "--":
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable] + sys.argv[2:])
+"""
+
+
+def test_legacy_fallback_keeps_locked_flags_of_host_submounts(workspace):
+    """A host mount with nosuid,nodev,noexec: remounting it read-only without those
+    flags is refused in the user namespace; the run must still start."""
+    point = f"/var/tmp/nsbox-locked-{os.getpid()}"
+    os.mkdir(point)
+    probe = (f"echo x > {point}/f; echo rc=$?; grep ' {point} ' /proc/self/mountinfo; "
+             "echo ok > inside")
+    argv = nsbox_cmd("exec", "--workspace", str(workspace), "--", "sh", "-c", probe)
+    env = dict(os.environ, NSBOX_TEST_LEGACY_MOUNTS="1")
+    mounted = False
+    try:
+        if IS_ROOT:
+            subprocess.run([sys.executable, "-c", MOUNT_THEN_RUN, point, "--"], check=True)
+            mounted = True
+        else:  # the mount is made in a user namespace of our own, nsbox runs in it
+            argv = ["unshare", "--user", "--map-root-user", "--mount", sys.executable,
+                    "-c", MOUNT_THEN_RUN, point, *argv[1:]]
+        r = subprocess.run(argv, capture_output=True, env=env, timeout=60)
+        if b"nsbox-test mount:" in r.stderr or b"unshare:" in r.stderr:
+            pytest.skip(f"can't make a mount to test with: {r.stderr.decode().strip()}")
+        assert r.returncode == 0, r.stderr
+        assert b"Read-only file system" in r.stderr and b"rc=2" in r.stdout, r
+        opts = r.stdout.split(b"\n")[1].split()[5].split(b",")
+        assert {b"ro", b"nosuid", b"nodev", b"noexec"} <= set(opts), r.stdout
+        assert (workspace / "inside").read_text() == "ok\n"
+        assert not os.path.exists(f"{point}/f")
+    finally:
+        if mounted:
+            subprocess.run(["umount", point], check=True)
+        os.rmdir(point)
+
+
 # As on a kernel older than 5.12: the new mount API answers ENOSYS.
 NO_MOUNT_API = """
 import errno, os, sys

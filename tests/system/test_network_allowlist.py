@@ -218,9 +218,58 @@ def test_an_explicitly_allowed_address_is_reachable(nsbox_exec, servers, resolve
     assert plain.seen == [(f"127.0.0.1:{plain.port}", "/by-ip")]
 
 
+def test_an_exact_name_may_resolve_to_a_private_address_but_not_its_raw_ip(
+        nsbox_exec, servers, resolve_env):
+    # As behind an egress gateway: allowed.test resolves to a non-public address.
+    plain, _ = servers
+    script = f"""
+    echo sandbox-started
+    curl -sS http://allowed.test/gateway
+    curl -sS --noproxy "" -x http://127.0.0.1:3128 -o /dev/null -w 'raw %{{http_code}}\\n' \
+        http://127.0.0.1:{plain.port}/raw
+    """
+    r = nsbox_exec(script, "--allow-domain", "allowed.test", env=resolve_env)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out == "sandbox-started\nhello /gateway\nraw 403\n", err
+    assert (f"nsbox: network: blocked GET 127.0.0.1:{plain.port} "
+            "(raw IP address not in allowlist)") in err
+    assert plain.seen == [("allowed.test", "/gateway")]
+
+
+def test_a_wildcard_name_resolving_to_loopback_stays_refused(nsbox_exec, servers, resolve_env):
+    plain, tls = servers
+    script = """
+    echo sandbox-started
+    curl -sS -o /dev/null -w 'wild %{http_code}\\n' http://denied.test/wild
+    curl -sS https://denied.test/wild || echo "wild-tls exit $?"
+    """
+    r = nsbox_exec(script, "--allow-domain", "*.test", env=resolve_env)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out == "sandbox-started\nwild 403\nwild-tls exit 56\n", err
+    assert ("nsbox: network: blocked GET denied.test:80 "
+            "(resolves to non-public address 127.0.0.1)") in err
+    assert ("nsbox: network: blocked CONNECT denied.test:443 "
+            "(resolves to non-public address 127.0.0.1)") in err
+    assert plain.seen == [] and tls.seen == []
+
+
+def test_a_pinned_name_is_reached_at_its_address(nsbox_exec, servers, resolve_env):
+    plain, _ = servers  # pinned.test has no test mapping: only the pin resolves it
+    script = f"""
+    echo sandbox-started
+    curl -sS http://pinned.test:{plain.port}/pinned
+    curl -sS --noproxy "" -x http://127.0.0.1:3128 -o /dev/null -w 'raw %{{http_code}}\\n' \
+        http://127.0.0.1:{plain.port}/raw
+    """
+    r = nsbox_exec(script, "--allow-domain", "pinned.test=127.0.0.1", env=resolve_env)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out == "sandbox-started\nhello /pinned\nraw 403\n", err
+    assert plain.seen == [(f"pinned.test:{plain.port}", "/pinned")]
+
+
 def test_policy_file_network_table(nsbox_exec, workspace, servers, resolve_env, tmp_path):
     (workspace / ".nsbox").mkdir()
-    (workspace / ".nsbox" / "policy.toml").write_text('[network]\nallow = ["*.test"]\n')
+    (workspace / ".nsbox" / "policy.toml").write_text('[network]\nallow = ["denied.test"]\n')
     env = dict(resolve_env, XDG_STATE_HOME=str(tmp_path / "state"))
     # A workspace file that widens the network needs the user's trust first.
     r = nsbox_exec("curl -sS http://denied.test/wild", env=env)
@@ -298,3 +347,18 @@ def test_default_mode_keeps_the_proxy_off_the_import_path(workspace):
     for module in ("nsbox.netproxy", "nsbox.launch.proxy", "nsbox.policy.netallow",
                    "ipaddress", "pyroute2"):
         assert module not in imported
+
+
+def test_session_commands_report_their_own_refusals(workspace, servers, resolve_env):
+    plain, _ = servers
+    policy = Policy(workspace=str(workspace), network_allow=("allowed.test",))
+    with nsbox.Session(policy, env=resolve_env) as session:
+        first = session.run(["sh", "-c", "echo sandbox-started; curl -sS -o /dev/null "
+                             "-w '%{http_code}' http://denied.test/session"], timeout=60)
+        second = session.run(["curl", "-sS", "http://allowed.test/session"], timeout=60)
+    assert first.stdout == b"sandbox-started\n403", first.stderr
+    assert [x.as_dict() for x in first.network_blocked] == [
+        {"method": "GET", "host": "denied.test", "port": 80, "reason": "not in allowlist"}]
+    assert second.stdout == b"hello /session\n", second.stderr
+    assert second.network_blocked == ()
+    assert plain.seen == [("allowed.test", "/session")]

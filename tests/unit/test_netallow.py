@@ -40,6 +40,22 @@ def test_names_resolving_to_local_addresses_are_refused_unless_listed():
     assert netallow.address_refusal("10.1.2.3", ALLOW) is None  # listed
 
 
+def test_exact_and_pinned_names_may_resolve_anywhere_wildcards_may_not():
+    allow = netallow.check_entries(["pypi.org", "*.example.org", "Reg.Internal=10.9.8.7"])
+    assert allow[-1] == "reg.internal=10.9.8.7"
+    assert netallow.address_refusal("10.0.0.1", allow, "pypi.org") is None  # a gateway
+    assert netallow.address_refusal("127.0.0.1", allow, "a.example.org") is not None
+    assert netallow.address_refusal("127.0.0.1", allow, "127.0.0.1") is not None
+    assert netallow.refusal_reason("reg.internal", allow) is None
+    assert netallow.refusal_reason("10.9.8.7", allow) == netallow.RAW_IP  # a pin lists no address
+    assert netallow.pinned_address("REG.internal.", allow) == "10.9.8.7"
+    assert netallow.pinned_address("pypi.org", allow) is None
+    assert netallow.check_entries(["a.org=[::1]"]) == ("a.org=::1",)
+    for bad in ("*.a.org=10.0.0.1", "a.org=", "a.org=b.org", "10.0.0.1=10.0.0.2", "=10.0.0.1"):
+        with pytest.raises(ValueError, match="bad network allow entry"):
+            netallow.check_entries([bad])
+
+
 def test_refusal_line_format():
     r = netallow.Refusal("CONNECT", "denied.test", 443, netallow.NOT_LISTED)
     assert netallow.stderr_line(r) == \
