@@ -69,8 +69,9 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     net_proxy = None
     if policy.network == "allowlist":
         net_proxy = _proxy_settings(policy, iso, host_env)
+    own = own_dirs(os.environ)
     guard = protect.resolve(policy, workspace, writable, homes(host_env), create=False,
-                            own=own_dirs(os.environ), landlock_only=iso.mode == isolation.LANDLOCK,
+                            own=own, landlock_only=iso.mode == isolation.LANDLOCK,
                             envs=(os.environ, host_env))
     roots = writable
     writable += guard.extra_writable
@@ -95,7 +96,8 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     # Without a network namespace, seccomp is what keeps inet sockets from the host's network.
     seccomp_bpf = seccomp_filter.bpf_for(
         policy, command_writes,
-        deny_inet=policy.network == "none" and iso.mode == isolation.LANDLOCK)
+        deny_inet=policy.network == "none" and iso.mode == isolation.LANDLOCK,
+        state_dir=own.state)
     protect.make_mount_points(guard.created)
     watched = watch.start(roots, guard.watched, guard.repos, guard.undo)
     return LaunchPlan(

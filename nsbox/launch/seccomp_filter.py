@@ -15,12 +15,14 @@ from nsbox.launch import bpf_cache, profiles
 COMPILER_VERSION = "2"  # 2: entries carry an HMAC
 
 
-def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False) -> bytes:
+def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False,
+            state_dir: str | None = None) -> bytes:
     """The BPF program for the policy's profile; PolicyError if the profile is bad, or
     is a file in a writable root whose bytes the user did not trust.
 
     env: nsbox's own environment (default os.environ), which places its cache and
     state directories; never the command's.
+    state_dir: nsbox's state directory when the caller has already made it.
     deny_inet: also fail AF_INET/AF_INET6 sockets (for runs without their own
     network namespace; an empty namespace already cuts the network and keeps
     its loopback usable).
@@ -38,7 +40,7 @@ def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False) -> bytes:
     if version is not None:
         directory = bpf_cache.usable_dir(bpf_cache.default_dir(env), writable_roots)
     if directory is not None:
-        secret = cache_secret(env)
+        secret = cache_secret(env, state_dir)
     cache_key = bpf_cache.key(COMPILER_VERSION, data, network_off, os.uname().machine,
                               version, os.uname().release)
     if secret is not None:
@@ -51,10 +53,10 @@ def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False) -> bytes:
     return program
 
 
-def cache_secret(env) -> bytes | None:
+def cache_secret(env, state_dir: str | None = None) -> bytes | None:
     """The cache's MAC key from nsbox's state directory; None (no cache) if unusable."""
     try:
-        return bpf_cache.cache_secret(state.ensure_state_dir(env))
+        return bpf_cache.cache_secret(state_dir or state.ensure_state_dir(env))
     except PolicyError:
         return None
 

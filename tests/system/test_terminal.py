@@ -86,37 +86,39 @@ def test_other_terminals_stay_hidden(term):
     assert out.split() == ["ptmx", "1"]
 
 
-def test_ctrl_c_ends_the_foreground_job(term):
+def start_sleep(term) -> str:
+    """Type a `sleep` no other process runs and wait until it runs; its duration."""
     duration = marker()
     term.type(f"sleep {duration}")
     deadline = time.monotonic() + 5
     while not pids_running("sleep", duration):
         assert time.monotonic() < deadline, term.screen()
         time.sleep(0.05)
-    term.run("send-keys", "C-c")
-    term.wait_for(lambda text: "^C" in text and text.rstrip().endswith(PROMPT.rstrip()))
+    return duration
+
+
+def wait_sleep_gone(duration: str, why: str) -> None:
     deadline = time.monotonic() + 5
     while pids_running("sleep", duration):
-        assert time.monotonic() < deadline, "sleep survived Ctrl-C"
+        assert time.monotonic() < deadline, why
         time.sleep(0.05)
+
+
+def test_ctrl_c_ends_the_foreground_job(term):
+    duration = start_sleep(term)
+    term.run("send-keys", "C-c")
+    term.wait_for(lambda text: "^C" in text and text.rstrip().endswith(PROMPT.rstrip()))
+    wait_sleep_gone(duration, "sleep survived Ctrl-C")
     assert term.ask("echo alive", "d").strip() == "alive"
 
 
 def test_ctrl_z_stops_the_foreground_job(term):
-    duration = marker()
-    term.type(f"sleep {duration}")
-    deadline = time.monotonic() + 5
-    while not pids_running("sleep", duration):
-        assert time.monotonic() < deadline, term.screen()
-        time.sleep(0.05)
+    duration = start_sleep(term)
     term.run("send-keys", "C-z")
     term.wait_for(lambda text: "Stopped" in text and text.rstrip().endswith(PROMPT.rstrip()))
     out = term.ask("jobs; kill -9 %1; wait", "e")
     assert "Stopped" in out and f"sleep {duration}" in out
-    deadline = time.monotonic() + 5
-    while pids_running("sleep", duration):
-        assert time.monotonic() < deadline, "sleep survived kill"
-        time.sleep(0.05)
+    wait_sleep_gone(duration, "sleep survived kill")
 
 
 def test_window_resize_reaches_the_command(term):
