@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # this checkout's nsbox even without an installed venv
 
-from nsbox.launch import trace  # noqa: E402  (after the path fix)
+from nsbox import trace  # noqa: E402  (after the path fix)
 
 # Ratio to bubblewrap's p50 that each case should stay under.
 TARGETS = {"nsbox exec -- true": 4.5, "nsbox.run(['true'])": 1.0, "Session.run(['true'])": 0.3}

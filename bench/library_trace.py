@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import nsbox  # noqa: E402
-from nsbox.launch import trace  # noqa: E402
+from nsbox import trace  # noqa: E402
 
 WARMUP = 3
 

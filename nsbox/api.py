@@ -2,7 +2,7 @@
 
 Safe to call from many threads and from asyncio: the calling process never
 forks a sandbox itself. A small single-threaded fork server (started on first
-use, see nsbox.launch.forkserver) does, and hands back the pipes; when the
+use, see nsbox.service.forkserver) does, and hands back the pipes; when the
 calling process dies, the server and every sandbox die with it.
 
     import nsbox
@@ -33,11 +33,13 @@ import os
 import select
 import signal as _signals
 import time
-from nsbox.record import Record
 
-from nsbox import errors
+from nsbox import errors, trace
 from nsbox.errors import SandboxError, SetupFailed
-from nsbox.launch import errorpipe, forkserver, launcher, prepare, spares, trace, wire
+from nsbox.launch import errorpipe
+from nsbox.plan import host, prepare
+from nsbox.record import Record
+from nsbox.service import forkserver, relay, spares, wire
 
 PIPE = -1
 STDOUT = -2
@@ -291,10 +293,10 @@ class Popen:
         elif tag == wire.EXITED:
             self._started = True
             self.returncode, self.signal = wire.parse_exited(record)
-            if self._failure is not None and self._failure[0].step == "exec":
-                failure = self._failure[0]
+            if self._failure is not None and self._failure.step == errorpipe.EXEC_STEP:
+                failure = self._failure
                 self.returncode, self.signal = failure.exit_code, None
-                self.exec_error = _describe_exec_failure(failure, self.args[0])
+                self.exec_error = errorpipe.describe(failure, self.args[0])
             self.duration_s = time.monotonic() - self._began
             self.changes = self._review_changes()
             if self._session is not None:
@@ -308,19 +310,19 @@ class Popen:
             return self._session._review_changes()
         if self._plan is None or self._plan.watch is None:
             return ()
-        from nsbox.launch import watch
+        from nsbox.plan import watch
 
         return watch.review(self._plan.watch)[0]
 
     def _raise_setup_failure(self) -> None:
-        if self._failure is None or self._failure[0].step == "exec":
+        if self._failure is None or self._failure.step == errorpipe.EXEC_STEP:
             return
-        failure, kind = self._failure
+        failure = self._failure
         self._status.close()
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:
                 f.close()
-        raise _setup_error(failure, kind)
+        raise _setup_error(failure)
 
 
 class Session:
@@ -347,7 +349,7 @@ class Session:
         control, control_theirs = wire.socketpair()
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self._status = _submit(launcher.SESSION, self._plan,
+            self._status = _submit(relay.SESSION, self._plan,
                                    [devnull, devnull, devnull, control_theirs.fileno()])
         except BaseException:
             control.close()
@@ -362,7 +364,7 @@ class Session:
             control.close()
             self._status.close()
             if record[:1] == wire.FAILED:
-                raise _setup_error(*wire.parse_failed(record))
+                raise _setup_error(wire.parse_failed(record))
             raise SandboxError("the session's sandbox ended before it was ready")
 
     def run(self, args, *, cwd=None, env=None, input: bytes | None = None,
@@ -438,7 +440,7 @@ class Session:
         """What changed since the last command ended (background processes included)."""
         if self._watch is None:
             return ()
-        from nsbox.launch import watch
+        from nsbox.plan import watch
 
         with self._lock:
             changes, self._watch = watch.review(self._watch)
@@ -470,7 +472,15 @@ class Session:
 
 def _prepare(args, policy, cwd, env, session=False):
     """The launch plan, or PolicyError / UnsupportedKernel before anything starts."""
-    return prepare.prepare(args, policy, cwd, env, session=session)
+    return prepare.prepare(args, policy, cwd, env, session=session, host=_host_facts(policy))
+
+
+def _host_facts(policy):
+    # `auto` needs to know whether user namespaces work: the fork server probes that,
+    # once per process, so that this (threaded) process never forks.
+    if policy is None or policy.isolation != "auto":
+        return host.facts()
+    return host.facts(userns_blocker=forkserver.userns_blocker())
 
 
 def _submit(kind: str, plan, fds):
@@ -479,7 +489,7 @@ def _submit(kind: str, plan, fds):
 
 
 def _submit_one_shot(plan, fds):
-    return _submit(launcher.ONE_SHOT, plan, fds)
+    return _submit(relay.ONE_SHOT, plan, fds)
 
 
 def _popen_for_run(args, where: dict, session, input, capture_output, started=True,
@@ -525,18 +535,14 @@ def _stdio(stdin, stdout, stderr):
     return child, ours, to_close
 
 
-def _setup_error(failure: errorpipe.Failure, kind: str) -> SandboxError:
-    cls = getattr(errors, kind, None) if kind else None
+def _setup_error(failure: errorpipe.Failure) -> SandboxError:
+    """A setup failure as the exception it was (a PolicyError, UnsupportedKernel ...), else
+    SetupFailed naming the step."""
+    cls = getattr(errors, failure.kind, None) if failure.kind else None
     if isinstance(cls, type) and issubclass(cls, SandboxError) and cls not in (
-            errors.SyscallError, errors.ExecFailed, SetupFailed):
+            errors.SyscallError, SetupFailed):
         return cls(failure.message)
     return SetupFailed(failure.step, failure.errno, failure.message)
-
-
-def _describe_exec_failure(failure: errorpipe.Failure, command: str) -> str:
-    if failure.exit_code == errorpipe.NOT_FOUND:
-        return f"{command}: command not found inside the sandbox"
-    return f"{command}: cannot execute: {failure.message}"
 
 
 def _readable(sock, timeout) -> bool:

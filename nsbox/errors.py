@@ -36,14 +36,6 @@ class SyscallError(SandboxError, OSError):
         return self.strerror or ""
 
 
-class ExecFailed(SandboxError):
-    """The command itself could not be executed inside the sandbox."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class SetupFailed(SandboxError):
     """A step of the launch sequence failed inside the new sandbox; the command never ran."""
 

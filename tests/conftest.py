@@ -109,3 +109,17 @@ def host_tcp_listener():
             raise AssertionError("the host listener accepted a connection from the sandbox")
     finally:
         srv.close()
+
+
+def literal_host(**changes):
+    """A HostFacts for plan tests: a recent kernel where everything works, unless changed."""
+    from nsbox.plan.host import HostFacts
+
+    facts = dict(landlock_abi=7, landlock_unavailable="", mount_api=True, last_cap=40,
+                 user_counters_writable=True,
+                 user_counters={"max_inotify_watches": 65536, "max_fanotify_groups": 128,
+                                "max_fanotify_marks": 65536},
+                 shared_rlimits={"RLIMIT_SIGPENDING": 63432, "RLIMIT_MSGQUEUE": 819200},
+                 userns_blocker="", cgroup_places={})
+    facts.update(changes)
+    return HostFacts(**facts)

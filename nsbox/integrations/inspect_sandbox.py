@@ -151,7 +151,7 @@ def policy_for(config, workspace: str, report: bool = True):
     """The sample's Policy: the policy file (the config's, else the one `nsbox exec` would
     find: the user's), trusted or narrowed as for `nsbox exec`, with `workspace` as the
     workspace. `report`: log the file's trust decision to the "nsbox" logger."""
-    from nsbox import policy_files
+    from nsbox.policy import files as policy_files
 
     if config is not None and not isinstance(config, str):
         raise ValueError("the nsbox sandbox's config is the path of an nsbox policy file, "

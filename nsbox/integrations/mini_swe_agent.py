@@ -127,7 +127,7 @@ def _failed(output: str, err: Exception) -> dict:
 
 
 def _policy(path: str, workspace: str, env: dict):
-    from nsbox import policy_files
+    from nsbox.policy import files as policy_files
 
     # As `nsbox exec` finds and trusts the file. extra_env: the config's variables
     # are set even where their names look secret.

@@ -1,7 +1,10 @@
-"""Child -> parent failure records over a close-on-exec pipe.
+"""The one failure record: from a forked child to its caller, and on to the runner.
 
-EOF with no record means the command was exec'd. A record is
-`step NUL errno NUL message`, written once by whichever child failed.
+A child reports over a close-on-exec pipe: EOF with no record means the command
+was exec'd. A record is `step NUL errno NUL kind NUL message` (kind: the
+exception's class name), written once by whichever process failed; the library's
+wire carries the same bytes unchanged, and describe() is the one place that
+turns a record into words.
 """
 
 import os
@@ -9,27 +12,55 @@ import os
 SETUP_FAILED = 125
 CANNOT_EXECUTE = 126
 NOT_FOUND = 127
+EXEC_STEP = "exec"
 
 
 class Failure:
-    __slots__ = ("step", "errno", "message")
+    __slots__ = ("step", "errno", "kind", "message")
 
-    def __init__(self, step: str, errno: int, message: str):
-        self.step, self.errno, self.message = step, errno, message
+    def __init__(self, step: str, errno: int, kind: str, message: str):
+        self.step, self.errno, self.kind, self.message = step, errno, kind, message
 
     @property
     def exit_code(self) -> int:
-        if self.step != "exec":
+        if self.step != EXEC_STEP:
             return SETUP_FAILED
         return NOT_FOUND if self.errno in (2, 20) else CANNOT_EXECUTE  # ENOENT, ENOTDIR
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Failure) and encode(self) == encode(other)
+
+    def __repr__(self) -> str:
+        return f"Failure({self.step!r}, {self.errno}, {self.kind!r}, {self.message!r})"
+
+
+def from_exception(step: str, err: BaseException) -> Failure:
+    return Failure(step, getattr(err, "errno", None) or 0, type(err).__name__, str(err))
+
+
+def encode(failure: Failure) -> bytes:
+    text = f"{failure.step}\0{failure.errno}\0{failure.kind}\0{failure.message}"
+    return text.encode(errors="replace")[:4000]
+
+
+def decode(data: bytes) -> Failure:
+    step, errno, kind, message = data.decode(errors="replace").split("\0", 3)
+    return Failure(step, int(errno or 0), kind, message)
+
+
+def describe(failure: Failure, command: str) -> str:
+    """The failure in words, for the CLI's stderr and the library's errors."""
+    if failure.step != EXEC_STEP:
+        return f"sandbox setup failed at {failure.step}: {failure.message}"
+    if failure.exit_code == NOT_FOUND:
+        return f"{command}: command not found inside the sandbox"
+    return f"{command}: cannot execute: {failure.message}"
 
 
 def report(fd: int, step: str, err: BaseException) -> None:
     """Write one failure record; used in a forked child, so it never raises."""
     try:
-        errno = getattr(err, "errno", None) or 0
-        text = f"{step}\0{errno}\0{err}".encode(errors="replace")
-        os.write(fd, text[:4000])
+        os.write(fd, encode(from_exception(step, err)))
     except BaseException:
         pass
 
@@ -45,5 +76,4 @@ def read_failure(fd: int):
     os.close(fd)
     if not chunks:
         return None
-    step, errno, message = b"".join(chunks).decode(errors="replace").split("\0", 2)
-    return Failure(step, int(errno or 0), message)
+    return decode(b"".join(chunks))

@@ -13,7 +13,9 @@ import select
 import signal
 import socket
 
-from nsbox.netproxy import forwarder, server
+from nsbox.launch import forwarder
+
+from nsbox.netproxy import server
 
 STOP_TIMEOUT = 5.0  # for the report; the sandbox is gone by then, so it is quick
 

@@ -3,7 +3,7 @@
 import os
 
 from nsbox.kernel import mounts
-from nsbox.launch import trace
+from nsbox import trace
 
 STAGE = "/tmp"  # where the new root is assembled; private to this mount namespace
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")

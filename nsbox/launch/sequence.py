@@ -12,7 +12,8 @@ import select
 import _signal as signal  # the C module: `signal` would import enum (~4 ms)
 
 from nsbox.kernel import caps, landlock, namespaces, net, proc, seccomp
-from nsbox.launch import errorpipe, init, limits, rootfs, trace
+from nsbox.launch import errorpipe, pid1, limits, rootfs
+from nsbox import trace
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -97,7 +98,7 @@ def _init_main(plan, channel: Channel) -> None:
             step = "network forwarder"
             trace.mark("network forwarder")
             channel.proxy.start_forwarder(plan)
-        init.watch_signals(WATCHED_SIGNALS)
+        pid1.watch_signals(WATCHED_SIGNALS)
         step = "fork command"
         trace.mark("fork command")
         command_pid = os.fork()
@@ -110,7 +111,7 @@ def _init_main(plan, channel: Channel) -> None:
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     os.close(channel.error_w)
-    os._exit(init.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS,
+    os._exit(pid1.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS,
                             resume_stopped=channel.serve is not None))
 
 
@@ -131,7 +132,7 @@ def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent
     own_files: grant landlock.add_own_files() (not for a session's server)."""
     step = "signals"
     try:
-        init.reset_signals(WATCHED_SIGNALS)
+        pid1.reset_signals(WATCHED_SIGNALS)
         step = "chdir"
         os.chdir(plan.cwd)
         step = "close fds"

@@ -100,23 +100,13 @@ class Policy(Record):
         """Every field as JSON-ready data, in declaration order."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
-    def effective_dict(self) -> dict:
-        """as_dict() with paths made absolute (and symlinks resolved), as they take effect."""
-        import os
-
-        data = self.as_dict()
-        data["workspace"] = os.path.realpath(self.workspace or ".")
-        data["writable"] = [os.path.realpath(p) for p in self.writable]
-        if "/" in self.seccomp:
-            data["seccomp"] = os.path.realpath(self.seccomp)
-        return data
-
     def digest(self) -> str:
-        """A stable fingerprint of the policy, for logs and run records."""
+        """A stable fingerprint of the policy as written; nsbox.plan.prepare.policy_digest
+        gives the one with paths resolved, as records show it."""
         import hashlib
         import json
 
-        text = json.dumps(self.effective_dict(), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     @property

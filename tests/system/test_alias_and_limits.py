@@ -15,7 +15,8 @@ import tempfile
 import pytest
 
 from conftest import IS_ROOT, nsbox_cmd
-from nsbox.launch import limits as launch_limits
+from nsbox.plan import host
+from nsbox.plan import limits as plan_limits
 from nsbox.policy.limits import Limits
 
 SECRET = "TOPSECRET-7f3a"
@@ -162,7 +163,7 @@ def test_dev_shm_counts_against_the_tmp_limit_and_the_host_is_untouched(nsbox_ex
 # --- memory: a limit for the sandbox, or a cap per process that says so ---------------
 
 def memory_by_cgroup() -> bool:
-    plan = launch_limits.plan(Limits(memory=256 << 20), best_effort=True)
+    plan = plan_limits.plan(Limits(memory=256 << 20), host.facts(), best_effort=True)
     return plan.enforcement.mechanism("memory") in ("cgroup1", "cgroup2")
 
 

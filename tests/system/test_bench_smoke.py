@@ -60,7 +60,7 @@ def test_no_trace_unless_asked(nsbox_exec):
 
 
 def test_trace_mark_is_a_no_op_when_disabled():
-    probe = ("from nsbox.launch import trace; import sys; "
+    probe = ("from nsbox import trace; import sys; "
              "sys.exit(0 if trace.mark is trace._off and not trace.ENABLED else 1)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NSBOX_TRACE")}
     assert subprocess.run([sys.executable, "-c", probe], env=env).returncode == 0

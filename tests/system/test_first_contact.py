@@ -154,7 +154,7 @@ def test_help_exits_0_fits_80_columns(place, args):
 
 
 def test_exec_help_shows_every_option(place):
-    from nsbox import exec_args
+    from nsbox.cli import exec_args
 
     text = run(["exec", "--help"], cwd=place / "ws", home=place / "home").stdout
     for option in list(exec_args.OPTIONS) + list(exec_args.ALIASES):

@@ -190,16 +190,17 @@ def test_landlock_mode_kills_what_the_command_leaves_behind(nsbox_exec, workspac
 
 HIDDEN_DRIVER = textwrap.dedent("""
     import sys
-    from nsbox.launch import foreground, isolation, landlock_only, prepare
+    from nsbox.launch import caller
+    from nsbox.plan import host, isolation, prepare
     from nsbox.policy.model import Policy
     from nsbox.record import replace
     ws, secret, mode = sys.argv[1:4]
     policy = Policy(workspace=ws, isolation=mode)
     plan = prepare.prepare(sys.argv[4:], policy)
-    rules = isolation.ruleset(isolation.resolve(policy), policy, (ws,), plan.private_tmp,
+    rules = isolation.ruleset(isolation.resolve(policy, host.facts()), policy, (ws,), plan.private_tmp,
                               hidden=(secret,))
     plan = replace(plan, landlock=rules)
-    sys.exit((landlock_only if mode == "landlock" else foreground).run(plan))
+    sys.exit(caller.run(plan))
 """)
 
 

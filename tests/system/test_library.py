@@ -211,7 +211,7 @@ def test_bad_policy_raises_before_anything_starts(tmp_path):
     code = """
         import sys
         import nsbox
-        from nsbox.launch import forkserver
+        from nsbox.service import forkserver
         for call in (lambda: nsbox.run(["true"], policy=nsbox.Policy(workspace=sys.argv[1])),
                      lambda: nsbox.Session(nsbox.Policy(workspace=sys.argv[1])),
                      lambda: nsbox.Policy(preset="bogus")):
@@ -234,7 +234,7 @@ def test_runner_death_leaves_nothing_behind(workspace):
     code = """
         import sys, time
         import nsbox
-        from nsbox.launch import forkserver
+        from nsbox.service import forkserver
         policy = nsbox.Policy(workspace=sys.argv[1])
         s = nsbox.Session(policy)
         s.run(["sh", "-c", "sleep " + sys.argv[2] + " &"])

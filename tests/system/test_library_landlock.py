@@ -208,7 +208,7 @@ def test_session_runner_death_leaves_nothing_behind(workspace):
     code = """
         import sys, time
         import nsbox
-        from nsbox.launch import forkserver
+        from nsbox.service import forkserver
         s = nsbox.Session(nsbox.Policy(workspace=sys.argv[1], isolation="landlock"))
         print(s.run(["sh", "-c", "sleep " + sys.argv[2] + " & echo $TMPDIR"]).stdout.decode(),
               end="")
@@ -247,7 +247,7 @@ def test_runner_death_leaves_nothing_behind(workspace):
     code = """
         import sys, time
         import nsbox
-        from nsbox.launch import forkserver
+        from nsbox.service import forkserver
         policy = nsbox.Policy(workspace=sys.argv[1], isolation="landlock")
         p = nsbox.Popen(["sh", "-c", "sleep " + sys.argv[2] + " & sleep " + sys.argv[2]],
                         policy=policy, stdin=nsbox.DEVNULL)
@@ -271,7 +271,7 @@ def test_fork_server_death_still_cleans_up(workspace):
     code = """
         import os, signal, sys
         import nsbox
-        from nsbox.launch import forkserver
+        from nsbox.service import forkserver
         policy = nsbox.Policy(workspace=sys.argv[1], isolation="landlock")
         p = nsbox.Popen(["sh", "-c", "echo $TMPDIR; sleep " + sys.argv[2] + " & sleep "
                          + sys.argv[2]], policy=policy, stdin=nsbox.DEVNULL, stdout=nsbox.PIPE)
@@ -331,7 +331,7 @@ def test_setup_failure_raises_before_the_command_runs(policy, workspace, monkeyp
     # A TMPDIR base that is a file: the launcher cannot create the private TMPDIR.
     base = workspace / "not-a-dir"
     base.write_text("")
-    from nsbox.launch import isolation
+    from nsbox.plan import isolation
 
     monkeypatch.setattr(isolation, "private_tmp_path", lambda: str(base / "nsbox-x"))
     with pytest.raises(SandboxError, match="TMPDIR"):

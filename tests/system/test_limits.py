@@ -16,18 +16,19 @@ import uuid
 import pytest
 
 from conftest import nsbox_cmd, processes_with
-from nsbox.launch import limits as launch_limits
+from nsbox.plan import host
+from nsbox.plan import limits as plan_limits
 from nsbox.policy.limits import Limits
 
 
 def mechanism(name: str, **limits) -> str:
-    return launch_limits.plan(Limits(**limits), best_effort=True).enforcement.mechanism(name)
+    return plan_limits.plan(Limits(**limits), host.facts(), best_effort=True).enforcement.mechanism(name)
 
 
 def cgroup_parents() -> list:
     """Every directory nsbox may create a sandbox cgroup in, on this host, for this user."""
     probe = Limits(pids=10, memory=1 << 30, cpu=1.0, wall=1)
-    return sorted({parent for _, parent, _, _ in launch_limits.plan(probe, True).cgroups})
+    return sorted({parent for _, parent, _, _ in plan_limits.plan(probe, host.facts(), True).cgroups})
 
 
 @pytest.fixture

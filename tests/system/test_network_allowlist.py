@@ -343,7 +343,7 @@ def test_default_mode_keeps_the_proxy_off_the_import_path(workspace):
     assert r.returncode == 0, r.stderr.decode()
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.decode().splitlines()
                 if line.startswith("import time:")}
-    assert "nsbox.launch.foreground" in imported
+    assert "nsbox.launch.caller" in imported
     for module in ("nsbox.netproxy", "nsbox.launch.proxy", "nsbox.policy.netallow",
                    "ipaddress", "pyroute2"):
         assert module not in imported

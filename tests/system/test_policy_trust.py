@@ -193,7 +193,7 @@ def test_files_planted_by_a_sandbox_cannot_widen_the_next_run(workspace, env, tm
 # (d) ----------------------------------------------------------------------------------
 
 def test_seccomp_profile_in_the_workspace_needs_trust(workspace, env, tmp_path):
-    from nsbox.launch import profiles
+    from nsbox.policy import profiles
 
     profile = workspace / "profile.json"
     shutil.copy(profiles.find("default"), profile)
@@ -208,7 +208,7 @@ def test_seccomp_profile_in_the_workspace_needs_trust(workspace, env, tmp_path):
 
 
 def test_seccomp_profile_outside_the_roots_needs_no_trust(workspace, env, tmp_path):
-    from nsbox.launch import profiles
+    from nsbox.policy import profiles
 
     profile = tmp_path / "profile.json"
     shutil.copy(profiles.find("default"), profile)

@@ -11,7 +11,8 @@ import pytest
 
 import nsbox
 from nsbox import api
-from nsbox.launch import prepare, spares
+from nsbox.plan import prepare
+from nsbox.service import spares
 from nsbox.policy.limits import Limits
 from nsbox.policy.model import Policy
 from conftest import marker, pids_running

@@ -334,7 +334,7 @@ def test_a_one_shot_command_cannot_read_the_runners_environment(tmp_path, worksp
     out = runner(tmp_path, """
         import json, os, sys
         import nsbox, nsbox.api
-        from nsbox.launch import spares
+        from nsbox.service import spares
 
         workspace, isolation, argv = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
         argv = [a.replace("RUNNER", str(os.getpid())) for a in argv]
@@ -418,7 +418,7 @@ def test_a_stopped_session_server_is_resumed(tmp_path, workspace, isolation):
     out = runner(tmp_path, """
         import json, os, signal, sys, time
         import nsbox
-        from nsbox.launch import forkserver
+        from nsbox.service import forkserver
 
         workspace, isolation = sys.argv[1:3]
 

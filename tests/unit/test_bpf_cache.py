@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from nsbox.launch import bpf_cache, seccomp_filter
-from nsbox.launch.bpf_cache import sha256
+from nsbox.plan import bpf_cache, seccomp_filter
+from nsbox.plan.bpf_cache import sha256
 from nsbox.policy.model import Policy
 
 PROGRAM = bytes(range(16)) * 4  # 8 "instructions"

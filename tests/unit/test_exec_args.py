@@ -1,6 +1,6 @@
 import pytest
 
-from nsbox import exec_args
+from nsbox.cli import exec_args
 
 
 def test_command_after_double_dash():

@@ -1,6 +1,6 @@
 """The fork server's environment: what its interpreter needs, never the runner's keys."""
 
-from nsbox.launch import forkserver
+from nsbox.service import forkserver
 
 
 def test_the_server_gets_only_what_python_and_nsbox_need():

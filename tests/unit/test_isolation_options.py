@@ -4,14 +4,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from nsbox import cli, exec_args
+from conftest import literal_host
+from nsbox.cli import exec_args
 from nsbox.errors import PolicyError
-from nsbox.launch import isolation
+from nsbox.plan import isolation
 from nsbox.policy import landlock_rules
 
 
 def _policy(*args):
-    return cli.policy_from_options(exec_args.parse([*args, "--", "true"]).values)
+    return exec_args.policy_from_options(exec_args.parse([*args, "--", "true"]).values)
 
 
 def test_defaults_are_full_isolation_and_fail_closed():
@@ -68,40 +69,37 @@ def test_status_is_machine_readable():
     ("full", 0, True), ("full", 1, False), ("landlock", 0, True),
     ("landlock", 3, True), ("landlock", 5, True), ("landlock", 6, False),
 ])
-def test_missing_protections_fail_closed_unless_best_effort(monkeypatch, mode, abi, fails):
+def test_missing_protections_fail_closed_unless_best_effort(mode, abi, fails):
     from nsbox.errors import UnsupportedKernel
-    from nsbox.kernel import landlock
     from nsbox.policy.model import Policy
 
-    monkeypatch.setattr(landlock, "abi_version", lambda: abi)
-    monkeypatch.setattr(landlock, "unavailable_reason", lambda: "CONFIG_SECURITY_LANDLOCK")
+    host = literal_host(landlock_abi=abi, landlock_unavailable="" if abi else "CONFIG_SECURITY_LANDLOCK")
     policy = Policy(isolation=mode)
     if fails:
         with pytest.raises(UnsupportedKernel, match="--best-effort"):
-            isolation.resolve(policy)
-        iso = isolation.resolve(policy.with_changes(best_effort=True))
+            isolation.resolve(policy, host)
+        iso = isolation.resolve(policy.with_changes(best_effort=True), host)
         assert iso.missing and iso.mode == mode
     else:
-        assert isolation.resolve(policy).missing == ()
+        assert isolation.resolve(policy, host).missing == ()
 
 
 @pytest.mark.parametrize("mode", ["full", "landlock"])
 @pytest.mark.parametrize("abi", [1, 5, 6, 7])
-def test_a_session_needs_a_landlock_domain_per_command(monkeypatch, mode, abi):
+def test_a_session_needs_a_landlock_domain_per_command(mode, abi):
     from nsbox.errors import UnsupportedKernel
-    from nsbox.kernel import landlock
     from nsbox.policy.model import Policy
 
-    monkeypatch.setattr(landlock, "abi_version", lambda: abi)
+    host = literal_host(landlock_abi=abi)
     policy = Policy(isolation=mode)
     if abi >= 6:
-        assert isolation.resolve(policy, session=True).missing == ()
+        assert isolation.resolve(policy, host, session=True).missing == ()
         assert landlock_rules.command_domain(abi).scoped == landlock_rules.scopes(abi)
         return
     assert landlock_rules.command_domain(abi) is None
     with pytest.raises(UnsupportedKernel, match="domain per session command"):
-        isolation.resolve(policy, session=True)
-    iso = isolation.resolve(policy.with_changes(best_effort=True), session=True)
+        isolation.resolve(policy, host, session=True)
+    iso = isolation.resolve(policy.with_changes(best_effort=True), host, session=True)
     assert isolation.SESSION_DOMAINS_MISSING in iso.missing
     if mode == "full":  # a one-shot run needs no such domain
-        assert isolation.resolve(policy).missing == ()
+        assert isolation.resolve(policy, host).missing == ()

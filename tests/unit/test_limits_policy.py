@@ -122,7 +122,7 @@ def test_the_shipped_profiles_deny_creating_namespaces():
     """What lets nsbox skip bounding the namespace counters under them."""
     import json
 
-    from nsbox.launch import profiles
+    from nsbox.policy import profiles
 
     for name in L.PROFILES_WITHOUT_NAMESPACES:
         with open(profiles.find(name)) as f:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nsbox import exec_args
+from nsbox.cli import exec_args
 from nsbox.errors import PolicyError
 from nsbox.netproxy import protocol
 from nsbox.policy import landlock_rules, loader, netallow

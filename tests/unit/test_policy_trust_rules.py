@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nsbox import policy_files
+from nsbox.policy import files as policy_files
 from nsbox.errors import PolicyError
 from nsbox import trust_store
 from nsbox.policy import loader

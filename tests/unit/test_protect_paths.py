@@ -5,7 +5,7 @@ import os
 import pytest
 
 from nsbox.errors import PolicyError
-from nsbox.launch import protect
+from nsbox.plan import protect
 from nsbox.policy.model import Policy
 
 

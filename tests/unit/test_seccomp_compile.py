@@ -13,7 +13,9 @@ import pytest
 
 pytest.importorskip("pyseccomp")
 
-from nsbox.launch import profiles, seccomp_filter  # noqa: E402
+from nsbox.policy import profiles  # noqa: E402
+
+from nsbox.plan import seccomp_filter
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 numbers")
 

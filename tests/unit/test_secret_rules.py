@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from nsbox.launch import hidden_paths, protect
+from nsbox.plan import hidden_paths, protect
 from nsbox.policy import defaults, env, hidden_entries
 from nsbox.policy.model import Policy
 

@@ -2,7 +2,7 @@
 
 import os
 
-from nsbox.launch import gitdirs, watch
+from nsbox.plan import gitdirs, watch
 
 
 def test_appeared_changed_removed_and_quiet(tmp_path):

@@ -13,7 +13,7 @@ def list_():
     """List the shipped profiles (use one with `nsbox exec --seccomp NAME`)."""
     import json
 
-    from nsbox.launch import profiles
+    from nsbox.policy import profiles
 
     for name in profiles.names():
         try:
@@ -27,7 +27,7 @@ def list_():
 def show(name: str = typer.Argument(..., help="a shipped profile's name, or a path")):
     """Print a profile's JSON."""
     from nsbox.errors import PolicyError
-    from nsbox.launch import profiles
+    from nsbox.policy import profiles
 
     try:
         sys.stdout.write(profiles.read(profiles.find(name)).decode(errors="replace"))
@@ -40,7 +40,8 @@ def show(name: str = typer.Argument(..., help="a shipped profile's name, or a pa
 def check(file: str = typer.Argument(..., help="a profile name or JSON file to check")):
     """Check a profile: JSON syntax, keys, actions, ops, syscall names; then compile it."""
     from nsbox.errors import NsboxError
-    from nsbox.launch import profiles, seccomp_filter
+    from nsbox.policy import profiles
+    from nsbox.plan import seccomp_filter
 
     try:
         path = profiles.find(file)

@@ -3,33 +3,13 @@ policy, which protections were in force, and how it ended."""
 
 import signal
 
+from nsbox.plan import prepare, summary
+
+
 def now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def protections(plan) -> dict:
-    """What this plan enforces, as reviewable data."""
-    from nsbox.kernel import namespaces
-
-    ruleset = plan.landlock
-    kinds = {}
-    for step in plan.mounts:
-        kinds.setdefault(step.kind, []).append(step.target)
-    return {
-        "isolation": getattr(plan, "isolation", "full"),
-        "missing": list(getattr(plan, "isolation_missing", ())),
-        "namespaces": namespaces.describe(plan.ns_flags).split("+") if plan.ns_flags else [],
-        "landlock_abi": ruleset.abi if ruleset is not None else None,
-        "seccomp_profile": plan.policy.seccomp if plan.seccomp_bpf is not None else None,
-        "no_new_privs": True,
-        "read_only_root": bool(kinds.get("root_readonly")),
-        "writable": kinds.get("bind_rw", []),
-        "protected": kinds.get("bind_ro", []),
-        "pinned": kinds.get("pin", []),
-        "hidden": kinds.get("mask_dir", []) + kinds.get("mask_file", []),
-    }
 
 
 def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
@@ -39,14 +19,14 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
     `policy_file`: the policy_files.Decision about the run's policy file, if it had one."""
     out = {
         "command": list(argv),
-        "policy_digest": policy.digest() if policy is not None else None,
+        "policy_digest": _digest(policy, plan),
         "policy": policy.as_dict() if policy is not None else None,
         "start": started,
         "end": now(),
         "exit_code": exit_code,
         "signal": None,
         "setup_error": error or None,
-        "protections": protections(plan) if plan is not None else None,
+        "protections": summary.protections(plan) if plan is not None else None,
         "network": _network(policy, network or {}) if policy is not None else None,
         # limit -> {"value", "mechanism" (cgroup2 | cgroup1 | rlimit | tmpfs | supervisor
         # | userns), "scope" (sandbox | per process)}
@@ -56,7 +36,7 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         "limit_hit": limit_hit.as_dict() if limit_hit is not None else None,
         # {"path", "sha256", "decision": trusted | untrusted, "reason", "ignored": [...]}
         "policy_file": policy_file.as_dict() if policy_file is not None else None,
-        # what changed where code runs later outside the sandbox (see launch/watch.py)
+        # what changed where code runs later outside the sandbox (see plan/watch.py)
         "changes": [change.as_dict() for change in changes],
     }
     # PID 1 reports a command killed by signal N as 128+N, as shells do.
@@ -66,6 +46,12 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         except ValueError:
             pass
     return out
+
+
+def _digest(policy, plan):
+    if plan is not None:
+        return plan.digest
+    return prepare.policy_digest(policy) if policy is not None else None
 
 
 def _network(policy, report: dict) -> dict:

@@ -14,7 +14,7 @@ import struct
 import time
 
 from nsbox.kernel import caps, landlock, proc, seccomp
-from nsbox.launch import errorpipe, init, sequence
+from nsbox.launch import errorpipe, pid1, sequence
 
 _BACKLOG = 512
 
@@ -45,7 +45,7 @@ def start(plan, channel_fd: int) -> None:
 def _main(plan, listener: socket.socket, channel_fd: int, ready_w: int) -> None:
     step = "signals"
     try:
-        init.reset_signals(sequence.WATCHED_SIGNALS)
+        pid1.reset_signals(sequence.WATCHED_SIGNALS)
         proc.set_name("nsbox-netfwd")
         step = "parent-death signal"
         proc.set_parent_death_signal(signal.SIGKILL)

@@ -2,18 +2,16 @@
 
 `full`: namespaces + mounts + Landlock + seccomp. `landlock`: no namespaces (for
 containers and hosts that forbid user namespaces); Landlock, seccomp and a child
-subreaper carry the whole confinement. `auto` probes and takes the strongest.
+subreaper carry the whole confinement. `auto` takes the strongest, on the caller's
+verdict about user namespaces (plan.host).
 """
 
 import os
 from nsbox.record import Record
 
 from nsbox.errors import UnsupportedKernel
-from nsbox.kernel import landlock, namespaces
+from nsbox.plan.types import FULL, LANDLOCK
 from nsbox.policy import landlock_rules
-
-FULL = "full"
-LANDLOCK = "landlock"
 
 
 class Isolation(Record):
@@ -23,13 +21,17 @@ class Isolation(Record):
     fallback_reason: str = ""  # why `auto` settled for less than full
 
 
-def resolve(policy, session: bool = False) -> Isolation:
+def resolve(policy, host, session: bool = False) -> Isolation:
     """Pick the mode and check the kernel can enforce it; fail closed unless best effort.
-    session: for a Session, whose commands each need a Landlock domain of their own."""
-    abi = landlock.abi_version()
+    host: plan.host.HostFacts; session: for a Session, whose commands each need a
+    Landlock domain of their own."""
+    abi = host.landlock_abi
     mode, fallback_reason = policy.isolation, ""
     if mode == "auto":
-        fallback_reason = userns_probe_failure()
+        if host.userns_blocker is None:
+            raise ValueError("isolation 'auto' needs the host's user-namespace verdict "
+                             "(plan.host.facts(userns_blocker=...))")
+        fallback_reason = host.userns_blocker
         mode = LANDLOCK if fallback_reason else FULL
     missing = _missing_protections(mode, abi, policy)
     if session and 1 <= abi and not landlock_rules.command_domain(abi):
@@ -37,7 +39,7 @@ def resolve(policy, session: bool = False) -> Isolation:
     if missing and not policy.best_effort:
         if abi < 1:
             raise UnsupportedKernel(
-                f"Landlock is unavailable: {landlock.unavailable_reason()}. "
+                f"Landlock is unavailable: {host.landlock_unavailable}. "
                 "Pass --best-effort to run without it.")
         raise UnsupportedKernel(
             f"isolation {mode!r} needs a newer Landlock (this kernel has ABI {abi}) for: "
@@ -64,44 +66,12 @@ def _missing_protections(mode: str, abi: int, policy) -> list:
     return missing
 
 
-def userns_probe_failure() -> str:
-    """Empty if an unprivileged user + mount namespace can be made here, else why not."""
-    uid, gid = os.getuid(), os.getgid()  # read after unshare they are the overflow ids
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            namespaces.unshare(namespaces.CLONE_NEWUSER | namespaces.CLONE_NEWNS)
-            namespaces.write_id_maps(uid, gid)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
-        return ""
-    return namespaces.userns_blocker()
-
-
 def private_tmp_path() -> str:
     """A fresh, unguessable name for the per-run TMPDIR (the launcher creates it)."""
     base = os.environ.get("TMPDIR", "")
     if not (base.startswith("/") and os.path.isdir(base)):
         base = "/tmp"
     return os.path.join(os.path.realpath(base), f"nsbox-{os.getpid()}-{os.urandom(6).hex()}")
-
-
-def with_test_switches(steps: tuple) -> tuple:
-    """NSBOX_TEST_WRITABLE_ROOT=1 mounts the host root read-write (Landlock stays on),
-    so tests can show Landlock confines writes on its own. Never for real use."""
-    if os.environ.get("NSBOX_TEST_WRITABLE_ROOT") != "1":
-        return steps
-    import sys
-    from nsbox.record import replace
-
-    sys.stderr.write("nsbox: WARNING: NSBOX_TEST_WRITABLE_ROOT=1: the host root is mounted "
-                     "READ-WRITE in the sandbox; only Landlock confines writes. Test use only.\n")
-    return tuple(replace(s, kind="root_writable") if s.kind == "root_readonly" else s
-                 for s in steps)
 
 
 def ruleset(iso: Isolation, policy, writable: tuple, private_tmp, hidden=()):

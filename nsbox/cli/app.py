@@ -12,12 +12,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                                        "help_option_names": []})
 def exec_(ctx: typer.Context):
     """Run a command in a fresh sandbox (see `nsbox exec --help`)."""
-    from nsbox.cli import exec_command
+    from nsbox.cli import execute
 
-    raise typer.Exit(exec_command(list(ctx.args)))
+    raise typer.Exit(execute.run(list(ctx.args)))
 
 
-from nsbox.cli_profiles import profiles_app  # noqa: E402
+from nsbox.cli.profiles import profiles_app  # noqa: E402
 
 app.add_typer(profiles_app, name="profiles")
 
@@ -31,7 +31,7 @@ app.add_typer(policy_app, name="policy")
                                               "help_option_names": []})
 def policy_show(ctx: typer.Context):
     """Print the effective policy as JSON (takes `nsbox exec`'s options)."""
-    from nsbox import policy_show as show
+    from nsbox.cli import policy_show as show
 
     raise typer.Exit(show.main(list(ctx.args)))
 
@@ -44,7 +44,7 @@ def trust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")
     A policy file that a sandbox could have written (the workspace's, or one under a
     writable root) otherwise only narrows the policy. Any change to the file undoes this.
     """
-    from nsbox import policy_files
+    from nsbox.policy import files as policy_files
     from nsbox.errors import PolicyError
     from nsbox import trust_store
 
@@ -93,7 +93,7 @@ def untrust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml
 def _default_file() -> str:
     import os
 
-    from nsbox.policy_files import WORKSPACE_FILE
+    from nsbox.policy.files import WORKSPACE_FILE
 
     return os.path.join(".", WORKSPACE_FILE)
 
@@ -138,15 +138,15 @@ def _fail(message: str, code: int):
 @app.command()
 def check(json_output: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
     """Report what this host lets nsbox enforce, and how to fix what is missing."""
-    from nsbox import doctor
+    from nsbox.cli import check as host_check
 
-    checks = doctor.run_checks()
+    checks = host_check.run_checks()
     if json_output:
         import json
 
         print(json.dumps(checks, indent=2))
     else:
-        doctor.render(checks)
+        host_check.render(checks)
     raise typer.Exit(0 if checks["verdict"]["level"] in ("full", "landlock") else 1)
 
 

@@ -9,7 +9,8 @@ import sys
 
 from nsbox import state
 from nsbox.errors import PolicyError, UnsupportedKernel
-from nsbox.launch import bpf_cache, profiles
+from nsbox.plan import bpf_cache
+from nsbox.policy import profiles
 
 # Bump when the way a profile becomes BPF changes, to retire old cache entries.
 COMPILER_VERSION = "2"  # 2: entries carry an HMAC
@@ -111,8 +112,19 @@ def kernel_version() -> tuple:
         return (0, 0)
 
 
+_UNREAD = object()
+_libseccomp_version = _UNREAD
+
+
 def libseccomp_version() -> str | None:
-    """Version of the libseccomp.so.2 the binding would load, read from the file's name."""
+    """Version of the libseccomp.so.2 the binding would load (read once per process)."""
+    global _libseccomp_version
+    if _libseccomp_version is _UNREAD:
+        _libseccomp_version = _read_libseccomp_version()
+    return _libseccomp_version
+
+
+def _read_libseccomp_version() -> str | None:
     for directory in _library_dirs():
         candidate = os.path.join(directory, "libseccomp.so.2")
         if os.path.exists(candidate):

@@ -14,7 +14,7 @@ import os
 
 from nsbox.errors import PolicyError, UnsupportedKernel
 from nsbox.kernel import mountinfo
-from nsbox.launch import gitdirs, hidden_paths, watch
+from nsbox.plan import gitdirs, hidden_paths, watch
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.model import Policy
 from nsbox.record import Record

@@ -1,4 +1,4 @@
-"""Run one command with Landlock isolation only: no namespaces at all.
+"""Landlock-only confinement: no namespaces at all.
 
 For hosts where user namespaces are unavailable (containers, AppArmor's userns
 restriction, WSL). Landlock confines writes to the workspace and a per-run
@@ -12,46 +12,26 @@ command:  join the cgroup -> chdir -> fds -> rlimits -> drop capabilities (root 
           -> no_new_privs
           -> parent-death signal -> Landlock -> seccomp -> exec (or serve a session)
 
-`run` is the CLI's caller; the library's is nsbox.launch.launcher, which uses the
-same open_scope / fork_command / close_scope. In a library session the command
-process is the session server (nsbox.launch.session): its commands share the
+The CLI's caller (launch.caller) and the library's (nsbox.service.relay) both use
+open_scope / fork_command / close_scope. In a library session the command
+process is the session server (nsbox.service.session_server): its commands share the
 TMPDIR, and everything is killed and the TMPDIR removed when the session ends.
 """
 
+import _signal as signal  # the C module: `signal` imports enum, in every relay
 import os
-import _signal as signal  # the C module: `signal` imports enum, in every launcher
 import stat
-import sys
-import time
 
 from nsbox.kernel import proc
-from nsbox.launch import errorpipe, foreground, init, limits, sequence, trace
+from nsbox.launch import errorpipe, limits, sequence
+from nsbox.plan.types import LANDLOCK
 
-MODE = "landlock"  # LaunchPlan.isolation for this launcher (isolation.LANDLOCK)
+MODE = LANDLOCK  # the LaunchPlan.isolation this module confines
 
 
-def run(plan, on_limit=None) -> int:
-    """Start the command, wait for it, clean up after it. The caller must be single-threaded."""
-    trace.mark("launch")
-    init.watch_signals(sequence.WATCHED_SIGNALS)
-    active = limits.start(plan.limits)
-    code, timed_out, failure, scope = errorpipe.SETUP_FAILED, False, None, None
-    try:
-        scope = open_scope(plan)
-        error_r, error_w = os.pipe2(os.O_CLOEXEC)
-        deadline = limits.deadline(plan.limits, time.monotonic())
-        pid = fork_command(plan, error_r, error_w, active)
-        failure = errorpipe.read_failure(error_r)
-        code = init.supervise(pid, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
-                              deadline=deadline)
-        timed_out = (deadline is not None and code == init.WALL_TIMEOUT
-                     and time.monotonic() >= deadline)
-    finally:
-        problem = close_scope(scope) if scope is not None else ""
-        hit = limits.finish(active, code, timed_out)
-        if problem:
-            sys.stderr.write(f"nsbox: {problem}\n")
-    return foreground.conclude(plan, code, failure, hit, on_limit)
+def error_pipe() -> tuple:
+    """(read end, write end) for the command's failure record."""
+    return os.pipe2(os.O_CLOEXEC)
 
 
 class Scope:

@@ -4,7 +4,7 @@ A runner may use threads and asyncio; forking there and running Python before
 exec is unsafe. So the runner starts this server once (a fresh interpreter, on
 first use) and sends it one record per sandbox over a unix socket: the pickled
 launch plan plus, by SCM_RIGHTS, the sandbox's stdio and a status socket. The
-server only forks; each child (nsbox.launch.launcher) reports to the runner itself.
+server only forks; each child (nsbox.service.relay) reports to the runner itself.
 
 When the runner dies the server reads EOF and exits (and, when it was started
 from the main thread, gets a parent-death signal too); every sandbox has a
@@ -28,10 +28,14 @@ import os
 import sys
 
 from nsbox.kernel import proc
-from nsbox.launch import launcher, wire
+from nsbox.service import relay, wire
 
-# Loaded once here so a child never imports on its way to exec.
-from nsbox.launch import errorpipe, prepare, sequence, session  # noqa: F401
+# Loaded once here so a child never imports on its way to exec (the plan's types
+# are what unpickling a request needs).
+from nsbox.launch import errorpipe, probe, sequence  # noqa: F401
+from nsbox.plan import types  # noqa: F401
+from nsbox.policy import landlock_rules, netallow, plan as policy_plan  # noqa: F401
+from nsbox.service import session_server  # noqa: F401
 
 
 def serve(sock: socket.socket) -> None:
@@ -54,10 +58,10 @@ def serve(sock: socket.socket) -> None:
             pid = os.fork()
         except OSError as err:
             if fds:
-                wire.send_quietly(socket.socket(fileno=os.dup(fds[0])), wire.failed("fork", err))
+                wire.send_quietly(socket.socket(fileno=os.dup(fds[0])), wire.failed(errorpipe.from_exception("fork", err)))
             pid = -1
         if pid == 0:
-            launcher.main(payload, fds, sock.fileno(), me)
+            relay.main(payload, fds, sock.fileno(), me)
         for fd in fds:
             os.close(fd)
 
@@ -133,7 +137,7 @@ class Client:
             # cwd "/": `-m` puts the working directory on sys.path, and a workspace
             # may hold modules that shadow the standard library.
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "nsbox.launch.forkserver", str(theirs.fileno()),
+                [sys.executable, "-m", "nsbox.service.forkserver", str(theirs.fileno()),
                  str(os.getpid()), "1" if watch else "0"],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd="/", env=env,
                 start_new_session=True)
@@ -159,8 +163,13 @@ _client_lock = _thread.allocate_lock()
 
 
 def submit(kind: str, plan, fds):
-    """Start one sandbox of `kind` (see launcher); returns the runner's status socket."""
+    """Start one sandbox of `kind` (see relay); returns the runner's status socket."""
     import pickle
+
+    if plan is not None and plan.watch is not None:
+        from nsbox.record import replace
+
+        plan = replace(plan, watch=None)  # compared by the runner; the sandbox never needs it
 
     ours, theirs = wire.socketpair()
     try:
@@ -185,3 +194,24 @@ def client() -> Client:
 
 if __name__ == "__main__":
     main(sys.argv)
+
+
+_userns_blocker = None
+
+
+def userns_blocker() -> str:
+    """The fork server's verdict on user namespaces ("" when they work), asked once per
+    process: the runner itself never forks for a probe."""
+    global _userns_blocker
+    if _userns_blocker is None:
+        status = submit(relay.PROBE, None, ())
+        try:
+            record = status.recv(wire.MAX_RECORD)
+        finally:
+            status.close()
+        if record[:1] != wire.PROBED:
+            from nsbox.errors import SandboxError
+
+            raise SandboxError("the nsbox fork server did not answer its user-namespace probe")
+        _userns_blocker = record[1:].decode(errors="replace")
+    return _userns_blocker

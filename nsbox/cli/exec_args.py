@@ -1,4 +1,5 @@
-"""Argument parsing for `nsbox exec`, kept free of typer: it is on the start-up path."""
+"""`nsbox exec` options: parsing (kept free of typer: it is on the start-up path) and
+the one place where they become a Policy."""
 
 # option -> (field, metavar or None for a switch, repeatable, help)
 OPTIONS = {
@@ -121,3 +122,41 @@ def help_text() -> str:
               "126 if CMD cannot be executed; 127 if CMD is not found;",
               "124 if the wall limit killed it."]
     return "\n".join(lines)
+
+
+# `nsbox exec` values that are not Policy settings; every other value is one, under
+# its field name (see policy.loader.merge), and must have been given on the command line.
+NOT_POLICY = ("cwd", "policy", "json_status", "setenv", "limit")
+
+
+def policy_from_options(values: dict, on_policy_file=None):
+    """The one place where `nsbox exec` options become a Policy.
+
+    Layers, lowest first: the preset's defaults, the policy file (narrowed unless
+    trusted, see policy_files), then the flags actually given (a flag left out keeps
+    the file's value). `on_policy_file` gets the file's trust Decision, if one was used.
+    """
+    import os
+
+    from nsbox.policy import files as policy_files
+    from nsbox.policy import loader
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        from nsbox.errors import PolicyError
+
+        raise PolicyError("the current directory no longer exists; cd to an existing "
+                          "directory and run again") from None
+
+    flags = {key: value for key, value in values.items() if key not in NOT_POLICY}
+    if "setenv" in values:
+        flags["extra_env"] = loader.parse_setenv(values["setenv"])
+    if "limit" in values:
+        from nsbox.policy.limits import parse_options
+
+        flags["limits"] = parse_options(values["limit"])
+    policy, decision = policy_files.resolve(values.get("policy"), flags)
+    if decision is not None and on_policy_file is not None:
+        on_policy_file(decision)
+    return policy

@@ -27,7 +27,8 @@ import os
 import select
 
 from nsbox.kernel import landlock
-from nsbox.launch import errorpipe, sequence, wire
+from nsbox.launch import errorpipe, sequence
+from nsbox.service import wire
 from nsbox.policy import landlock_rules
 
 
@@ -163,7 +164,7 @@ def _start(plan, record: bytes, stdio, reply) -> int:
         pid = os.posix_spawn(path, argv, env, file_actions=_stdio_actions(stdio),
                              setpgroup=0, setsigdef=_DEFAULT_SIGNALS)
     except OSError as err:
-        _report_failure(errorpipe.Failure(step, err.errno or 0, str(err)), reply)
+        _report_failure(errorpipe.from_exception(step, err), reply)
         return 0
     finally:
         for fd in stdio:
@@ -176,11 +177,11 @@ def _refuse(err: OSError, stdio, reply) -> None:
     """A command whose own Landlock domain could not be made never starts."""
     for fd in stdio:
         os.close(fd)
-    _report_failure(errorpipe.Failure("landlock", err.errno or 0, str(err)), reply)
+    _report_failure(errorpipe.from_exception("landlock", err), reply)
 
 
 def _report_failure(failure: errorpipe.Failure, reply) -> None:
-    wire.send_quietly(reply, wire.failed_from(failure))
+    wire.send_quietly(reply, wire.failed(failure))
     wire.send_quietly(reply, wire.exited(failure.exit_code, None))
 
 

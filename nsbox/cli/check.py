@@ -1,52 +1,15 @@
 """`nsbox check`: what this host lets nsbox enforce, with a fix for each gap.
 
-Probes that change the calling process (unshare, loading a seccomp filter) run in
-a forked child, so checking never alters the caller.
+It reads the same host facts and probes as a launch (nsbox.plan.host and
+nsbox.launch.probe, whose probes run in a forked child and never alter the caller).
 """
 
 import os
 
+from nsbox.launch import probe
+from nsbox.plan import host
+
 OK, WARN, FAIL = "ok", "warn", "fail"
-
-
-def _in_child(probe) -> tuple:
-    """Run `probe()` in a forked child; (True, "") if it returned, else (False, its error)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(read_end)
-            probe()
-        except BaseException as err:  # reported to the parent, never raised here
-            os.write(write_end, str(err).encode()[:4000])
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        message = f.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0, message
-
-
-def _probe_userns() -> None:
-    from nsbox.kernel import namespaces
-
-    uid, gid = os.getuid(), os.getgid()  # after unshare they read as the overflow id
-    namespaces.unshare(namespaces.CLONE_NEWUSER | namespaces.CLONE_NEWNS | namespaces.CLONE_NEWPID
-                       | namespaces.CLONE_NEWNET)
-    namespaces.write_id_maps(uid, gid)
-
-
-def _probe_seccomp() -> None:
-    import struct
-
-    from nsbox.kernel import proc, seccomp
-
-    proc.set_no_new_privs()
-    allow_all = struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
-    seccomp.load_filter(allow_all)
 
 
 def check_kernel() -> dict:
@@ -55,12 +18,9 @@ def check_kernel() -> dict:
 
 
 def check_userns() -> dict:
-    works, error = _in_child(_probe_userns)
-    if works:
+    error, reason = probe.userns_failure()
+    if not error:
         return {"status": OK, "works": True}
-    from nsbox.kernel import namespaces
-
-    reason = namespaces.userns_blocker()
     error = error.replace(f". {reason}", "").strip()
     fix = reason.split("Fix: ", 1)[1] if "Fix: " in reason else USERNS_FIX
     return {"status": FAIL, "works": False, "error": error, "cause": reason.split(" Fix: ")[0],
@@ -74,16 +34,14 @@ ISOLATION_AUTO_GIVES = ("`nsbox exec --isolation auto` works here: Landlock and 
 
 
 def check_landlock() -> dict:
-    from nsbox.kernel import landlock
-
-    abi = landlock.abi_version()
+    facts = host.facts()
+    abi = facts.landlock_abi
     if abi >= 1:
         out = {"status": OK, "abi": abi}
         if abi < 4:
             out.update(status=WARN, note="ABI < 4: no TCP rules (Linux 6.7+)")
         return out
-    reason = landlock.unavailable_reason()
-    return {"status": FAIL, "abi": 0, "cause": reason,
+    return {"status": FAIL, "abi": 0, "cause": facts.landlock_unavailable,
             "fix": "use Linux 5.13+ with lsm=landlock on the kernel command line "
                    "(CONFIG_SECURITY_LANDLOCK=y)"}
 
@@ -93,7 +51,8 @@ def check_seccomp() -> dict:
     if mode is None:
         return {"status": FAIL, "available": False,
                 "fix": "build the kernel with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y"}
-    works, error = _in_child(_probe_seccomp)
+    error = probe.seccomp_error()
+    works = not error
     out = {"status": OK if works else FAIL, "available": works, "mode_here": int(mode)}
     if not works:
         out["error"] = error
@@ -103,9 +62,7 @@ def check_seccomp() -> dict:
 
 
 def check_cgroup() -> dict:
-    from nsbox.kernel import mountinfo
-
-    mount = mountinfo.find_fstype("cgroup2")
+    mount = host.mount_of("cgroup2")
     if mount is None:
         return {"status": WARN, "v2": False, "note": "no cgroup2 mount: limits use rlimits only",
                 "fix": "boot with systemd.unified_cgroup_hierarchy=1 or mount cgroup2"}
@@ -131,12 +88,12 @@ def check_cgroup() -> dict:
 
 def check_limits() -> dict:
     """Which mechanism would enforce each resource limit for this user on this host."""
-    from nsbox.launch import limits
+    from nsbox.plan import limits
     from nsbox.policy import limits as policy_limits
     from nsbox.policy.limits import Limits
 
-    probe = Limits(pids=1024, memory=1 << 30, cpu=1.0, wall=60)
-    plan = limits.plan(probe, best_effort=True)
+    wanted = Limits(pids=1024, memory=1 << 30, cpu=1.0, wall=60)
+    plan = limits.plan(wanted, host.facts(), best_effort=True)
     applied = plan.applied()
     mechanisms = {name: entry["mechanism"] or "none" for name, entry in applied.items()}
     scopes = {name: entry.get("scope", "none") for name, entry in applied.items()}
@@ -265,9 +222,7 @@ def render(checks: dict) -> None:
 
 def _title(name: str, result: dict) -> str:
     if name == "cgroup_v2":
-        from nsbox.kernel import mountinfo
-
-        v1 = mountinfo.find_fstype("cgroup") is not None
+        v1 = host.mount_of("cgroup") is not None
         return "cgroup v1 + v2" if v1 and result.get("v2") else "cgroup v1" if v1 else "cgroup v2"
     return name.replace("_", " ")
 

@@ -12,7 +12,7 @@ if they appeared; everything else that appeared or changed is reported.
 import os
 import stat
 
-from nsbox.launch import gitdirs
+from nsbox.plan import gitdirs
 from nsbox.record import Record
 
 # Relative to a git dir that existed before the run: redirects git would obey.

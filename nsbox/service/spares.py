@@ -1,7 +1,7 @@
 """Spare sandboxes for one-shot runs: built in the background, each used once.
 
 After a one-shot run the runner submits one more sandbox for the same launch
-plan, built up to the exec of the command (launcher.SPARE). The next run with
+plan, built up to the exec of the command (relay.SPARE). The next run with
 an equal plan sends its argv, cwd, env and stdio to that spare instead of
 starting from nothing. The command still gets a sandbox no other command has
 used, and when it ends the whole sandbox ends with it, as on the fresh path.
@@ -19,7 +19,9 @@ import select
 import threading
 from collections import OrderedDict
 
-from nsbox.launch import forkserver, launcher, trace, wire
+from nsbox.service import forkserver, relay, wire
+
+from nsbox import trace
 from nsbox.record import fields, replace
 
 MAX_PLANS = 4  # spares kept, one per plan, least recently used dropped first
@@ -230,7 +232,7 @@ def _build(plan) -> Spare:
     try:
         control, theirs = wire.socketpair()
         # The spare's own stdio is /dev/null until its command brings stdio along.
-        status = forkserver.submit(launcher.SPARE, replace(plan, argv=("nsbox-spare",), env={}),
+        status = forkserver.submit(relay.SPARE, replace(plan, argv=("nsbox-spare",), env={}),
                                    [devnull, devnull, devnull, theirs.fileno()])
     except BaseException:
         if control is not None:

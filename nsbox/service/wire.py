@@ -13,10 +13,11 @@ import struct
 from nsbox.launch import errorpipe
 
 STARTED = b"S"
-FAILED = b"F"  # + step NUL errno NUL exception class NUL message
+FAILED = b"F"  # + an errorpipe failure record
 EXITED = b"X"  # + returncode, signal (0: none) as two native ints
 NETWORK = b"N"  # + the allowlist proxy's report as JSON; just before EXITED
 READY = b"R"  # a spare sandbox, on its control socket: send the command
+PROBED = b"P"  # + why user namespaces cannot be made here (empty: they can)
 LIMIT = b"L"  # + the resource limit that ended the command, as JSON; just before EXITED
 _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
@@ -67,21 +68,13 @@ def _int_array(data: bytes):
     return struct.unpack(f"={count}i", data[:count * 4])
 
 
-def failed(step: str, err: BaseException) -> bytes:
-    errno = getattr(err, "errno", None) or 0
-    return b"".join((FAILED, f"{step}\0{errno}\0{type(err).__name__}\0{err}"
-                     .encode(errors="replace")[:8000]))
+def failed(failure: errorpipe.Failure) -> bytes:
+    """The child's failure record, passed on unchanged."""
+    return FAILED + errorpipe.encode(failure)
 
 
-def failed_from(failure: errorpipe.Failure) -> bytes:
-    return b"".join((FAILED, f"{failure.step}\0{failure.errno}\0\0{failure.message}"
-                     .encode(errors="replace")))
-
-
-def parse_failed(record: bytes):
-    """(Failure, exception class name or "")."""
-    step, errno, kind, message = record[1:].decode(errors="replace").split("\0", 3)
-    return errorpipe.Failure(step, int(errno or 0), message), kind
+def parse_failed(record: bytes) -> errorpipe.Failure:
+    return errorpipe.decode(record[1:])
 
 
 def exited(returncode: int, signal: int | None) -> bytes:

@@ -7,7 +7,7 @@ status socket) or the fork server dying (parent-death signal) ends the sandbox.
 
 Landlock-only isolation (plan.isolation "landlock"; one-shot runs and sessions):
 no namespaces and no PID 1. This process becomes a child subreaper, creates the
-per-run TMPDIR and forks the command itself (nsbox.launch.landlock_only), or in
+per-run TMPDIR and forks the command itself (nsbox.launch.scope), or in
 a session the restricted session server; it reaps the orphans re-parented to it,
 and once that process has exited it kills whatever is left and removes the
 TMPDIR before reporting the exit. The fork server dying is a catchable signal
@@ -24,19 +24,23 @@ import time
 
 from nsbox.kernel import proc
 from nsbox.record import replace
-from nsbox.launch import errorpipe, init, landlock_only, limits, sequence, trace, wire
+from nsbox.launch import errorpipe, limits, pid1, probe, scope, sequence
+from nsbox import trace
+from nsbox.service import wire
 
 ONE_SHOT = "run"
 SESSION = "session"
 # A one-shot sandbox built ahead of its command: the command process, fully
 # restricted, waits on the control socket for argv, cwd, env and stdio, then execs.
 SPARE = "spare"
+# Not a sandbox: can user namespaces be made here? (see forkserver.userns_blocker)
+PROBE = "probe"
 
 
 def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
     """Runs in the fork server's child; never returns. fds: status, stdin, stdout, stderr[, control]."""
     status = None
-    active = channel = scope = wake_r = None
+    active = channel = opened = wake_r = None
     step = "launcher"
     trace.mark("launcher start")
     try:
@@ -47,14 +51,18 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
         if os.getppid() != server_pid:
             os._exit(1)  # the fork server died before we could watch it
         kind, plan = pickle.loads(payload)
+        if kind == PROBE:
+            step = "probe"
+            wire.send(status, wire.PROBED + probe.userns_blocker().encode())
+            os._exit(0)
         for target, fd in enumerate(fds[1:4]):
             os.dup2(fd, target)
             os.close(fd)
         channel = sequence.Channel()
         if kind == SESSION:
-            from nsbox.launch import session
+            from nsbox.service import session_server
 
-            channel.serve = session.server(fds[4])
+            channel.serve = session_server.server(fds[4])
         elif kind == SPARE:
             channel.await_command = _command_from(fds[4])
         step = "cgroup"
@@ -67,19 +75,19 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             # Before unshare, so that it stays in the host's network namespace; forked
             # after stdio is in place, so its refusal lines go to the command's stderr.
             channel.proxy = net_proxy.start(plan.net_proxy)
-        if plan.isolation == landlock_only.MODE:
+        if plan.isolation == scope.MODE:
             if kind == SPARE:
                 raise ValueError("a spare sandbox needs full isolation")
             step = "signals"
             wake_r = _watch_server_and_orphans(server_pid)
             step = "TMPDIR"
-            scope = landlock_only.open_scope(plan)
+            opened = scope.open_scope(plan)
             # A session lives across commands: the wall limit is the per-command timeout there.
             deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
             step = "fork command"
             os.close(channel.lifeline_r)
             os.close(channel.lifeline_w)
-            pid1 = landlock_only.fork_command(plan, channel.error_r, channel.error_w, active,
+            top = scope.fork_command(plan, channel.error_r, channel.error_w, active,
                                               serve=channel.serve)
         else:
             step = "namespaces"
@@ -87,21 +95,21 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             # A session lives across commands: the wall limit is the per-command timeout there.
             deadline = None if kind == SESSION else limits.deadline(plan.limits, time.monotonic())
             step = "fork init"
-            pid1 = sequence.fork_init(plan, channel)
+            top = sequence.fork_init(plan, channel)
         if kind in (SESSION, SPARE):
             os.close(fds[4])
     except BaseException as err:
         _stop_proxy(channel)
         if status is not None:
-            wire.send_quietly(status, wire.failed(step, err))
+            wire.send_quietly(status, wire.failed(errorpipe.from_exception(step, err)))
         try:
-            if scope is not None:
-                landlock_only.close_scope(scope)
+            if opened is not None:
+                scope.close_scope(opened)
             limits.finish(active, errorpipe.SETUP_FAILED)
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     try:
-        _relay(pid1, channel, status, deadline, scope, wake_r, resume_stopped=kind == SESSION)
+        _relay(top, channel, status, deadline, opened, wake_r, resume_stopped=kind == SESSION)
     finally:
         os._exit(0)
 
@@ -153,10 +161,10 @@ def _command_from(control_fd: int):
     return await_command
 
 
-def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None,
+def _relay(top: int, channel, status, deadline, opened=None, wake_r=None,
            resume_stopped=False) -> None:
-    """Report start and exit of `pid1` (the sandbox's PID 1, or in landlock-only isolation
-    the command or session server itself, where `scope` is cleaned up before the exit
+    """Report start and exit of `top` (the sandbox's PID 1, or in landlock-only isolation
+    the command or session server itself, where the `opened` scope is cleaned up before the exit
     is reported; a session server that stops is continued)."""
     # The sandbox owns its stdio now; EOF for the runner must not wait for us.
     # A copy of stderr stays, for the message when a resource limit ended the run.
@@ -165,7 +173,7 @@ def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None,
     for target in (0, 1, 2):
         os.dup2(devnull, target)
     os.close(devnull)
-    pidfd = os.pidfd_open(pid1)
+    pidfd = os.pidfd_open(top)
     poller = select.poll()
     poller.register(channel.error_r, select.POLLIN)
     poller.register(status, select.POLLIN)
@@ -197,21 +205,21 @@ def _relay(pid1: int, channel, status, deadline, scope=None, wake_r=None,
             elif fd == wake_r:
                 if signal.SIGHUP in _drain(wake_r):  # the fork server died
                     _kill(pidfd, signal.SIGKILL)
-                _reap(pid1, reaped, resume_stopped)
+                _reap(top, reaped, resume_stopped)
             elif fd == pidfd:
-                raw = reaped.pop(pid1) if pid1 in reaped else os.waitpid(pid1, 0)[1]
+                raw = reaped.pop(top) if top in reaped else os.waitpid(top, 0)[1]
                 if not started:  # the whole sandbox is gone, so the error pipe is at EOF
                     _report_start(channel, status)
-                if scope is None:
+                if opened is None:
                     record = _exit_record(raw)
                 else:
                     # The command itself, not a PID 1: its status is the plain one.
                     record = wire.exited_from_status(raw)
-                    problem = landlock_only.close_scope(scope)
+                    problem = scope.close_scope(opened)
                     if problem:
                         _write_quietly(stderr, f"nsbox: {problem}\n")
                 if wall_killed:
-                    record = wire.exited(init.WALL_TIMEOUT, None)
+                    record = wire.exited(pid1.WALL_TIMEOUT, None)
                 hit = limits.finish(channel.limits, wire.parse_exited(record)[0], wall_killed)
                 if hit is not None:
                     _write_quietly(stderr, f"nsbox: {hit.message}\n")
@@ -243,7 +251,7 @@ def _reap(command: int, reaped: dict, resume_stopped: bool = False) -> None:
             return
         if os.WIFSTOPPED(raw):
             if pid == command:
-                init.resume(command)
+                pid1.resume(command)
         elif pid == command:
             reaped[pid] = raw
 
@@ -276,7 +284,7 @@ def _write_quietly(fd: int, text: str) -> None:
 def _report_start(channel, status) -> bool:
     # EOF: the command was exec'd (or the sandbox died); a record: the step that failed.
     failure = errorpipe.read_failure(channel.error_r)
-    wire.send_quietly(status, wire.STARTED if failure is None else wire.failed_from(failure))
+    wire.send_quietly(status, wire.STARTED if failure is None else wire.failed(failure))
     return True
 
 

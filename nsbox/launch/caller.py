@@ -1,0 +1,95 @@
+"""Run one sandboxed command from the calling process, as `nsbox exec` does.
+
+Full isolation: the calling process itself enters the new namespaces (it only
+waits there), which spares one fork on the CLI's start-up path, and forks the
+sandbox's PID 1. Landlock-only isolation: it becomes a child subreaper, forks the
+command and kills whatever the command leaves behind (launch.scope). The library's
+caller is nsbox.service.relay, which uses the same steps.
+"""
+
+import sys
+import time
+
+from nsbox import trace
+from nsbox.launch import errorpipe, limits, pid1, rootfs, scope, sequence
+
+
+def run(plan, on_limit=None, on_network=None) -> int:
+    """Start the sandbox, wait for it, return the exit code. The caller must be single-threaded.
+
+    `on_limit(hit)` is called with the limits.LimitHit when a resource limit ended the
+    command (for run records); `on_network(report)` with the allowlist proxy's report.
+    """
+    trace.mark("launch")
+    if plan.isolation == scope.MODE:
+        return _run_landlock_only(plan, on_limit)
+    # The cgroup is made with the caller's own credentials, before the user namespace.
+    active = limits.start(plan.limits)
+    code, timed_out, failure = errorpipe.SETUP_FAILED, False, None
+    net_proxy = channel = None
+    try:
+        channel = sequence.Channel()
+        channel.limits = active
+        channel.console = rootfs.host_terminal()
+        if plan.net_proxy is not None:
+            from nsbox.launch import proxy as net_proxy
+
+            # Before unshare, so that it stays in the host's network namespace.
+            channel.proxy = net_proxy.start(plan.net_proxy)
+        pid1.watch_signals(sequence.WATCHED_SIGNALS)
+        sequence.enter_namespaces(plan)
+        deadline = limits.deadline(plan.limits, time.monotonic())
+        init_pid = sequence.fork_init(plan, channel)
+        trace.mark("wait for exec")
+        failure = errorpipe.read_failure(channel.error_r)
+        trace.mark("wait for exit")
+        code = pid1.supervise(init_pid, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
+                              deadline=deadline)
+        timed_out = _wall_expired(deadline, code)
+        trace.mark("exited")
+    finally:
+        if net_proxy is not None:
+            report = net_proxy.stop(channel.proxy)
+            if on_network is not None:
+                on_network(report)
+        hit = limits.finish(active, code, timed_out)
+        if active is not None and active.removal_failed:
+            sys.stderr.write("nsbox: warning: the sandbox's cgroup could not be removed\n")
+    return _conclude(plan, code, failure, hit, on_limit)
+
+
+def _run_landlock_only(plan, on_limit) -> int:
+    pid1.watch_signals(sequence.WATCHED_SIGNALS)
+    active = limits.start(plan.limits)
+    code, timed_out, failure, opened = errorpipe.SETUP_FAILED, False, None, None
+    try:
+        opened = scope.open_scope(plan)
+        error_r, error_w = scope.error_pipe()
+        deadline = limits.deadline(plan.limits, time.monotonic())
+        pid = scope.fork_command(plan, error_r, error_w, active)
+        failure = errorpipe.read_failure(error_r)
+        code = pid1.supervise(pid, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
+                              deadline=deadline)
+        timed_out = _wall_expired(deadline, code)
+    finally:
+        problem = scope.close_scope(opened) if opened is not None else ""
+        hit = limits.finish(active, code, timed_out)
+        if problem:
+            sys.stderr.write(f"nsbox: {problem}\n")
+    return _conclude(plan, code, failure, hit, on_limit)
+
+
+def _wall_expired(deadline, code: int) -> bool:
+    return deadline is not None and code == pid1.WALL_TIMEOUT and time.monotonic() >= deadline
+
+
+def _conclude(plan, code: int, failure, hit, on_limit=None) -> int:
+    """How a run ended, on stderr when nsbox has something to say; the exit code."""
+    if failure is not None:
+        sys.stderr.write(f"nsbox: {errorpipe.describe(failure, plan.argv[0])}\n")
+        return failure.exit_code
+    if hit is not None:
+        sys.stderr.write(f"nsbox: {hit.message}\n")
+        if on_limit is not None:
+            on_limit(hit)
+    return code
