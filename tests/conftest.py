@@ -1,5 +1,7 @@
 import contextlib
+import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +11,57 @@ import uuid
 import pytest
 
 IS_ROOT = os.geteuid() == 0
+SETUP_FAILED = 125  # nsbox exec's exit code when nsbox refused and the command never ran
+
+
+def _landlock_abi() -> int:
+    from nsbox.kernel import landlock
+
+    return landlock.abi_version()
+
+
+LANDLOCK_ABI = _landlock_abi()  # the running kernel's Landlock ABI; 0 without Landlock
+
+
+def needs_landlock(abi: int = 1):
+    """Skip marker for tests that need at least Landlock ABI `abi` on this kernel."""
+    if abi <= 1:
+        return pytest.mark.skipif(LANDLOCK_ABI < 1, reason="this kernel has no Landlock")
+    return pytest.mark.skipif(LANDLOCK_ABI < abi,
+                              reason=f"needs Landlock ABI {abi}, have {LANDLOCK_ABI}")
+
+
+# Runs a command where user namespaces cannot be made: the state of containers and
+# of hosts that forbid them, made for real with bubblewrap (tests/setup.sh installs it).
+WITHOUT_USERNS = [shutil.which("bwrap") or "bwrap", "--dev-bind", "/", "/", "--unshare-user",
+                  "--disable-userns", "--"]
+
+
+@functools.lru_cache(maxsize=None)
+def without_userns_unavailable() -> str:
+    """"" when WITHOUT_USERNS really blocks user namespaces here, else why not."""
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed"
+    r = subprocess.run(WITHOUT_USERNS + ["true"], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        return f"bwrap --disable-userns does not work here: {r.stderr.strip()}"
+    r = subprocess.run(WITHOUT_USERNS + [sys.executable, "-c",
+                                         "import os; os.unshare(os.CLONE_NEWUSER)"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode == 0:
+        return "user namespaces can still be created under bwrap --disable-userns"
+    return ""
+
+
+def needs_blocked_userns():
+    """Skip marker for tests that run nsbox under WITHOUT_USERNS."""
+    reason = without_userns_unavailable()
+    return pytest.mark.skipif(bool(reason), reason=reason or "bwrap --disable-userns works")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "policy(**fields): extra Policy fields for the "
+                                       "`policy` fixture, e.g. policy(isolation='landlock')")
 
 
 def nsbox_cmd(*args):
@@ -37,6 +90,47 @@ def nsbox_exec(workspace):
     return run
 
 
+@pytest.fixture
+def policy(workspace, request):
+    """A library Policy for the workspace. A module or test adds fields with
+    `@pytest.mark.policy(isolation="landlock")` (or `pytestmark = ...`)."""
+    from nsbox.policy.model import Policy
+
+    mark = request.node.get_closest_marker("policy")
+    return Policy(workspace=str(workspace), **(mark.kwargs if mark else {}))
+
+
+def _text(data) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def assert_denied(result, *, expect, started_marker=None):
+    """Assert that a sandboxed command ran and was denied, and why.
+
+    `result` is a subprocess.CompletedProcess (bytes or text output) of `nsbox exec`,
+    an nsbox.Result, or any result with stdout, stderr and returncode (or exit_code,
+    as the Ray backend's). Fails when nsbox itself refused (exit code 125 with an
+    `nsbox:` message on stderr: the command never ran), when `started_marker` (which
+    the command should print before its attack, e.g. `echo started; <attack>`) is
+    missing from stdout, when the command succeeded, or when none of `expect` (an
+    error text such as "Permission denied", or a tuple of acceptable ones) appears
+    in its stdout or stderr.
+    """
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code
+    out, err = _text(result.stdout), _text(result.stderr)
+    shown = f"exit code {code}\nstdout: {out!r}\nstderr: {err!r}"
+    assert not (code == SETUP_FAILED and "nsbox:" in err), \
+        f"nsbox refused to start, so nothing was denied:\n{shown}"
+    if started_marker is not None:
+        assert started_marker in out, f"the command never started ({started_marker!r}):\n{shown}"
+    assert code != 0, f"the attack succeeded:\n{shown}"
+    expected = (expect,) if isinstance(expect, str) else tuple(expect)
+    assert any(text in out or text in err for text in expected), \
+        f"no denial evidence, expected one of {expected!r}:\n{shown}"
+
+
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:
@@ -46,25 +140,28 @@ def alive(pid: int) -> bool:
         return False
 
 
-def _live_pids(matches) -> list:
-    """PIDs of live processes whose raw /proc cmdline satisfies `matches`."""
+def _live_pids(matches, source: str = "cmdline") -> list:
+    """PIDs of live processes whose raw /proc/PID/<source> satisfies `matches`."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
+            with open(f"/proc/{entry}/{source}", "rb") as f:
+                data = f.read()
         except OSError:
             continue
-        if matches(cmdline) and alive(int(entry)):
+        if matches(data) and alive(int(entry)):
             found.append(int(entry))
     return found
 
 
-def processes_with(marker: str) -> list:
-    """Live processes whose command line contains `marker`."""
-    return _live_pids(lambda cmdline: marker.encode() in cmdline)
+def processes_with(marker: str, *, environ: bool = False) -> list:
+    """Live processes whose command line contains `marker`; with environ=True, those
+    whose environment holds the entry `marker` ("NAME=value") instead."""
+    if not environ:
+        return _live_pids(lambda cmdline: marker.encode() in cmdline)
+    return _live_pids(lambda env: marker.encode() in env.split(b"\0"), "environ")
 
 
 def pids_running(*argv: str) -> list:

@@ -1,6 +1,19 @@
 """The typer application for every command but the `exec` fast path."""
 
+import json
+import os
+import sys
+
 import typer
+
+from nsbox import __version__, trust_store
+from nsbox.cli import check as host_check
+from nsbox.cli import execute
+from nsbox.cli import policy_show as show
+from nsbox.cli.profiles import profiles_app
+from nsbox.errors import PolicyError
+from nsbox.policy import files as policy_files
+from nsbox.policy.files import WORKSPACE_FILE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"max_content_width": 80, "terminal_width": 80,
@@ -12,12 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                                        "help_option_names": []})
 def exec_(ctx: typer.Context):
     """Run a command in a fresh sandbox (see `nsbox exec --help`)."""
-    from nsbox.cli import execute
-
     raise typer.Exit(execute.run(list(ctx.args)))
 
-
-from nsbox.cli.profiles import profiles_app  # noqa: E402
 
 app.add_typer(profiles_app, name="profiles")
 
@@ -31,8 +40,6 @@ app.add_typer(policy_app, name="policy")
                                               "help_option_names": []})
 def policy_show(ctx: typer.Context):
     """Print the effective policy as JSON (takes `nsbox exec`'s options)."""
-    from nsbox.cli import policy_show as show
-
     raise typer.Exit(show.main(list(ctx.args)))
 
 
@@ -44,9 +51,6 @@ def trust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")
     A policy file that a sandbox could have written (the workspace's, or one under a
     writable root) otherwise only narrows the policy. Any change to the file undoes this.
     """
-    from nsbox.policy import files as policy_files
-    from nsbox.errors import PolicyError
-    from nsbox import trust_store
 
     if list_:
         if file:
@@ -75,10 +79,7 @@ def trust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")
 @app.command()
 def untrust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")):
     """Forget that a file was trusted: from now on it may only narrow the policy."""
-    import os
 
-    from nsbox.errors import PolicyError
-    from nsbox import trust_store
 
     real = os.path.realpath(file or _default_file())
     try:
@@ -91,16 +92,12 @@ def untrust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml
 
 
 def _default_file() -> str:
-    import os
 
-    from nsbox.policy.files import WORKSPACE_FILE
 
     return os.path.join(".", WORKSPACE_FILE)
 
 
 def _file_or_default(file: str | None) -> str:
-    import os
-
     if file:
         return file
     path = _default_file()
@@ -110,9 +107,6 @@ def _file_or_default(file: str | None) -> str:
 
 
 def _list_trusted() -> None:
-    from nsbox.errors import PolicyError
-    from nsbox import trust_store
-
     try:
         entries = trust_store.entries()
     except PolicyError as err:
@@ -129,8 +123,6 @@ def _list_trusted() -> None:
 
 
 def _fail(message: str, code: int):
-    import sys
-
     sys.stderr.write(f"nsbox: {message}\n")
     raise typer.Exit(code)
 
@@ -138,11 +130,8 @@ def _fail(message: str, code: int):
 @app.command()
 def check(json_output: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
     """Report what this host lets nsbox enforce, and how to fix what is missing."""
-    from nsbox.cli import check as host_check
-
     checks = host_check.run_checks()
     if json_output:
-        import json
 
         print(json.dumps(checks, indent=2))
     else:
@@ -153,8 +142,6 @@ def check(json_output: bool = typer.Option(False, "--json", help="print JSON ins
 @app.command()
 def version():
     """Print nsbox's version."""
-    from nsbox import __version__
-
     print(__version__)
 
 
@@ -184,8 +171,6 @@ def run_app(args: list) -> int:
             err.show()
             return err.exit_code
         if isinstance(err, OSError):
-            import os
-            import sys
 
             try:
                 os.getcwd()

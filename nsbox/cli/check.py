@@ -7,7 +7,9 @@ nsbox.launch.probe, whose probes run in a forked child and never alter the calle
 import os
 
 from nsbox.launch import probe
-from nsbox.plan import host
+from nsbox.plan import host, limits
+from nsbox.policy import limits as policy_limits
+from nsbox.policy.limits import RLIMITS, Limits
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -30,7 +32,7 @@ def check_userns() -> dict:
 USERNS_FIX = ("let the container create user namespaces (e.g. docker run --security-opt "
               "seccomp=unconfined --security-opt apparmor=unconfined), or run nsbox on the host")
 ISOLATION_AUTO_GIVES = ("`nsbox exec --isolation auto` works here: Landlock and seccomp confine "
-                        "the command, but it gets no private /tmp, network or PID namespace")
+                        "the command, with a private $TMPDIR but no mount, network or PID namespace")
 
 
 def check_landlock() -> dict:
@@ -88,10 +90,6 @@ def check_cgroup() -> dict:
 
 def check_limits() -> dict:
     """Which mechanism would enforce each resource limit for this user on this host."""
-    from nsbox.plan import limits
-    from nsbox.policy import limits as policy_limits
-    from nsbox.policy.limits import Limits
-
     wanted = Limits(pids=1024, memory=1 << 30, cpu=1.0, wall=60)
     plan = limits.plan(wanted, host.facts(), best_effort=True)
     applied = plan.applied()
@@ -114,8 +112,6 @@ def check_limits() -> dict:
 
 
 def _mechanism_words(name: str, mechanism: str) -> str:
-    from nsbox.policy.limits import RLIMITS
-
     words = {
         "cgroup1": f"cgroup v1 {name} controller, whole sandbox",
         "cgroup2": f"cgroup v2 {name} controller, whole sandbox",
@@ -195,6 +191,7 @@ def verdict(checks: dict) -> dict:
 
 def render(checks: dict) -> None:
     """A readable table on stdout."""
+    # rich costs tens of milliseconds and only the table needs it (not --json).
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -133,7 +133,7 @@ def policy_from_options(values: dict, on_policy_file=None):
     """The one place where `nsbox exec` options become a Policy.
 
     Layers, lowest first: the preset's defaults, the policy file (narrowed unless
-    trusted, see policy_files), then the flags actually given (a flag left out keeps
+    trusted, see policy.files), then the flags actually given (a flag left out keeps
     the file's value). `on_policy_file` gets the file's trust Decision, if one was used.
     """
     import os

@@ -25,7 +25,7 @@ def run(args: list) -> int:
         sys.stderr.write(f"nsbox: no command given\n{exec_args.USAGE}\n")
         return SETUP_FAILED
     from nsbox.errors import NsboxError
-    from nsbox.launch import caller
+    from nsbox.launch import caller, errorpipe
     from nsbox.plan import isolation, limits, prepare
 
     values = parsed.values
@@ -54,7 +54,11 @@ def run(args: list) -> int:
                                host=host_facts(policy))
         for line in isolation.report(plan) + limits.report(plan.limits):
             sys.stderr.write(f"nsbox: {line}\n")
-        code = caller.run(plan, on_limit=limit_hits.append, on_network=network.update)
+        failures = []
+        code = caller.run(plan, on_limit=limit_hits.append, on_network=network.update,
+                          on_failure=failures.append)
+        if failures and failures[0].step != errorpipe.EXEC_STEP:
+            error = errorpipe.describe(failures[0], parsed.command[0])
     except NsboxError as err:
         sys.stderr.write(f"nsbox: {err}\n")
         if userns_blocked(err, policy):
@@ -86,7 +90,7 @@ def report_changes(plan) -> tuple:
 
 
 USERNS_HINT = ("hint: --isolation auto runs the command here with Landlock and seccomp only "
-               "(no private /tmp, network or PID namespace); see `nsbox check`")
+               "(a private $TMPDIR, but no mount, network or PID namespace); see `nsbox check`")
 
 
 def userns_blocked(err, policy) -> bool:

@@ -6,7 +6,9 @@ exec would get. Nothing is started, and nothing is created but nsbox's own state
 directory.
 """
 
+import json
 import os
+import sys
 
 from nsbox.cli import exec_args, execute
 from nsbox.errors import NsboxError
@@ -31,7 +33,7 @@ def effective(args: list) -> dict:
         "policy_file": source.path if source else None,
         # {"path", "sha256", "decision": trusted | untrusted, "reason", "ignored": [...]}
         "policy_file_trust": source.as_dict() if source else None,
-        "digest": plan.digest,
+        "digest": prepare.policy_digest(policy),
         "policy": policy.as_dict(),
         "resolved": {
             "workspace": done.workspace,
@@ -53,9 +55,6 @@ def effective(args: list) -> dict:
 
 def main(args: list) -> int:
     """Print the report; 125 with a message if the options or policy file are invalid."""
-    import json
-    import sys
-
     if any(a in ("-h", "--help") for a in args):
         options = exec_args.help_text().split("\n", 3)[3]
         print("usage: nsbox policy show [EXEC OPTIONS]\n\nPrint the policy `nsbox exec` would "

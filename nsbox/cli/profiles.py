@@ -1,8 +1,13 @@
 """`nsbox profiles`: list, show and check seccomp profiles."""
 
+import json
 import sys
 
 import typer
+
+from nsbox.errors import NsboxError, PolicyError
+from nsbox.plan import seccomp_filter
+from nsbox.policy import profiles
 
 profiles_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="seccomp profiles: the shipped ones, and checking your own.")
@@ -11,9 +16,7 @@ profiles_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 @profiles_app.command("list")
 def list_():
     """List the shipped profiles (use one with `nsbox exec --seccomp NAME`)."""
-    import json
 
-    from nsbox.policy import profiles
 
     for name in profiles.names():
         try:
@@ -26,9 +29,6 @@ def list_():
 @profiles_app.command()
 def show(name: str = typer.Argument(..., help="a shipped profile's name, or a path")):
     """Print a profile's JSON."""
-    from nsbox.errors import PolicyError
-    from nsbox.policy import profiles
-
     try:
         sys.stdout.write(profiles.read(profiles.find(name)).decode(errors="replace"))
     except PolicyError as err:
@@ -39,10 +39,6 @@ def show(name: str = typer.Argument(..., help="a shipped profile's name, or a pa
 @profiles_app.command()
 def check(file: str = typer.Argument(..., help="a profile name or JSON file to check")):
     """Check a profile: JSON syntax, keys, actions, ops, syscall names; then compile it."""
-    from nsbox.errors import NsboxError
-    from nsbox.policy import profiles
-    from nsbox.plan import seccomp_filter
-
     try:
         path = profiles.find(file)
         seccomp_filter.compile_profile(profiles.read(path), path, network_off=False)

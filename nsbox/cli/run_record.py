@@ -1,14 +1,17 @@
 """The JSON record of one run (`nsbox exec --json-status FILE`): what ran, under which
 policy, which protections were in force, and how it ended."""
 
+from datetime import datetime, timezone
+import errno
+import json
+import os
 import signal
+import sys
 
 from nsbox.plan import prepare, summary
 
 
 def now() -> str:
-    from datetime import datetime, timezone
-
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -19,14 +22,15 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
     `policy_file`: the policy_files.Decision about the run's policy file, if it had one."""
     out = {
         "command": list(argv),
-        "policy_digest": _digest(policy, plan),
+        "policy_digest": prepare.policy_digest(policy) if policy is not None else None,
         "policy": policy.as_dict() if policy is not None else None,
         "start": started,
         "end": now(),
         "exit_code": exit_code,
         "signal": None,
         "setup_error": error or None,
-        "protections": summary.protections(plan) if plan is not None else None,
+        # What was enforced: nothing, when the sandbox could not be set up.
+        "protections": summary.protections(plan) if plan is not None and not error else None,
         "network": _network(policy, network or {}) if policy is not None else None,
         # limit -> {"value", "mechanism" (cgroup2 | cgroup1 | rlimit | tmpfs | supervisor
         # | userns), "scope" (sandbox | per process)}
@@ -46,12 +50,6 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         except ValueError:
             pass
     return out
-
-
-def _digest(policy, plan):
-    if plan is not None:
-        return plan.digest
-    return prepare.policy_digest(policy) if policy is not None else None
 
 
 def _network(policy, report: dict) -> dict:
@@ -78,8 +76,6 @@ def open_target(path: str) -> tuple:
     through the directory and renames a new file over the name. OSError with a one-line
     reason when the directory is missing or not writable or FILE is a directory.
     """
-    import errno
-    import os
 
     if path.startswith(_STREAMS):
         return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC), None, path
@@ -110,8 +106,6 @@ def open_target(path: str) -> tuple:
 def _check_still_there(dir_fd: int, path: str) -> None:
     """A command that could write above FILE's directory may have moved the directory
     away and built another at its path: the record then is not at `path`. Say so."""
-    import os
-    import sys
 
     held = os.fstat(dir_fd)
     try:
@@ -128,8 +122,6 @@ def write(target: tuple, data: dict) -> None:
     """Write the record to `target` (from open_target; its descriptor is closed here):
     to a stream directly, else as a new file renamed over the name, so a forged record
     or a symlink left there is replaced, never written through."""
-    import json
-    import os
 
     fd, name, path = target
     text = json.dumps(data, indent=2) + "\n"

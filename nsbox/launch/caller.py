@@ -11,18 +11,20 @@ import sys
 import time
 
 from nsbox import trace
-from nsbox.launch import errorpipe, limits, pid1, rootfs, scope, sequence
+from nsbox.launch import errorpipe, limits, pid1, rootfs, sequence
+from nsbox.plan.types import LANDLOCK
 
 
-def run(plan, on_limit=None, on_network=None) -> int:
+def run(plan, on_limit=None, on_network=None, on_failure=None) -> int:
     """Start the sandbox, wait for it, return the exit code. The caller must be single-threaded.
 
     `on_limit(hit)` is called with the limits.LimitHit when a resource limit ended the
-    command (for run records); `on_network(report)` with the allowlist proxy's report.
+    command (for run records); `on_network(report)` with the allowlist proxy's report;
+    `on_failure(failure)` with the errorpipe.Failure when the command never ran.
     """
     trace.mark("launch")
-    if plan.isolation == scope.MODE:
-        return _run_landlock_only(plan, on_limit)
+    if plan.isolation == LANDLOCK:
+        return _run_landlock_only(plan, on_limit, on_failure)
     # The cgroup is made with the caller's own credentials, before the user namespace.
     active = limits.start(plan.limits)
     code, timed_out, failure = errorpipe.SETUP_FAILED, False, None
@@ -55,10 +57,12 @@ def run(plan, on_limit=None, on_network=None) -> int:
         hit = limits.finish(active, code, timed_out)
         if active is not None and active.removal_failed:
             sys.stderr.write("nsbox: warning: the sandbox's cgroup could not be removed\n")
-    return _conclude(plan, code, failure, hit, on_limit)
+    return _conclude(plan, code, failure, hit, on_limit, on_failure)
 
 
-def _run_landlock_only(plan, on_limit) -> int:
+def _run_landlock_only(plan, on_limit, on_failure) -> int:
+    from nsbox.launch import scope  # only this mode's runs pay for it
+
     pid1.watch_signals(sequence.WATCHED_SIGNALS)
     active = limits.start(plan.limits)
     code, timed_out, failure, opened = errorpipe.SETUP_FAILED, False, None, None
@@ -76,17 +80,19 @@ def _run_landlock_only(plan, on_limit) -> int:
         hit = limits.finish(active, code, timed_out)
         if problem:
             sys.stderr.write(f"nsbox: {problem}\n")
-    return _conclude(plan, code, failure, hit, on_limit)
+    return _conclude(plan, code, failure, hit, on_limit, on_failure)
 
 
 def _wall_expired(deadline, code: int) -> bool:
     return deadline is not None and code == pid1.WALL_TIMEOUT and time.monotonic() >= deadline
 
 
-def _conclude(plan, code: int, failure, hit, on_limit=None) -> int:
+def _conclude(plan, code: int, failure, hit, on_limit=None, on_failure=None) -> int:
     """How a run ended, on stderr when nsbox has something to say; the exit code."""
     if failure is not None:
         sys.stderr.write(f"nsbox: {errorpipe.describe(failure, plan.argv[0])}\n")
+        if on_failure is not None:
+            on_failure(failure)
         return failure.exit_code
     if hit is not None:
         sys.stderr.write(f"nsbox: {hit.message}\n")

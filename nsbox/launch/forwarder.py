@@ -8,12 +8,11 @@ Landlock's scoping, signal or trace it. It dies with the PID namespace.
 """
 
 import os
-import signal
 import socket
 import struct
 import time
 
-from nsbox.kernel import caps, landlock, proc, seccomp
+from nsbox.kernel import proc
 from nsbox.launch import errorpipe, pid1, sequence
 
 _BACKLOG = 512
@@ -43,31 +42,21 @@ def start(plan, channel_fd: int) -> None:
 
 
 def _main(plan, listener: socket.socket, channel_fd: int, ready_w: int) -> None:
-    step = "signals"
+    step = ["signals"]
     try:
         pid1.reset_signals(sequence.WATCHED_SIGNALS)
         proc.set_name("nsbox-netfwd")
-        step = "parent-death signal"
-        proc.set_parent_death_signal(signal.SIGKILL)
-        step = "fds"
+        step[0] = "fds"
         devnull = os.open("/dev/null", os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(devnull, target)
         os.close(devnull)
         # PID 1's fds include the error pipe: holding it would hide the command's exec.
         _close_all_but(listener.fileno(), channel_fd, ready_w)
-        step = "drop capabilities"
-        caps.drop_all(plan.last_cap)
-        step = "no_new_privs"
-        proc.set_no_new_privs()
-        if plan.landlock is not None:
-            step = "landlock"
-            landlock.restrict_self(plan.landlock)
-        if plan.seccomp_bpf is not None:
-            step = "seccomp"
-            seccomp.load_filter(plan.seccomp_bpf)
+        # The command's own restrictions, in the same order.
+        sequence.confine(plan, step)
     except BaseException as err:
-        errorpipe.report(ready_w, step, err)
+        errorpipe.report(ready_w, step[0], err)
         os._exit(errorpipe.SETUP_FAILED)
     os.close(ready_w)
     channel = socket.socket(fileno=channel_fd)

@@ -1,4 +1,4 @@
-"""Supervision shared by the sandbox's PID 1 and the foreground caller.
+"""Supervision shared by the sandbox's PID 1 and the CLI's caller (launch.caller).
 
 Both block the watched signals and take them with sigwaitinfo, so a signal can't
 slip in between fork and wait. A signal the terminal sent (SI_KERNEL) already
@@ -6,8 +6,8 @@ reached the whole foreground process group, the command included, so only
 signals sent by a process are forwarded.
 """
 
-import os
 import _signal as signal  # the C module: `signal` would import enum (~4 ms)
+import os
 import time
 
 SI_KERNEL = 0x80

@@ -14,7 +14,6 @@ import signal
 import socket
 
 from nsbox.launch import forwarder
-
 from nsbox.netproxy import server
 
 STOP_TIMEOUT = 5.0  # for the report; the sandbox is gone by then, so it is quick

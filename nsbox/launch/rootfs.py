@@ -2,8 +2,8 @@
 
 import os
 
-from nsbox.kernel import mounts
 from nsbox import trace
+from nsbox.kernel import mounts
 
 STAGE = "/tmp"  # where the new root is assembled; private to this mount namespace
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")

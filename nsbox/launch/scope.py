@@ -24,9 +24,6 @@ import stat
 
 from nsbox.kernel import proc
 from nsbox.launch import errorpipe, limits, sequence
-from nsbox.plan.types import LANDLOCK
-
-MODE = LANDLOCK  # the LaunchPlan.isolation this module confines
 
 
 def error_pipe() -> tuple:

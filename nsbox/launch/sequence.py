@@ -7,13 +7,13 @@ command:  chdir -> fds -> rlimits -> drop capabilities -> no_new_privs -> parent
           -> Landlock -> seccomp -> exec
 """
 
+import _signal as signal  # the C module: `signal` would import enum (~4 ms)
 import os
 import select
-import _signal as signal  # the C module: `signal` would import enum (~4 ms)
 
-from nsbox.kernel import caps, landlock, namespaces, net, proc, seccomp
-from nsbox.launch import errorpipe, pid1, limits, rootfs
 from nsbox import trace
+from nsbox.kernel import caps, landlock, namespaces, net, proc, seccomp
+from nsbox.launch import errorpipe, limits, pid1, rootfs
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
@@ -130,38 +130,45 @@ def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent
                      own_files: bool = True) -> None:
     """The command process's own steps, in order; a failure is reported and ends it (125).
     own_files: grant landlock.add_own_files() (not for a session's server)."""
-    step = "signals"
+    step = ["signals"]
     try:
         pid1.reset_signals(WATCHED_SIGNALS)
-        step = "chdir"
+        step[0] = "chdir"
         os.chdir(plan.cwd)
-        step = "close fds"
+        step[0] = "close fds"
         proc.cloexec_from(3)
-        step = "rlimits"
+        step[0] = "rlimits"
         limits.apply_rlimits(plan.limits)
-        if drop_caps:
-            step = "drop capabilities"
-            caps.drop_all(plan.last_cap)
-        step = "no_new_privs"
-        proc.set_no_new_privs()
-        step = "parent-death signal"
-        proc.set_parent_death_signal(signal.SIGKILL)
-        if expected_parent is not None and os.getppid() != expected_parent:
-            raise ProcessLookupError(3, "nsbox exited before the command started")
-        # Landlock after the final root exists: its rules open paths in the new root.
-        if plan.landlock is not None:
-            step = "landlock"
-            trace.mark("landlock")
-            landlock.restrict_self(plan.landlock, own_files=own_files)
-        # seccomp last: everything before it may use calls the filter denies.
-        if plan.seccomp_bpf is not None:
-            step = "seccomp"
-            trace.mark("seccomp load")
-            seccomp.load_filter(plan.seccomp_bpf)
+        confine(plan, step, drop_caps, expected_parent, own_files)
         trace.mark("exec")
     except BaseException as err:
-        errorpipe.report(error_w, step, err)
+        errorpipe.report(error_w, step[0], err)
         os._exit(errorpipe.SETUP_FAILED)
+
+
+def confine(plan, step: list, drop_caps: bool = True, expected_parent=None,
+            own_files: bool = False) -> None:
+    """The restrictions every process in the sandbox takes last, in order (the command,
+    and the network forwarder); step[0] names the one under way, for the failure record."""
+    if drop_caps:
+        step[0] = "drop capabilities"
+        caps.drop_all(plan.last_cap)
+    step[0] = "no_new_privs"
+    proc.set_no_new_privs()
+    step[0] = "parent-death signal"
+    proc.set_parent_death_signal(signal.SIGKILL)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        raise ProcessLookupError(3, "nsbox exited before the command started")
+    # Landlock after the final root exists: its rules open paths in the new root.
+    if plan.landlock is not None:
+        step[0] = "landlock"
+        trace.mark("landlock")
+        landlock.restrict_self(plan.landlock, own_files=own_files)
+    # seccomp last: everything before it may use calls the filter denies.
+    if plan.seccomp_bpf is not None:
+        step[0] = "seccomp"
+        trace.mark("seccomp load")
+        seccomp.load_filter(plan.seccomp_bpf)
 
 
 def exec_command(plan, error_w: int) -> None:

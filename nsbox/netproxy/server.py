@@ -6,7 +6,7 @@ sandbox's own loopback and hands each accepted socket over a unix socketpair
 or SOCKS5), resolves and connects only to allowed names, and relays bytes.
 Every refusal is written to stderr as one line and kept for the run's report,
 which the caller asks for by shutting down its end of the control socket.
-A session's launcher asks for the refusals since a time with a line
+A session's relay asks for the refusals since a time with a line
 "since <monotonic seconds>" on it; the answer is one JSON line.
 """
 

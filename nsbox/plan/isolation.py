@@ -7,11 +7,11 @@ verdict about user namespaces (plan.host).
 """
 
 import os
-from nsbox.record import Record
 
 from nsbox.errors import UnsupportedKernel
 from nsbox.plan.types import FULL, LANDLOCK
 from nsbox.policy import landlock_rules
+from nsbox.record import Record
 
 
 class Isolation(Record):
@@ -67,7 +67,7 @@ def _missing_protections(mode: str, abi: int, policy) -> list:
 
 
 def private_tmp_path() -> str:
-    """A fresh, unguessable name for the per-run TMPDIR (the launcher creates it)."""
+    """A fresh, unguessable name for the per-run TMPDIR (launch.scope creates it)."""
     base = os.environ.get("TMPDIR", "")
     if not (base.startswith("/") and os.path.isdir(base)):
         base = "/tmp"

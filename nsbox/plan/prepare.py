@@ -105,21 +105,19 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         isolation=iso.mode, isolation_missing=iso.missing,
         isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,
         seccomp_bpf=seccomp_bpf, net_proxy=net_proxy, writable=writable,
-        hidden=_landlock_hidden(landlock_rules, guard) if not full else (),
-        digest=policy_digest(policy, workspace, extra))
+        hidden=_landlock_hidden(landlock_rules, guard) if not full else ())
     return Compiled(plan, guard, roots, workspace)
 
 
-def policy_digest(policy: Policy, workspace: str | None = None, extra=None) -> str:
-    """The policy's fingerprint with its paths as they take effect (symlinks resolved)."""
+def policy_digest(policy: Policy) -> str:
+    """The policy's fingerprint with its paths as they take effect (symlinks resolved);
+    for records, so computed only when one is written."""
     seccomp = policy.seccomp
     if "/" in seccomp:
         seccomp = os.path.realpath(seccomp)
-    if workspace is None:
-        workspace = os.path.realpath(os.path.expanduser(policy.workspace or "."))
-    if extra is None:
-        extra = tuple(os.path.realpath(os.path.expanduser(p)) for p in policy.writable)
-    return replace(policy, workspace=workspace, writable=tuple(extra), seccomp=seccomp).digest()
+    return replace(policy, workspace=os.path.realpath(os.path.expanduser(policy.workspace or ".")),
+                   writable=tuple(os.path.realpath(os.path.expanduser(p)) for p in policy.writable),
+                   seccomp=seccomp).digest()
 
 
 def _landlock_hidden(ruleset, guard) -> tuple:

@@ -38,7 +38,6 @@ class LaunchPlan(Record):
     watch: object = None  # plan.watch.Watch: what to compare after the run
     writable: tuple = ()  # the writable roots (as mounts, or as Landlock rules)
     hidden: tuple = ()  # landlock-only isolation: what Landlock keeps unreadable
-    digest: str = ""  # the policy's fingerprint, with its paths as they take effect
 
 
 class LimitsPlan:

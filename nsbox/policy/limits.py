@@ -1,5 +1,5 @@
 """Resource limits: frozen data, parsing of sizes and durations, and which
-mechanism enforces each limit. Pure: the launcher supplies what the host offers.
+mechanism enforces each limit. Pure: nsbox.plan.limits supplies what the host offers.
 """
 
 import math

@@ -1,7 +1,7 @@
 """Policy -> launch plan: the ordered mount steps and namespace set, as plain data.
 
 Pure functions over already-resolved paths, so the whole order is testable
-without root. The launcher replays the steps exactly in this order.
+without root. nsbox.launch.rootfs replays the steps exactly in this order.
 """
 
 from nsbox.record import Record
@@ -85,10 +85,15 @@ def _has_ancestor_in(path: str, paths: set) -> bool:
         path = path.rpartition("/")[0] or "/"
 
 
+def _shallowest_first(paths) -> list:
+    # A parent before what is inside it; by name within a depth, so plans are reproducible.
+    return sorted(set(paths), key=lambda p: (_depth(p), p))
+
+
 def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = ()) -> tuple:
     """Steps that go on top of the writable roots: pins, then read-only binds, then masks."""
-    steps = [MountStep("pin", p, p) for p in sorted(set(pinned), key=_depth)]
-    steps += [MountStep("bind_ro", p, p) for p in sorted(set(readonly), key=_depth)]
+    steps = [MountStep("pin", p, p) for p in _shallowest_first(pinned)]
+    steps += [MountStep("bind_ro", p, p) for p in _shallowest_first(readonly)]
     # Masks last: a hidden path inside a writable or protected tree stays hidden.
     steps += [MountStep("mask_dir" if is_dir else "mask_file", p) for p, is_dir in hidden]
     return tuple(steps)

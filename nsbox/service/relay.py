@@ -22,10 +22,11 @@ import os
 import select
 import time
 
-from nsbox.kernel import proc
-from nsbox.record import replace
-from nsbox.launch import errorpipe, limits, pid1, probe, scope, sequence
 from nsbox import trace
+from nsbox.kernel import proc
+from nsbox.launch import errorpipe, limits, pid1, probe, scope, sequence
+from nsbox.plan.types import LANDLOCK
+from nsbox.record import replace
 from nsbox.service import wire
 
 ONE_SHOT = "run"
@@ -41,8 +42,8 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
     """Runs in the fork server's child; never returns. fds: status, stdin, stdout, stderr[, control]."""
     status = None
     active = channel = opened = wake_r = None
-    step = "launcher"
-    trace.mark("launcher start")
+    step = "relay"
+    trace.mark("relay start")
     try:
         os.close(server_fd)  # requests to the fork server are the runner's alone
         status = socket.socket(fileno=fds[0])
@@ -75,7 +76,7 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             # Before unshare, so that it stays in the host's network namespace; forked
             # after stdio is in place, so its refusal lines go to the command's stderr.
             channel.proxy = net_proxy.start(plan.net_proxy)
-        if plan.isolation == scope.MODE:
+        if plan.isolation == LANDLOCK:
             if kind == SPARE:
                 raise ValueError("a spare sandbox needs full isolation")
             step = "signals"

@@ -7,7 +7,7 @@ record (see wire.encode_command) with the command's reply socket and stdio
 attached; the reply socket gets STARTED or FAILED, then EXITED, and carries
 signal requests for the command's process group the other way. EOF on the
 control socket ends the server, and with it the sandbox (its PID 1 exits; in
-landlock-only isolation the launcher kills what is left and removes the TMPDIR).
+landlock-only isolation the relay kills what is left and removes the TMPDIR).
 
 Each command runs in a Landlock domain of its own, nested in the session's
 (Landlock ABI 6): it can neither signal nor trace this server or another
@@ -28,8 +28,8 @@ import select
 
 from nsbox.kernel import landlock
 from nsbox.launch import errorpipe, sequence
-from nsbox.service import wire
 from nsbox.policy import landlock_rules
+from nsbox.service import wire
 
 
 def server(control_fd: int):

@@ -14,15 +14,14 @@ Plans whose behaviour a spare would change get none: network allowlist (its
 refusal report is per sandbox) and non-default resource limits.
 """
 
+from collections import OrderedDict
 import os
 import select
 import threading
-from collections import OrderedDict
-
-from nsbox.service import forkserver, relay, wire
 
 from nsbox import trace
 from nsbox.record import fields, replace
+from nsbox.service import forkserver, relay, wire
 
 MAX_PLANS = 4  # spares kept, one per plan, least recently used dropped first
 READY_WAIT_S = 10.0  # a spare not ready by then is dropped for a fresh sandbox
@@ -125,7 +124,7 @@ class Spare:
         return self.is_ready
 
     def close(self) -> None:
-        """Drop the spare: EOF on its status socket makes its launcher kill it."""
+        """Drop the spare: EOF on its status socket makes its relay kill it."""
         for sock in (self.status, self.control):
             if sock is not None:
                 sock.close()

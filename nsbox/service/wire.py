@@ -119,7 +119,7 @@ def parse_limit_report(record: bytes) -> dict:
 
 
 def network_query(since: float) -> bytes:
-    """A session's runner, to its launcher: the proxy's refusals since `since` (monotonic)."""
+    """A session's runner, to its relay: the proxy's refusals since `since` (monotonic)."""
     return NETWORK + _SINCE.pack(since)
 
 

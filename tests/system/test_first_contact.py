@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import WITHOUT_USERNS, needs_blocked_userns
+
 SCRIPT = Path(sys.executable).parent / "nsbox"
 NSBOX = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "nsbox"]
 MARKER = "nsbox-started-marker"
@@ -181,18 +183,10 @@ def test_digest_does_not_depend_on_spelling(place):
     assert len(digests) == 1
 
 
-BWRAP = shutil.which("bwrap")
-NO_USERNS = [BWRAP, "--dev-bind", "/", "/", "--unshare-user", "--disable-userns", "--"]
+NO_USERNS = WITHOUT_USERNS
 
 
-def _userns_blocked_works() -> bool:
-    if BWRAP is None:
-        return False
-    r = subprocess.run(NO_USERNS + ["true"], capture_output=True)
-    return r.returncode == 0
-
-
-@pytest.mark.skipif(not _userns_blocked_works(), reason="bwrap --disable-userns unavailable")
+@needs_blocked_userns()
 def test_userns_blocked_exec_suggests_isolation_auto(place):
     ws = place / "ws"
     env = dict(os.environ, HOME=str(place / "home"))
@@ -208,7 +202,7 @@ def test_userns_blocked_exec_suggests_isolation_auto(place):
     assert (ws / MARKER).exists()
 
 
-@pytest.mark.skipif(not _userns_blocked_works(), reason="bwrap --disable-userns unavailable")
+@needs_blocked_userns()
 def test_userns_blocked_check_gives_fixes(place):
     import json
 

@@ -3,7 +3,7 @@ and, with full isolation, nothing else."""
 
 import pytest
 
-from nsbox.kernel import landlock
+from conftest import needs_landlock
 
 SECRET = "API_KEY=do-not-leak"
 
@@ -28,7 +28,7 @@ def test_full_isolation_hides_only_that_path(nsbox_exec, ws_with_env):
     assert (ws_with_env / ".env").read_text() == SECRET + "\n"
 
 
-@pytest.mark.skipif(landlock.abi_version() < 1, reason="this kernel has no Landlock")
+@needs_landlock(1)
 def test_landlock_only_closes_the_directories_above_it(nsbox_exec, ws_with_env):
     # README's landlock-only limits: Landlock can deny .env only by granting its
     # siblings, so its directory can't be listed or get new entries; the rest stays.

@@ -23,7 +23,7 @@ from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, score
 from inspect_ai.solver import TaskState, generate, use_tools  # noqa: E402
 from inspect_ai.tool import bash  # noqa: E402
 from inspect_ai.util import sandbox  # noqa: E402
-from conftest import pids_running  # noqa: E402
+from conftest import needs_landlock, pids_running  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -192,12 +192,10 @@ def test_the_provider_contract_with_a_policy_file(tmp_path, monkeypatch):
     assert not os.path.exists(workspace)
 
 
+@needs_landlock(6)  # Landlock-only isolation needs it
 def test_the_provider_under_landlock_isolation(tmp_path, monkeypatch):
     from nsbox.integrations.inspect_sandbox import NsboxSandboxEnvironment
-    from nsbox.kernel import landlock
 
-    if landlock.abi_version() < 6:
-        pytest.skip("Landlock-only isolation needs Landlock ABI 6")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     config = tmp_path / "policy.toml"
     config.write_text('isolation = "landlock"\n')

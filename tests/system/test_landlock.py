@@ -13,20 +13,10 @@ import textwrap
 
 import pytest
 
-from conftest import host_tcp_listener, nsbox_cmd
+from conftest import assert_denied, host_tcp_listener, needs_landlock, nsbox_cmd
 
 PY = sys.executable
-
-
-def _landlock_abi() -> int:
-    from nsbox.kernel import landlock
-
-    return landlock.abi_version()
-
-
-ABI = _landlock_abi()
-pytestmark = pytest.mark.skipif(ABI < 1, reason="this kernel has no Landlock")
-needs_abi = lambda n: pytest.mark.skipif(ABI < n, reason=f"needs Landlock ABI {n}, have {ABI}")
+pytestmark = needs_landlock(1)
 
 
 @pytest.fixture
@@ -136,34 +126,38 @@ def test_landlock_mode_tmpdir_is_private_and_removed(nsbox_exec):
 
 def test_landlock_mode_denies_tcp_to_a_host_listener(nsbox_exec):
     with host_tcp_listener() as probe:
-        r = nsbox_exec([PY, "-c", probe], "--isolation", "landlock")
-        assert r.returncode != 0
+        r = nsbox_exec([PY, "-c", f"print('started', flush=True); {probe}"],
+                       "--isolation", "landlock")
+        # EPERM: seccomp refuses inet sockets; EACCES: Landlock refuses the connect
+        assert_denied(r, expect=("Operation not permitted", "Permission denied"),
+                      started_marker="started")
         assert b"connected" not in r.stdout
 
 
-@needs_abi(6)
+@needs_landlock(6)
 def test_landlock_mode_cannot_signal_host_processes(nsbox_exec):
     victim = subprocess.Popen(["sleep", "60"])
     try:
-        r = nsbox_exec(f"kill -TERM {victim.pid}", "--isolation", "landlock")
-        assert r.returncode != 0
+        r = nsbox_exec(f"echo started; kill -TERM {victim.pid}", "--isolation", "landlock")
+        assert_denied(r, expect="Operation not permitted", started_marker="started")
         assert victim.poll() is None
     finally:
         victim.kill()
         victim.wait()
 
 
-@needs_abi(6)
+@needs_landlock(6)
 def test_landlock_mode_cannot_reach_host_abstract_sockets(nsbox_exec):
     name = f"\0nsbox-test-{os.getpid()}"
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(name)
     srv.listen(1)
     try:
-        probe = ("import socket; s = socket.socket(socket.AF_UNIX); "
-                 f"s.connect({name!r}); print('connected')")
+        probe = ("print('started', flush=True); import socket; "
+                 f"s = socket.socket(socket.AF_UNIX); s.connect({name!r}); print('connected')")
         r = nsbox_exec([PY, "-c", probe], "--isolation", "landlock")
-        assert r.returncode != 0 and b"connected" not in r.stdout
+        assert_denied(r, expect="Operation not permitted", started_marker="started")
+        assert b"connected" not in r.stdout
         srv.setblocking(False)
         with pytest.raises(BlockingIOError):
             srv.accept()
@@ -262,14 +256,15 @@ def test_auto_falls_back_to_landlock_where_user_namespaces_are_blocked(workspace
     # Inside a fresh user namespace we own its limit: 0 blocks nested ones for real.
     before = _host_state(host_dir)
     argv = nsbox_cmd("exec", "--workspace", str(workspace), "--isolation", "auto", "--",
-                     "sh", "-c", f"echo ok > inside; echo pwned > {host_dir}/victim")
+                     "sh", "-c", f"echo ok > inside; echo started; echo pwned > {host_dir}/victim")
     r = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", BLOCK_USERNS,
                         "sh", *argv], capture_output=True, timeout=60)
     if r.returncode != 0 and b"max_user_namespaces" in r.stderr and b"nsbox" not in r.stderr:
         pytest.skip(f"cannot block user namespaces here: {r.stderr!r}")
     assert b"isolation: landlock only" in r.stderr
     assert b"max_user_namespaces" in r.stderr  # the reason it fell back
-    assert r.returncode != 0  # the write outside the workspace failed
+    # the write outside the workspace failed
+    assert_denied(r, expect="Permission denied", started_marker="started")
     assert (workspace / "inside").read_text() == "ok\n"
     assert _host_state(host_dir) == before
 

@@ -13,13 +13,7 @@ import uuid
 import pytest
 
 import nsbox
-from nsbox.policy.model import Policy
-from conftest import alive, marker, pids_running, wait_until
-
-
-@pytest.fixture
-def policy(workspace):
-    return Policy(workspace=str(workspace))
+from conftest import alive, assert_denied, marker, pids_running, wait_until
 
 
 def test_run_returns_output_and_status(policy):
@@ -133,8 +127,9 @@ def test_session_shares_tmp_and_other_sessions_do_not(policy):
     with nsbox.Session(policy) as one, nsbox.Session(policy) as two:
         assert one.run(["sh", "-c", f"echo secret > {name}"]).returncode == 0
         assert one.run(["cat", name]).stdout == b"secret\n"
-        r = two.run(["cat", name])
-        assert r.returncode != 0 and r.stdout == b""
+        r = two.run(["sh", "-c", f"echo started; cat {name}"])
+        assert_denied(r, expect="No such file or directory", started_marker="started")
+        assert r.stdout == b"started\n"
     assert not os.path.exists(name)
 
 

@@ -5,6 +5,7 @@ denial and that nothing changed on the host.
 """
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,20 +18,14 @@ import pytest
 import nsbox
 import nsbox.api
 from nsbox.errors import SandboxError, UnsupportedKernel
-from nsbox.kernel import landlock
 from nsbox.policy.model import Policy
-from conftest import alive, host_tcp_listener, marker, pids_running, wait_until
+from conftest import (alive, assert_denied, host_tcp_listener, marker, needs_landlock,
+                      pids_running, wait_until)
 
 PY = sys.executable
-ABI = landlock.abi_version()
 # Network "none" needs Landlock's TCP rules (ABI 4) and scoping needs ABI 6 without best effort.
-pytestmark = pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6, have {ABI}")
+pytestmark = [needs_landlock(6), pytest.mark.policy(isolation="landlock")]
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
-
-
-@pytest.fixture
-def policy(workspace):
-    return Policy(workspace=str(workspace), isolation="landlock")
 
 
 def test_run_reports_landlock_and_writes_reach_the_workspace(policy, workspace):
@@ -50,9 +45,8 @@ def test_write_to_home_fails_and_home_is_unchanged(policy):
     except OSError as err:
         pytest.skip(f"$HOME {home} is not writable here: {err}")
     before = sorted(os.listdir(home))
-    r = nsbox.run(["sh", "-c", f"echo pwned > {victim}"], policy=policy)
-    assert r.returncode != 0
-    assert b"Permission denied" in r.stderr
+    r = nsbox.run(["sh", "-c", f"echo started; echo pwned > {victim}"], policy=policy)
+    assert_denied(r, expect="Permission denied", started_marker="started")
     assert not os.path.lexists(victim)
     assert sorted(os.listdir(home)) == before
 
@@ -73,8 +67,10 @@ def test_tmpdir_is_private_and_removed_afterwards(policy):
 
 def test_tcp_connect_to_a_host_listener_fails(policy):
     with host_tcp_listener() as probe:
-        r = nsbox.run([PY, "-c", probe], policy=policy)
-        assert r.returncode != 0
+        r = nsbox.run([PY, "-c", f"print('started', flush=True); {probe}"], policy=policy)
+        # EPERM: seccomp refuses inet sockets; EACCES: Landlock refuses the connect
+        assert_denied(r, expect=("Operation not permitted", "Permission denied"),
+                      started_marker="started")
         assert b"connected" not in r.stdout
 
 
@@ -152,10 +148,12 @@ def test_session_commands_share_a_private_tmpdir(policy, workspace):
         assert one.run(["sh", "-c", 'cat "$TMPDIR/f"']).stdout == b"secret\n"
         assert one.run(["cat", "inside"]).stdout == b"ws\n"
         # The other session has a TMPDIR of its own, and may not write into this one.
-        r = two.run(["sh", "-c", 'echo "$TMPDIR"; cat "$TMPDIR/f"'])
-        assert r.returncode != 0 and r.stdout.decode().strip() != tmpdir
-        r = two.run(["sh", "-c", f"echo pwned > {tmpdir}/f"])
-        assert r.returncode != 0 and b"Permission denied" in r.stderr
+        r = two.run(["sh", "-c", 'echo started; echo "$TMPDIR"; cat "$TMPDIR/f"'])
+        assert_denied(r, expect="No such file or directory", started_marker="started")
+        started, other = r.stdout.decode().split()
+        assert other != tmpdir
+        r = two.run(["sh", "-c", f"echo started; echo pwned > {tmpdir}/f"])
+        assert_denied(r, expect="Permission denied", started_marker="started")
         assert one.run(["sh", "-c", 'cat "$TMPDIR/f"']).stdout == b"secret\n"
         assert os.path.isdir(tmpdir)
     assert not os.path.lexists(tmpdir)
@@ -169,10 +167,10 @@ def test_session_write_outside_the_workspace_fails_and_host_is_unchanged(policy,
     victim.write_text("original\n")
     before = sorted(os.listdir(host_dir))
     with nsbox.Session(policy) as s:
-        r = s.run(["sh", "-c", f"echo pwned > {victim}"])
-        assert r.returncode != 0 and b"Permission denied" in r.stderr
-        r = s.run(["sh", "-c", f"echo new > {host_dir}/new"])
-        assert r.returncode != 0 and b"Permission denied" in r.stderr
+        r = s.run(["sh", "-c", f"echo started; echo pwned > {victim}"])
+        assert_denied(r, expect="Permission denied", started_marker="started")
+        r = s.run(["sh", "-c", f"echo started; echo new > {host_dir}/new"])
+        assert_denied(r, expect="Permission denied", started_marker="started")
     assert victim.read_text() == "original\n"
     assert sorted(os.listdir(host_dir)) == before
 
@@ -291,13 +289,12 @@ def test_fork_server_death_still_cleans_up(workspace):
 BLOCK_USERNS = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\""
 
 AUTO_RUN = """
-    import sys
+    import json, sys
     import nsbox
-    r = nsbox.run(["sh", "-c", "echo ok > inside; echo pwned > " + sys.argv[2]],
+    r = nsbox.run(["sh", "-c", "echo ok > inside; echo started; echo pwned > " + sys.argv[2]],
                   policy=nsbox.Policy(workspace=sys.argv[1], isolation="auto"))
-    print(r.isolation)
-    print(r.isolation_fallback)
-    print(r.returncode)
+    print(json.dumps([r.isolation, r.isolation_fallback, r.returncode, r.stdout.decode(),
+                      r.stderr.decode()]))
 """
 
 
@@ -313,10 +310,12 @@ def test_auto_falls_back_to_landlock_where_user_namespaces_are_blocked(workspace
     if r.returncode != 0 and b"max_user_namespaces" in r.stderr and b"nsbox" not in r.stderr:
         pytest.skip(f"cannot block user namespaces here: {r.stderr!r}")
     assert r.returncode == 0, r.stderr
-    isolation, reason, code = r.stdout.decode().splitlines()
+    isolation, reason, code, out, err = json.loads(r.stdout)
     assert isolation == "landlock"
     assert "max_user_namespaces" in reason
-    assert code != "0"  # the write outside the workspace failed
+    # the write outside the workspace failed
+    assert_denied(subprocess.CompletedProcess(argv, code, out, err),
+                  expect="Permission denied", started_marker="started")
     assert (workspace / "inside").read_text() == "ok\n"
     assert victim.read_text() == "original\n"
 

@@ -23,7 +23,7 @@ from minisweagent.agents.default import DefaultAgent  # noqa: E402
 from minisweagent.config import builtin_config_dir  # noqa: E402
 from minisweagent.environments import get_environment  # noqa: E402
 from minisweagent.models.test_models import DeterministicModel, make_output  # noqa: E402
-from conftest import pids_running  # noqa: E402
+from conftest import assert_denied, needs_landlock, pids_running  # noqa: E402
 
 ENVIRONMENT_CLASS = "nsbox.integrations.mini_swe_agent.NsboxEnvironment"
 
@@ -93,11 +93,8 @@ def test_template_vars_and_a_failing_command(config, workspace):
         env.cleanup()
 
 
+@needs_landlock(6)  # Landlock-only isolation needs it
 def test_the_environment_under_landlock_isolation(config, workspace, tmp_path):
-    from nsbox.kernel import landlock
-
-    if landlock.abi_version() < 6:
-        pytest.skip("Landlock-only isolation needs Landlock ABI 6")
     policy = tmp_path / "policy.toml"
     policy.write_text('isolation = "landlock"\n')
     victim = tmp_path / "victim"
@@ -110,8 +107,11 @@ def test_the_environment_under_landlock_isolation(config, workspace, tmp_path):
         assert first["returncode"] == 0, first
         tmpdir = first["output"].strip()
         assert env.execute({"command": 'cat "$TMPDIR/kept" f'})["output"] == "kept\nws\n"
-        denied = env.execute({"command": f"echo pwned > {victim}"})
-        assert denied["returncode"] != 0 and "Permission denied" in denied["output"]
+        denied = env.execute({"command": f"echo started; echo pwned > {victim}"})
+        # the environment merges stderr into output
+        assert_denied(subprocess.CompletedProcess(None, denied["returncode"], denied["output"],
+                                                  ""),
+                      expect="Permission denied", started_marker="started")
         env.execute({"command": f"sleep {background} &"})
         deadline = time.monotonic() + 10
         while not pids_running("sleep", background) and time.monotonic() < deadline:

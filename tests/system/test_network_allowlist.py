@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 import nsbox
-from conftest import nsbox_cmd
+from conftest import LANDLOCK_ABI, assert_denied, nsbox_cmd, processes_with
 from nsbox.policy.model import Policy
 
 pytestmark = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")),
@@ -93,20 +93,9 @@ def resolve_env(servers):
     return dict(os.environ, NSBOX_TEST_RESOLVE=mapping, NSBOX_TEST_MARK=uuid.uuid4().hex)
 
 
-def processes_with(mark: str) -> list:
-    """Live processes (proxy, forwarder, ...) whose environment holds `mark`."""
-    found = []
-    needle = f"NSBOX_TEST_MARK={mark}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+def marked_processes(resolve_env) -> list:
+    """Live processes (proxy, forwarder, ...) whose environment holds this test's mark."""
+    return processes_with(f"NSBOX_TEST_MARK={resolve_env['NSBOX_TEST_MARK']}", environ=True)
 
 
 def processes_named(*names: str) -> list:
@@ -176,7 +165,7 @@ def test_allowed_names_pass_and_the_rest_is_refused_and_reported(
     assert {"method": "CONNECT", "host": "denied.test", "port": 443,
             "reason": "not in allowlist"} in network["blocked"]
     # The proxy and the forwarder ended with the run.
-    assert processes_with(resolve_env["NSBOX_TEST_MARK"]) == []
+    assert marked_processes(resolve_env) == []
 
 
 def test_no_direct_route_and_raw_ips_refused(nsbox_exec, servers, resolve_env):
@@ -205,7 +194,7 @@ except OSError as err:
     assert (f"nsbox: network: blocked SOCKS 127.0.0.1:{plain.port} "
             "(raw IP address not in allowlist)") in err
     assert plain.seen == []
-    assert processes_with(resolve_env["NSBOX_TEST_MARK"]) == []
+    assert marked_processes(resolve_env) == []
 
 
 def test_an_explicitly_allowed_address_is_reachable(nsbox_exec, servers, resolve_env):
@@ -272,8 +261,9 @@ def test_policy_file_network_table(nsbox_exec, workspace, servers, resolve_env, 
     (workspace / ".nsbox" / "policy.toml").write_text('[network]\nallow = ["denied.test"]\n')
     env = dict(resolve_env, XDG_STATE_HOME=str(tmp_path / "state"))
     # A workspace file that widens the network needs the user's trust first.
-    r = nsbox_exec("curl -sS http://denied.test/wild", env=env)
-    assert r.returncode != 0 and b"widening keys ignored: network.allow" in r.stderr
+    r = nsbox_exec("echo started; curl -sS http://denied.test/wild", env=env)
+    assert_denied(r, expect="Could not resolve host: denied.test", started_marker="started")
+    assert b"widening keys ignored: network.allow" in r.stderr
     assert servers[0].seen == []
     trust = subprocess.run(nsbox_cmd("trust", str(workspace / ".nsbox" / "policy.toml")),
                            env=env, capture_output=True)
@@ -301,9 +291,7 @@ done
     assert "CapPrm:\t0000000000000000" in out
     assert "CapBnd:\t0000000000000000" in out
     assert "NoNewPrivs:\t1" in out
-    from nsbox.kernel import landlock
-
-    if landlock.abi_version() >= 6:
+    if LANDLOCK_ABI >= 6:
         assert "signal refused" in out
 
 
@@ -333,7 +321,7 @@ def test_default_network_mode_starts_no_proxy(nsbox_exec, resolve_env):
     r = nsbox_exec("echo ${HTTP_PROXY:-unset}; cat /proc/[0-9]*/comm", env=resolve_env)
     out = r.stdout.decode().split()
     assert out[0] == "unset" and "nsbox-init" in out and "nsbox-netfwd" not in out
-    assert processes_with(resolve_env["NSBOX_TEST_MARK"]) == []
+    assert marked_processes(resolve_env) == []
 
 
 def test_default_mode_keeps_the_proxy_off_the_import_path(workspace):

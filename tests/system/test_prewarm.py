@@ -18,11 +18,11 @@ from nsbox.policy.model import Policy
 from conftest import marker, pids_running
 
 
-@pytest.fixture
-def policy(workspace, monkeypatch):
+@pytest.fixture(autouse=True)
+def prewarm_on(monkeypatch):
+    """Every test starts with pre-warming on, whatever the environment says."""
     monkeypatch.delenv("NSBOX_PREWARM", raising=False)
     nsbox.set_prewarm(True)
-    return Policy(workspace=str(workspace))
 
 
 def used() -> int:
@@ -96,9 +96,7 @@ def test_recreated_workspace_is_not_served_stale(policy, workspace):
     assert (workspace / "from-sandbox").exists()
 
 
-def test_secret_created_after_the_spare_stays_hidden(workspace, monkeypatch):
-    monkeypatch.delenv("NSBOX_PREWARM", raising=False)
-    nsbox.set_prewarm(True)
+def test_secret_created_after_the_spare_stays_hidden(workspace):
     home = workspace / "home"
     home.mkdir()
     env = {"HOME": str(home), "PATH": os.environ["PATH"]}

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import alive, marker, processes_with, wait_until
+from conftest import alive, assert_denied, marker, processes_with, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -138,8 +138,11 @@ def test_sandboxes_on_both_nodes_run_commands_and_files(cluster, tmp_path):
         assert metas[0]["workspace"] != metas[1]["workspace"]
         get(boxes[0].exec.remote('touch "$TMPDIR/only-a"'))
         theirs = [metas[0]["workspace"]] + ([metas[0]["tmpdir"]] if cluster["blocked"] else [])
-        for path in theirs:  # (with full isolation "/tmp" is B's own /tmp)
-            assert get(boxes[1].exec.remote(f"touch {path}/from-b")).exit_code != 0
+        # (with full isolation "/tmp" is B's own /tmp)
+        hidden = "Permission denied" if cluster["blocked"] else "No such file or directory"
+        for path in theirs:
+            r = get(boxes[1].exec.remote(f"echo started; touch {path}/from-b"))
+            assert_denied(r, expect=hidden, started_marker="started")
         seen = get(boxes[1].exec.remote(f"test -e {metas[0]['tmpdir']}/only-a")).exit_code == 0
         assert seen == cluster["blocked"]
     finally:
@@ -232,13 +235,19 @@ def test_network_modes(cluster):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
-    probe = ("import socket; s = socket.socket(); s.settimeout(5); "
-             f"s.connect(('127.0.0.1', {server.getsockname()[1]})); print('connected')")
+    probe = ("print('started', flush=True); import socket; s = socket.socket(); "
+             f"s.settimeout(5); s.connect(('127.0.0.1', {server.getsockname()[1]})); "
+             "print('connected')")
     boxes = [create("node_a"), create("node_b", network="host")]
     try:
         none, host = [get(sb.exec.remote(["python3", "-c", probe])) for sb in boxes]
-        assert none.exit_code != 0 and "connected" not in none.stdout
-        assert (host.exit_code, host.stdout) == (0, "connected\n"), host.stderr
+        # full isolation: the sandbox's own loopback, where nothing listens; landlock
+        # only: seccomp refuses inet sockets (EPERM), or Landlock the connect (EACCES)
+        refused = (("Operation not permitted", "Permission denied") if cluster["blocked"]
+                   else "Connection refused")
+        assert_denied(none, expect=refused, started_marker="started")
+        assert "connected" not in none.stdout
+        assert (host.exit_code, host.stdout) == (0, "started\nconnected\n"), host.stderr
     finally:
         server.close()
         ray.get([sb.delete.remote() for sb in boxes], timeout=WAIT)

@@ -20,13 +20,11 @@ import uuid
 import pytest
 
 import nsbox
-from nsbox.kernel import landlock
+from conftest import needs_landlock
 
 PY = "/usr/bin/python3"  # readable by the unprivileged test user too
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
-ABI = landlock.abi_version()
-needs_scoping = pytest.mark.skipif(ABI < 6, reason=f"needs Landlock ABI 6, have {ABI}")
-ISOLATIONS = ["full", pytest.param("landlock", marks=needs_scoping)]
+ISOLATIONS = ["full", pytest.param("landlock", marks=needs_landlock(6))]
 STARTED = "probe-started"
 
 # Shared by the probes below: which processes to attack. In full isolation every one

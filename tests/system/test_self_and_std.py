@@ -8,18 +8,12 @@ import tempfile
 
 import pytest
 
-from conftest import nsbox_cmd
+from conftest import needs_landlock, nsbox_cmd
 
 PY = "/usr/bin/python3"  # an interpreter every test user can run inside the sandbox
 
 
-def _landlock_abi() -> int:
-    from nsbox.kernel import landlock
-
-    return landlock.abi_version()
-
-
-pytestmark = pytest.mark.skipif(_landlock_abi() < 1, reason="this kernel has no Landlock")
+pytestmark = needs_landlock(1)
 MODES = {"full": ("--isolation", "full"), "landlock": ("--isolation", "landlock")}
 
 
