@@ -5,43 +5,62 @@ Run by `make bench` (bench/run.sh) as an unprivileged user. Every case runs
 interleaved round-robin so machine drift hits them all alike. Nothing here
 fails on timing: targets are reported, not enforced.
 
-    python bench/bench.py [--quick] [--runs N] [--results DIR]
+    python bench/bench.py [--quick] [--runs N] [--results DIR] [--installed VENV]
+
+bench/run.sh runs it with a regular (non-editable) install of nsbox: the venv's
+console script (bin/nsbox) for the CLI and `import nsbox` from its site-packages
+for the library (--installed checks that). The goals are in report.GOALS.
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import report
+import session_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)  # this checkout's nsbox even without an installed venv
 
-from nsbox import trace  # noqa: E402  (after the path fix)
+# nsbox comes from wherever `import nsbox` finds it: run.sh runs this from elsewhere
+# than the source tree with the venv's python, so that is the regular install.
+from nsbox import trace  # noqa: E402
 
-# Ratio to bubblewrap's p50 that each case should stay under.
-TARGETS = {"nsbox exec -- true": 4.5, "nsbox.run(['true'])": 1.0, "Session.run(['true'])": 0.3}
-BWRAP = "bwrap (same isolation)"
+BWRAP = report.BWRAP
+SYSTEM_PYTHON = "/usr/bin/python3"
+POLICIES = 8  # nsbox.run rotating over this many policies
 
 
 class Case:
     """One way of running `true`; `run()` returns wall time in ns and raises on failure."""
 
-    def __init__(self, name: str, argv=None, call=None, note: str = ""):
+    def __init__(self, name: str, argv=None, call=None, note: str = "", env=None,
+                 burst: int = 0):
         self.name, self.argv, self.call, self.note = name, argv, call, note
+        self.env, self.burst = env, burst
         self.samples = []
 
-    def run(self) -> int:
+    def run(self):
+        """Wall time in ns; a burst case returns a list: `burst` calls timed back to back
+        after one untimed call (so none of them follows idle time)."""
+        if self.burst:
+            self.call()
+            times = []
+            for _ in range(self.burst):
+                start = time.perf_counter_ns()
+                self.call()
+                times.append(time.perf_counter_ns() - start)
+            return times
         if self.call is not None:
             start = time.perf_counter_ns()
             self.call()
             return time.perf_counter_ns() - start
-        return spawn_and_wait(self.argv)
+        return spawn_and_wait(self.argv, self.env)
 
 
 def spawn_and_wait(argv, env=None) -> int:
@@ -131,18 +150,30 @@ def build_cases(workspace: str, notes: list) -> tuple:
     else:
         notes.append("bubblewrap not found: its cases are skipped and no ratios are given "
                      "(as root, `make bench` installs it)")
-    python3 = shutil.which("python3") or sys.executable
-    cases.append(Case("python3 -c pass", [python3, "-c", "pass"], note="reference"))
+    python3 = SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK) else sys.executable
+    cases.append(Case("python3 -c pass", [python3, "-c", "pass"],
+                      note=f"reference, {python3}"))
+    cases.append(Case("venv python -c pass", [sys.executable, "-c", "pass"],
+                      note="the CLI's interpreter and site"))
     cases.append(Case("nsbox exec -- true", nsbox_argv(nsbox_script()), note="CLI"))
 
     nsbox, have = library()
     if bwrap:
         argv = bwrap_argv(bwrap, workspace)
-        cases.append(Case("subprocess.run(bwrap)",
+        cases.append(Case(report.BWRAP_IN_PROCESS,
                           call=lambda: check_ok(subprocess.run(argv)), note="in-process"))
     if have["run"]:
         cases.append(Case("nsbox.run(['true'])", call=lambda: check_ok(nsbox.run(["true"])),
                           note="in-process, pre-warmed"))
+        burst = 4
+        cases.append(Case(report.RUN_BACK_TO_BACK, burst=burst,
+                          call=lambda: check_ok(nsbox.run(["true"])),
+                          note=f"in-process, pre-warmed, {burst} calls back to back"))
+        policies = rotation_policies(nsbox, workspace)
+        turn = iter(range(1 << 62))
+        cases.append(Case(report.RUN_ROTATION, burst=POLICIES, note=(
+            f"in-process, pre-warmed, back to back, next of {POLICIES} workspaces each call"),
+            call=lambda: check_ok(nsbox.run(["true"], policy=policies[next(turn) % POLICIES]))))
         cases.append(Case("nsbox.run(['true'], prewarm=False)",
                           call=lambda: check_ok(nsbox.run(["true"], prewarm=False)),
                           note="in-process, built from scratch"))
@@ -162,8 +193,17 @@ def build_cases(workspace: str, notes: list) -> tuple:
     return cases, cleanups
 
 
-def open_session(nsbox):
-    session = nsbox.Session()
+def rotation_policies(nsbox, workspace: str) -> list:
+    policies = []
+    for i in range(POLICIES):
+        path = os.path.join(workspace, f"rotation-{i}")
+        os.makedirs(path, exist_ok=True)
+        policies.append(nsbox.Policy(workspace=path))
+    return policies
+
+
+def open_session(nsbox, policy=None):
+    session = nsbox.Session(policy) if policy is not None else nsbox.Session()
     enter = getattr(session, "__enter__", None)
     return enter() or session if enter else session
 
@@ -196,7 +236,8 @@ def round_robin(cases: list, runs: int) -> None:
     for i in range(runs):
         k = i % len(cases)
         for case in cases[k:] + cases[:k]:
-            case.samples.append(case.run())
+            sample = case.run()
+            case.samples.extend(sample if isinstance(sample, list) else [sample])
 
 
 def bind_scaling(script, bwrap, workspace, counts, runs, warmup) -> dict:
@@ -250,48 +291,176 @@ def concurrency_scaling(tools: dict, widths, total: int, repeats: int) -> dict:
     return results
 
 
-def session_memory(count: int):
-    """PSS added per idle session, summed over the processes each one starts (kB)."""
-    nsbox, have = library()
-    if not have["Session"]:
-        return None, "nsbox.Session does not exist yet: memory per idle session skipped"
-    before = descendants_pss_kb()
-    sessions = []
+def thread_throughput(call, threads: int, per_thread: int) -> float:
+    """`threads` threads each making `per_thread` calls; calls per second over them all."""
+    barrier = threading.Barrier(threads + 1)
+    errors = []
+
+    def worker():
+        barrier.wait()
+        try:
+            for _ in range(per_thread):
+                call()
+        except Exception as err:  # reported after the join
+            errors.append(err)
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter_ns()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter_ns() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {threads} threads failed: {errors[0]}")
+    return threads * per_thread / (elapsed / 1e9)
+
+
+def sustained_throughput(calls: dict, widths, per_thread: int, repeats: int) -> dict:
+    """{threads: {tool: [sandboxes/s per repeat]}}; the tools alternate which goes first."""
+    results = {}
+    for width in widths:
+        samples = {name: [] for name in calls}
+        for r in range(repeats):
+            names = list(calls)[::(-1 if r % 2 else 1)]
+            for name in names:
+                samples[name].append(thread_throughput(calls[name], width, per_thread))
+        results[width] = samples
+    return results
+
+
+def make_entries(directory: str, count: int, keep=()) -> None:
+    """`directory` holding `count` entries: the names in `keep` plus empty files."""
+    os.makedirs(directory, exist_ok=True)
+    for name in keep:
+        os.makedirs(os.path.join(directory, name), exist_ok=True)
+    for i in range(count - len(keep)):
+        os.close(os.open(os.path.join(directory, f"f{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def host_size(script, counts, runs: int, warmup: int) -> dict:
+    """CLI p50 against the number of entries beside a hidden path: $HOME (whose ~/.ssh
+    etc. are hidden by default) with N entries, and `--hide DIR/secret` with N in DIR."""
+    base = tempfile.mkdtemp(prefix="nsbox-bench-host-")
+    cases = []
     try:
-        for _ in range(count):
-            sessions.append(open_session(nsbox))
-            check_ok(sessions[-1].run(["true"]))
-        time.sleep(0.2)  # let the sessions settle into their idle state
-        after = descendants_pss_kb()
+        for n in counts:
+            home = os.path.join(base, f"dir-{n}")
+            make_entries(home, n, keep=(".ssh", "secret"))
+            cases.append(Case(f"HOME:{n}", nsbox_argv(script), env=dict(_ENV, HOME=home)))
+            cases.append(Case(f"--hide:{n}", script + ["exec", "--hide",
+                                                       os.path.join(home, "secret"), "--",
+                                                       "true"]))
+        notes = []
+        cases = warm_up(cases, warmup, notes)
+        round_robin(cases, runs)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"samples_ns": {c.name: c.samples for c in cases}, "notes": notes}
+
+
+def big_env(count: int, value_len: int, prefix: str = "NSBOXBENCH_") -> dict:
+    return {f"{prefix}{i:05d}": "v" * value_len for i in range(count)}
+
+
+def env_size(script, bwrap, workspace, counts, runs: int, warmup: int) -> dict:
+    """Latency against extra environment variables (16 bytes each), nsbox against
+    bwrap given the same environment: the CLI and bwrap spawned, Session.run and
+    subprocess.run(bwrap) in this process."""
+    nsbox, have = library()
+    cases, session = [], None
+    for n in counts:
+        env = dict(_ENV, **big_env(n, 16))
+        cases.append(Case(f"nsbox exec:{n}", nsbox_argv(script), env=env))
+        if bwrap:
+            argv = bwrap_argv(bwrap, workspace)
+            cases.append(Case(f"bwrap:{n}", argv, env=env))
+            cases.append(Case(f"subprocess.run(bwrap):{n}", call=(
+                lambda argv=argv, env=env: check_ok(subprocess.run(argv, env=env)))))
+    notes = []
+    if have["Session"]:
+        try:
+            session = open_session(nsbox)
+            for n in counts:
+                env = dict(_ENV, **big_env(n, 16))
+                cases.append(Case(f"Session.run:{n}", call=(
+                    lambda env=env: check_ok(session.run(["true"], env=env)))))
+        except Exception as err:
+            notes.append(f"environment size: Session could not be opened ({err})")
+    try:
+        cases = warm_up(cases, warmup, notes)
+        round_robin(cases, runs)
+    finally:
+        if session is not None:
+            close_session(session)
+    return {"samples_ns": {c.name: c.samples for c in cases}, "notes": notes}
+
+
+def big_request(count: int = 5000, value_len: int = 100) -> dict:
+    """Launches whose request is larger than 256 KiB (count variables of value_len bytes)."""
+    nsbox, have = library()
+    env = dict(_ENV, **big_env(count, value_len, prefix="NSBOXBIG_"))
+    size = sum(len(k) + len(v) + 2 for k, v in env.items())
+    out = {"variables": count, "env_bytes": size}
+    launches = {"nsbox.run": lambda: nsbox.run(["sh", "-c", "echo $NSBOXBIG_04999"], env=env)}
+    if have["Session"]:
+        def in_session():
+            with nsbox.Session() as session:
+                return session.run(["sh", "-c", "echo $NSBOXBIG_04999"], env=env)
+        launches["Session.run"] = in_session
+    for name, launch in launches.items():
+        try:
+            result = launch()
+            ok = result.returncode == 0 and result.stdout.strip() == b"v" * value_len
+            out[name] = {"ok": ok, "detail": "" if ok else
+                         f"exit {result.returncode}: {(result.stderr or b'')[-200:]!r}"}
+        except Exception as err:
+            out[name] = {"ok": False, "detail": f"{type(err).__name__}: {err}"[:300]}
+    return out
+
+
+def memory(args) -> tuple:
+    """Idle Session memory: run.sh's root-side measurement when there is one, else the
+    holder measured by this user (RSS when its helpers' smaps_rollup is unreadable)."""
+    sessions = 4 if args.quick else 8
+    if args.memory_json:
+        try:
+            with open(args.memory_json) as f:
+                return json.load(f), ""
+        except (OSError, ValueError) as err:
+            why = f"run.sh's root-side memory measurement is missing ({err}); measured here"
+    else:
+        why = ""
+    holder = [sys.executable, os.path.join(HERE, "session_memory.py"), "hold"]
+    try:
+        return session_memory.measure(holder, sessions), why
     except Exception as err:
         return None, f"memory per idle session not measured: {err}"
-    finally:
-        for session in sessions:
-            close_session(session)
-    return (after - before) / count, ""
 
 
-def descendants_pss_kb() -> int:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    mine, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - mine
-        mine |= frontier
-    total = 0
-    for pid in mine:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                total += next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
-        except (OSError, StopIteration):
-            continue
-    return total
+def install_facts(args) -> dict:
+    """Where the CLI and the library under test come from."""
+    import nsbox
+
+    script = nsbox_script()
+    head = ""
+    try:
+        with open(script[0]) as f:
+            head = "".join(f.readline() for _ in range(3))
+    except (OSError, UnicodeDecodeError):
+        pass
+    facts = {"nsbox_file": os.path.realpath(nsbox.__file__), "script": script,
+             "script_head": head, "python": sys.executable, "pip": args.pip_version,
+             "venv": args.installed, "cwd": os.getcwd(), "sys_path0": sys.path[0]}
+    if args.installed:
+        venv = os.path.realpath(args.installed)
+        site = os.path.realpath(os.path.join(
+            venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages"))
+        facts["site_packages"] = site
+        facts["regular"] = (facts["nsbox_file"].startswith(site + os.sep)
+                            and script == [os.path.join(venv, "bin", "nsbox")])
+    return facts
 
 
 # --- where the time goes ---------------------------------------------------------------
@@ -357,22 +526,35 @@ def _shebang_python(script: str) -> str:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a ~30 s run with fewer iterations")
+    p.add_argument("--quick", action="store_true", help="a ~3 min run with fewer iterations")
     p.add_argument("--runs", type=int, help="timed runs per case (default 200, quick 30)")
     p.add_argument("--warmup", type=int, help="untimed runs per case first (default 10, quick 3)")
     p.add_argument("--binds", default="1,8,32,64", help="extra bind mount counts")
-    p.add_argument("--concurrency", default="1,2,4,8,16", help="sandboxes at once")
+    p.add_argument("--concurrency", default="1,2,4,8,16",
+                   help="sandboxes at once (CLI) and threads (library)")
+    p.add_argument("--entries", default="10,10000,100000",
+                   help="entries beside a hidden path ($HOME, --hide)")
+    p.add_argument("--env-vars", default="0,1000,5000", help="extra environment variables")
     p.add_argument("--results", default=os.path.join(HERE, "results"),
                    help="where the JSON, PNG and latest.md go")
+    p.add_argument("--installed", help="the venv nsbox must come from (run.sh's regular install)")
+    p.add_argument("--pip-version", default="", help="the pip that made that install")
+    p.add_argument("--plot-python", help="a python with matplotlib, when this one has none")
+    p.add_argument("--memory-json", help="run.sh's root-side session memory measurement")
     args = p.parse_args(argv)
     args.runs = args.runs or (30 if args.quick else 200)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
     args.scale_runs = max(2, args.runs // 7)
+    args.size_runs = max(2, args.runs // 3)
     args.trace_runs = max(2, min(20, args.runs // 6))
     args.binds = [int(x) for x in args.binds.split(",") if x]
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
+    args.entries = [int(x) for x in args.entries.split(",") if x]
+    args.env_vars = [int(x) for x in args.env_vars.split(",") if x]
     args.concurrency_total = 16 if args.quick or args.runs < 50 else 32
     args.concurrency_repeats = 1 if args.quick or args.runs < 50 else 3
+    args.per_thread = 8 if args.quick or args.runs < 50 else 25
+    args.thread_repeats = 2 if args.quick or args.runs < 50 else 3
     return args
 
 
@@ -385,7 +567,12 @@ def main(argv=None) -> int:
     script = nsbox_script()
     bwrap = shutil.which("bwrap")
     results = {"machine": report.machine(), "runs": args.runs, "warmup": args.warmup,
-               "targets": TARGETS, "baseline": BWRAP}
+               "baseline": BWRAP, "install": install_facts(args)}
+    install = results["install"]
+    say(f"nsbox from {install['nsbox_file']}, CLI {' '.join(script)}")
+    if args.installed and not install["regular"]:
+        say(f"nsbox is not the regular install in {args.installed}: {install}")
+        return 2
     cases, cleanups = build_cases(workspace, notes)
     try:
         say(f"latency: {len(cases)} cases x {args.runs} runs, round-robin")
@@ -430,8 +617,39 @@ def main(argv=None) -> int:
     except RuntimeError as err:
         notes.append(f"concurrency: {err}")
         results["concurrency"] = {}
-    memory, why = session_memory(4 if args.quick else 8)
-    results["session_memory_kb"] = memory
+
+    nsbox, have = library()
+    if have["run"] and bwrap:
+        say(f"sustained throughput: threads {args.concurrency}, {args.per_thread} calls each")
+        argv = bwrap_argv(bwrap, workspace)
+        calls = {"nsbox.run": lambda: check_ok(nsbox.run(["true"])),
+                 "subprocess.run(bwrap)": lambda: check_ok(subprocess.run(argv))}
+        try:
+            results["threads"] = sustained_throughput(calls, args.concurrency, args.per_thread,
+                                                      args.thread_repeats)
+            results["threads_per_thread_calls"] = args.per_thread
+        except RuntimeError as err:
+            notes.append(f"sustained throughput: {err}")
+
+    say(f"host size: entries beside a hidden path {args.entries}")
+    try:
+        size = host_size(script, args.entries, args.size_runs, min(args.warmup, 2))
+        notes += size.pop("notes")
+        results["hidden_entries"] = size["samples_ns"]
+    except OSError as err:
+        notes.append(f"host size: {err}")
+    say(f"environment size: extra variables {args.env_vars}")
+    size = env_size(script, bwrap, workspace, args.env_vars, args.size_runs,
+                    min(args.warmup, 2))
+    notes += size.pop("notes")
+    results["env_size"] = size["samples_ns"]
+    if have["run"]:
+        say("a launch request larger than 256 KiB")
+        results["big_request"] = big_request()
+
+    say("memory per idle session")
+    memory_result, why = memory(args)
+    results["session_memory"] = memory_result
     if why:
         notes.append(why)
 
@@ -441,7 +659,7 @@ def main(argv=None) -> int:
     shutil.rmtree(workspace, ignore_errors=True)
     text = report.markdown(results)
     print(text)
-    written = report.write(results, text, args.results)
+    written = report.write(results, text, args.results, plot_python=args.plot_python)
     say("wrote " + ", ".join(written))
     return 0
 

@@ -9,10 +9,8 @@ Exits 3 with a reason on stderr when the library API is not there yet.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import nsbox  # noqa: E402
-from nsbox import trace  # noqa: E402
+import nsbox  # the install bench.py runs with (not the source tree: see bench/run.sh)
+from nsbox import trace
 
 WARMUP = 3
 

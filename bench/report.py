@@ -12,6 +12,17 @@ REAPED = "(reaped)"
 # Who made a mark, from its pid: the benchmark, the sandbox's PID 1, its first child.
 ROLES = {0: "bench", 1: "pid1", 2: "command"}
 
+# Case names the goals refer to.
+BWRAP = "bwrap (same isolation)"
+BWRAP_IN_PROCESS = "subprocess.run(bwrap)"
+PYTHON = "python3 -c pass"
+CLI = "nsbox exec -- true"
+RUN_BACK_TO_BACK = "nsbox.run(['true']) back to back"
+RUN_ROTATION = "nsbox.run(['true']) rotating 8 policies"
+RUN_FRESH = "nsbox.run(['true'], prewarm=False)"
+SESSION = "Session.run(['true'])"
+MIB = 1024  # kB
+
 
 def percentile(samples, pct: float) -> float:
     """Linear interpolation between closest ranks, like numpy's default."""
@@ -91,6 +102,107 @@ def parse_importtime(stderr: str) -> dict:
     return {"total_us": sum(us for _, us in top), "top_level": top}
 
 
+# --- goals -----------------------------------------------------------------------------
+
+def _p50(results, name):
+    case = next((c for c in results.get("cases", ()) if c["name"] == name), None)
+    return percentile(case["samples_ns"], 50) if case and case["samples_ns"] else None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def goals(results: dict) -> list:
+    """[(goal, measured text, met: True/False/None)]: None when it could not be measured."""
+    rows = []
+
+    def ratio_row(goal, num, den, limit, at_least=False):
+        r = _ratio(num, den)
+        met = None if r is None else (r >= limit if at_least else r <= limit)
+        rows.append((goal, "n/a" if r is None else f"{r:.2f}×", met))
+
+    cli, bwrap = _p50(results, CLI), _p50(results, BWRAP)
+    ratio_row("`nsbox exec -- true` ≤ 1.5× `python3 -c pass` (p50)", cli,
+              _p50(results, PYTHON), 1.5)
+    ratio_row("`nsbox exec -- true` ≤ 4× bwrap (p50)", cli, bwrap, 4.0)
+    base = _p50(results, BWRAP_IN_PROCESS)
+    ratio_row("`nsbox.run` pre-warmed, back to back ≤ 1.0× `subprocess.run(bwrap)`",
+              _p50(results, RUN_BACK_TO_BACK), base, 1.0)
+    ratio_row("`nsbox.run` pre-warmed, rotating 8 policies ≤ 1.0× `subprocess.run(bwrap)`",
+              _p50(results, RUN_ROTATION), base, 1.0)
+    ratio_row("`nsbox.run(prewarm=False)` ≤ 1.5× `subprocess.run(bwrap)`",
+              _p50(results, RUN_FRESH), base, 1.5)
+    ratio_row("`Session.run` ≤ 0.2× `subprocess.run(bwrap)`", _p50(results, SESSION), base, 0.2)
+
+    threads = results.get("threads") or {}
+    if threads:
+        per = {t: _ratio(percentile(row.get("nsbox.run", []), 50),
+                         percentile(row.get("subprocess.run(bwrap)", []), 50))
+               for t, row in threads.items()}
+        worst = min((r for r in per.values() if r is not None), default=None)
+        text = ", ".join(f"{t}: {r:.2f}×" for t, r in sorted(per.items(), key=lambda i: int(i[0]))
+                         if r is not None)
+        rows.append(("sustained `nsbox.run` ≥ 1.0× `subprocess.run(bwrap)` sandboxes/s, "
+                     "T threads", text or "n/a", None if worst is None else worst >= 1.0))
+    else:
+        rows.append(("sustained `nsbox.run` ≥ 1.0× `subprocess.run(bwrap)` sandboxes/s",
+                     "n/a", None))
+
+    mem = results.get("session_memory") or {}
+    pss = mem.get("metric") == "pss"
+    for key, goal, limit in (("first_kb", "first idle Session (with the fork server) ≤ 3 MiB PSS", 3),
+                             ("extra_kb", "each extra idle Session ≤ 1.5 MiB PSS", 1.5)):
+        value = mem.get(key)
+        if value is None:
+            rows.append((goal, "n/a", None))
+        else:
+            rows.append((goal, f"{value / MIB:.2f} MiB" + ("" if pss else f" ({mem.get('metric')})"),
+                         (value / MIB <= limit) if pss else None))
+
+    hidden = results.get("hidden_entries") or {}
+    for kind, goal in (("HOME", "$HOME with 10 → 100k entries: CLI p50 flat (≤ 1.1×)"),
+                       ("--hide", "`--hide` in a directory of 10 → 100k entries: flat (≤ 1.1×)")):
+        counts = sorted(int(name.split(":")[1]) for name in hidden if name.startswith(kind + ":"))
+        if len(counts) < 2:
+            rows.append((goal, "n/a", None))
+            continue
+        lo, hi = (percentile(hidden[f"{kind}:{n}"], 50) for n in (counts[0], counts[-1]))
+        r = _ratio(hi, lo)
+        rows.append((goal, f"{r:.2f}× ({_ms(lo)} → {_ms(hi)} ms)", r <= 1.1))
+
+    for tool, peer, goal in (
+            ("nsbox exec", "bwrap", "per environment variable: `nsbox exec` ≤ 2× bwrap's"),
+            ("Session.run", "subprocess.run(bwrap)",
+             "per environment variable: `Session.run` ≤ 2× `subprocess.run(bwrap)`'s")):
+        a, b = env_slope(results, tool), env_slope(results, peer)
+        if a is None or b is None:
+            rows.append((goal, "n/a", None))
+            continue
+        text = f"{a:.0f} vs {b:.0f} ns/variable"
+        rows.append((goal, text, a <= 2 * max(b, 0) if b > 0 else a <= 0))
+
+    big = results.get("big_request") or {}
+    for launch in ("nsbox.run", "Session.run"):
+        if launch in big:
+            ok = big[launch]["ok"]
+            rows.append((f"{launch} with a launch request > 256 KiB "
+                         f"({big['variables']} variables, {big['env_bytes'] // 1024} KiB) works",
+                         "works" if ok else "FAILS: " + big[launch]["detail"][:120], ok))
+    return rows
+
+
+def env_slope(results: dict, tool: str):
+    """ns per extra environment variable: p50 at the most minus p50 at the fewest."""
+    env = results.get("env_size") or {}
+    counts = sorted(int(name.rsplit(":", 1)[1]) for name in env
+                    if name.rsplit(":", 1)[0] == tool)
+    if len(counts) < 2 or counts[-1] == counts[0]:
+        return None
+    hi, lo = (percentile(env[f"{tool}:{n}"], 50) for n in (counts[-1], counts[0]))
+    return (hi - lo) / (counts[-1] - counts[0])
+
+
 # --- output ----------------------------------------------------------------------------
 
 def _ms(ns) -> str:
@@ -99,29 +211,44 @@ def _ms(ns) -> str:
 
 def markdown(results: dict) -> str:
     m = results["machine"]
+    install = results.get("install") or {}
     lines = ["## nsbox start-up latency", "",
              f"{m['date']} · Linux {m['kernel']} · {m['cpu']} · {m['cores']} cores · "
              f"Python {m['python']} · {m['bwrap'] or 'no bubblewrap'} · "
              f"{'root' if m['uid'] == 0 else 'unprivileged user'} · "
              f"{results['runs']} runs per case after {results['warmup']} warm-up, "
-             f"interleaved round-robin", "",
-             "`true` in a sandbox: new user, mount, PID, IPC, UTS, net namespaces, read-only /, "
-             "minimal /dev, fresh /proc, private /tmp and /run, writable workspace.", "",
-             "| case | p50 ms | p90 ms | p99 ms | × bwrap p50 | target |",
-             "|---|---:|---:|---:|---:|---|"]
-    base = next((c for c in results["cases"] if c["name"] == results["baseline"]), None)
-    base_p50 = percentile(base["samples_ns"], 50) if base else None
+             f"interleaved round-robin", ""]
+    if install:
+        kind = ("regular install (checked)" if install.get("regular") else
+                "not checked to be a regular install" if install.get("regular") is None else
+                "NOT the regular install")
+        head = (install.get("script_head") or "").splitlines()
+        lines += [f"nsbox under test: `{install['nsbox_file']}` ({kind}"
+                  f"{', made by ' + install['pip'] if install.get('pip') else ''}); CLI: "
+                  f"`{' '.join(install['script'])}`"
+                  + (f" (`{head[0]}` … `{head[-1]}`)" if head else "")
+                  + f"; the benchmark process (library cases) runs in `{install['cwd']}`, "
+                  f"sys.path[0] `{install['sys_path0']}`.", ""]
+    rows = goals(results)
+    lines += ["### Goals", "", "| goal | measured | met |", "|---|---|---|"]
+    for goal, measured, met in rows:
+        verdict = "not measured" if met is None else ("met" if met else "**missed**")
+        lines.append(f"| {goal} | {measured} | {verdict} |")
+    lines += ["", f"{sum(1 for r in rows if r[2])} of {len(rows)} goals met.", "",
+              "### Latency", "",
+              "`true` in a sandbox: new user, mount, PID, IPC, UTS, net namespaces, read-only /, "
+              "minimal /dev, fresh /proc, private /tmp and /run, writable workspace.", "",
+              "| case | p50 ms | p90 ms | p99 ms | × bwrap p50 | × subprocess.run(bwrap) p50 |",
+              "|---|---:|---:|---:|---:|---:|"]
+    base_p50 = _p50(results, results["baseline"])
+    lib_p50 = _p50(results, BWRAP_IN_PROCESS)
     for case in results["cases"]:
         p50, p90, p99 = (percentile(case["samples_ns"], p) for p in (50, 90, 99))
-        ratio = p50 / base_p50 if base_p50 else None
-        target = results["targets"].get(case["name"])
-        verdict = ""
-        if target is not None:
-            verdict = f"≤ {target}×" + ("" if ratio is None else
-                                         (" met" if ratio <= target else " **missed**"))
+        ratio, lib = _ratio(p50, base_p50), _ratio(p50, lib_p50)
         name = case["name"] + (f" ({case['note']})" if case["note"] else "")
         lines.append(f"| {name} | {_ms(p50)} | {_ms(p90)} | {_ms(p99)} | "
-                     f"{'' if ratio is None else f'{ratio:.2f}×'} | {verdict} |")
+                     f"{'' if ratio is None else f'{ratio:.2f}×'} | "
+                     f"{'' if lib is None else f'{lib:.2f}×'} |")
 
     for path, bd in results.get("breakdown", {}).items():
         lines += ["", f"Where the time goes, `{path}` (NSBOX_TRACE=1, median of {bd['runs']} "
@@ -151,15 +278,65 @@ def markdown(results: dict) -> str:
         for width in sorted(conc, key=int):
             lines.append(f"| {width} | " + " | ".join(f"{conc[width].get(t, 0):.0f}"
                                                       for t in tools) + " |")
-    memory = results.get("session_memory_kb")
-    if memory is not None:
-        lines += ["", f"Memory per idle session: {memory / 1024:.1f} MiB PSS"]
+    threads = results.get("threads")
+    if threads:
+        tools = sorted({t for row in threads.values() for t in row})
+        lines += ["", f"Sustained throughput: T threads each making "
+                  f"{results.get('threads_per_thread_calls')} calls (sandboxes/s, median of "
+                  f"repeats):", "", "| threads | " + " | ".join(tools) + " | ratio |",
+                  "|---:|" + "---:|" * (len(tools) + 1)]
+        for width in sorted(threads, key=int):
+            row = {t: percentile(threads[width].get(t, []), 50) for t in tools}
+            ratio = _ratio(row.get("nsbox.run"), row.get("subprocess.run(bwrap)"))
+            lines.append(f"| {width} | " + " | ".join(f"{row[t]:.0f}" for t in tools)
+                         + f" | {'' if ratio is None else f'{ratio:.2f}×'} |")
+    hidden = results.get("hidden_entries")
+    if hidden:
+        lines += ["", "CLI p50 ms against entries beside a hidden path ($HOME with N entries, "
+                  "whose ~/.ssh is hidden by default; `--hide DIR/secret` with N entries in DIR):",
+                  "", "| entries | $HOME | --hide |", "|---:|---:|---:|"]
+        for n in sorted({int(k.split(":")[1]) for k in hidden}):
+            lines.append(f"| {n} | {_ms(percentile(hidden.get(f'HOME:{n}', []), 50))} | "
+                         f"{_ms(percentile(hidden.get(f'--hide:{n}', []), 50))} |")
+    env = results.get("env_size")
+    if env:
+        tools = list(dict.fromkeys(k.rsplit(":", 1)[0] for k in env))
+        counts = sorted({int(k.rsplit(":", 1)[1]) for k in env})
+        lines += ["", "p50 ms against extra environment variables (16-byte values):", "",
+                  "| extra variables | " + " | ".join(tools) + " |",
+                  "|---:|" + "---:|" * len(tools)]
+        for n in counts:
+            lines.append(f"| {n} | " + " | ".join(_ms(percentile(env.get(f"{t}:{n}", []), 50))
+                                                  for t in tools) + " |")
+        slopes = [(t, env_slope(results, t)) for t in tools]
+        lines.append("| ns per variable | " + " | ".join(
+            "n/a" if v is None else f"{v:.0f}" for _, v in slopes) + " |")
+    big = results.get("big_request")
+    if big:
+        lines += ["", f"Launch request larger than 256 KiB ({big['variables']} variables, "
+                  f"{big['env_bytes']} bytes of environment): " + "; ".join(
+                      f"{k}: {'works' if v['ok'] else 'fails (' + v['detail'] + ')'}"
+                      for k, v in big.items() if isinstance(v, dict))]
+    mem = results.get("session_memory")
+    if mem and "first_kb" in mem:
+        lines += ["", f"Memory of idle Sessions ({mem['metric']}, measured by {mem['measured_by']}"
+                  f", sum over the holding process and every process under it): "
+                  f"totals for 0..{mem['sessions']} sessions "
+                  + ", ".join(f"{kb / MIB:.1f}" for kb in mem["totals_kb"]) + " MiB; first "
+                  f"{mem['first_kb'] / MIB:.2f} MiB"
+                  + (f", each extra {mem['extra_kb'] / MIB:.2f} MiB" if "extra_kb" in mem else "")]
+        last = mem["steps"][-1]["processes"]
+        by = {}
+        for proc in last:
+            by.setdefault(proc["comm"], []).append(proc["kb"])
+        lines.append("With all open, by process name (count, MiB): " + ", ".join(
+            f"{name} ({len(kbs)}, {sum(kbs) / MIB:.1f})" for name, kbs in sorted(by.items())))
     if results.get("notes"):
         lines += ["", "Notes:"] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
 
 
-def write(results: dict, text: str, directory: str) -> list:
+def write(results: dict, text: str, directory: str, plot_python: str = None) -> list:
     """latest.md, latest.json, a dated JSON copy and latest.png (when matplotlib is there)."""
     os.makedirs(directory, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -171,6 +348,13 @@ def write(results: dict, text: str, directory: str) -> list:
         written.append(path)
     png = os.path.join(directory, "latest.png")
     why = plot(results, png)
+    if why and plot_python and os.access(plot_python, os.X_OK):
+        # matplotlib lives in a separate venv (bench/run.sh): plot from there.
+        r = subprocess.run([plot_python, os.path.abspath(__file__), "--plot",
+                            os.path.join(directory, "latest.json"), png],
+                           capture_output=True, text=True)
+        why = r.stdout.strip() if r.returncode == 0 else (r.stderr.strip().splitlines()
+                                                           or ["plot failed"])[-1]
     if why:
         text += f"\n(no plot: {why})\n"
     else:
@@ -191,8 +375,8 @@ def plot(results: dict, path: str) -> str:
     except ImportError:
         return "matplotlib is not installed (pip install 'nsbox[bench]')"
     cases = [c for c in results["cases"] if c["samples_ns"]]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 0.5 * len(cases) + 3),
-                             gridspec_kw={"width_ratios": [2, 1, 1]})
+    fig, axes = plt.subplots(1, 4, figsize=(22, 0.5 * len(cases) + 3),
+                             gridspec_kw={"width_ratios": [2, 1, 1, 1]})
     dist = axes[0]
     dist.boxplot([[s / 1e6 for s in c["samples_ns"]] for c in cases], vert=False,
                  whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
@@ -215,6 +399,18 @@ def plot(results: dict, path: str) -> str:
         ax.set_title(f"{ylabel} against {title}")
         if data:
             ax.legend()
+    threads = results.get("threads") or {}
+    ax = axes[3]
+    xs = sorted(threads, key=int)
+    for tool in sorted({t for row in threads.values() for t in row}):
+        ax.plot([int(x) for x in xs], [percentile(threads[x].get(tool, []), 50) for x in xs],
+                marker="o", label=tool)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("threads")
+    ax.set_ylabel("sandboxes/s")
+    ax.set_title("library: sustained sandboxes/s against threads")
+    if threads:
+        ax.legend()
     m = results["machine"]
     fig.suptitle(f"nsbox start-up · {m['date']} · Linux {m['kernel']} · {m['cpu']} · "
                  f"{m['cores']} cores")
@@ -222,3 +418,13 @@ def plot(results: dict, path: str) -> str:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return ""
+
+
+if __name__ == "__main__":  # `report.py --plot latest.json out.png`, from a python with matplotlib
+    import sys
+
+    if sys.argv[1:2] == ["--plot"]:
+        with open(sys.argv[2]) as f:
+            why = plot(json.load(f), sys.argv[3])
+        print(why)
+        sys.exit(0 if not why else 1)

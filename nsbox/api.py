@@ -459,7 +459,7 @@ class Session:
             with self._lock:
                 if self._closed:
                     raise SandboxError("the session is closed")
-                wire.send(self._control, record, [theirs.fileno(), *fds])
+                wire.send_request(self._control, record, [theirs.fileno(), *fds])
         except OSError as err:
             ours.close()
             raise SandboxError(f"the session's sandbox has ended ({err})") from None

@@ -77,6 +77,19 @@ def workspace(tmp_path):
 
 
 @pytest.fixture
+def var_tmp():
+    """A host directory outside the sandbox's private trees (/tmp is one), as a real
+    home or project is; removed afterwards."""
+    import pathlib
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="nsbox-test-", dir="/var/tmp")
+    os.chmod(path, 0o755)
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def nsbox_exec(workspace):
     """Run `nsbox exec --workspace <ws> [opts] -- CMD...`; returns CompletedProcess."""
 

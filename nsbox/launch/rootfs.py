@@ -56,10 +56,10 @@ def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
         elif step.kind == "bind_ro":
             _bind_onto_itself(target, readonly=True, use_mount_api=use_mount_api)
         elif step.kind == "mask_dir":
-            mounts.mount_tmpfs(target, mode=0o555, size=4096, flags=mounts.MS_RDONLY
+            mounts.mount_tmpfs(target, mode=step.mode, size=4096, flags=mounts.MS_RDONLY
                                | mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC)
         elif step.kind == "mask_file":
-            empty = _new_empty_file(masks, f"empty{masked}")
+            empty = _new_empty_file(masks, f"empty{masked}", step.mode)
             masked += 1
             mounts.bind(f"/proc/self/fd/{empty}", target, recursive=False)
             os.close(empty)
@@ -83,11 +83,11 @@ def _empty_files_dir() -> int:
     return os.open(STAGE, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _new_empty_file(directory: int, name: str) -> int:
-    """An O_PATH fd of a new empty read-only file: one per mask, since a Landlock rule
-    lands on the file a path shows, and one that lets a mask be read (a file that reads
-    as empty) must not open the others."""
-    os.mknod(name, 0o444, dir_fd=directory)  # a regular file
+def _new_empty_file(directory: int, name: str, mode: int) -> int:
+    """An O_PATH fd of a new empty file with `mode`: one per mask, so that each mask's
+    mode is its own."""
+    os.mknod(name, mode, dir_fd=directory)  # a regular file (mknod's mode passes the umask)
+    os.chmod(name, mode, dir_fd=directory)
     return os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=directory)
 
 

@@ -1,48 +1,68 @@
 """A policy's hidden list -> the existing host paths to hide. Runs in the parent before fork.
 
-About 180 entries for each home, so the work goes by directory, shallow first: one
-that several entries name is listed once, and a directory missing from its listed
-parent costs nothing more. `*` entries match names in such a listing (one level;
-nothing deeper is ever read).
+About 180 entries for each home, looked up by directory, shallow first; a directory
+missing from its listed parent costs nothing more. `*` entries match the names of
+one directory (one level; nothing deeper is ever read), listed only when it changed
+since the last time (name_matches).
 """
 
 import os
 import stat
 
+from nsbox.plan import name_matches
 from nsbox.policy import defaults, hidden_entries
 
 
-def existing(entries, workspace: str, homes: tuple, envs: tuple = ()) -> tuple:
-    """([(real path, is_dir)], {real paths that read as empty under full isolation})."""
+def existing(entries, workspace: str, homes: tuple, envs: tuple = (),
+             state_dir: str = "") -> tuple:
+    """([(real path, is_dir)], {real paths that read as empty under full isolation}).
+
+    Each name is looked up on its own and a directory is listed only for its `*`
+    patterns, and then only when it changed since the last listing (name_matches,
+    remembered under `state_dir`): the cost does not grow with a directory's size.
+    """
     names, patterns = _directories(tuple(entries), workspace, homes, envs)
     wanted = sorted({*names, *patterns}, key=lambda d: (d.count("/"), d))
-    inside = {}  # directory -> how many wanted directories sit directly in it
-    for directory in wanted:
-        parent = directory.rpartition("/")[0] or "/"
-        inside[parent] = inside.get(parent, 0) + 1
     listings, found, read_as_empty = {}, [], set()
     for directory in wanted:
         if _known_missing(directory, listings):
             continue
-        items = names.get(directory, ())
-        listing = None
-        if directory in patterns or len(items) + inside.get(directory, 0) > 1:
-            listing = listings[directory] = _listing(directory)
-            if listing is None:
+        listing = matched = None
+        if directory in patterns:
+            matcher = _matcher(patterns[directory])
+            matched, listing = name_matches.matches(directory, matcher.key, matcher.match,
+                                                    state_dir)
+            if matched is None:
+                listings[directory] = None  # unlistable: nothing to hide beneath
                 continue
+            if listing is not None:
+                listings[directory] = listing
         real_dir = []  # os.path.realpath(directory), once it is needed
-        for name, entry in items:
+        for name, entry in names.get(directory, ()):
             hit = _existing(directory, name, listing, hidden_entries.from_variable(entry),
                             real_dir)
             if hit:
                 found.append(hit)
                 if entry in defaults.HIDDEN_READ_AS_EMPTY:
                     read_as_empty.add(hit[0])
-        if directory in patterns:
-            matcher = hidden_entries.NamePatterns(patterns[directory])
-            found += [(os.path.realpath(e.path), False) for name, e in listing.items()
-                      if e.is_file() and matcher.match(name)]
+        for name in matched or ():
+            hit = _existing(directory, name, listing, False, real_dir)
+            if hit and not hit[1]:  # a pattern matches files only
+                found.append(hit)
+    name_matches.save()
     return list(dict.fromkeys(found)), read_as_empty
+
+
+_MATCHERS: dict = {}
+
+
+def _matcher(patterns) -> "hidden_entries.NamePatterns":
+    key = tuple(patterns)
+    matcher = _MATCHERS.get(key)
+    if matcher is None:
+        matcher = _MATCHERS[key] = hidden_entries.NamePatterns(key)
+        matcher.key = key
+    return matcher
 
 
 # Expanding the entries is pure string work (~0.4 ms for the defaults): a library
@@ -110,14 +130,6 @@ def _known_missing(directory: str, listings: dict) -> bool:
             first = directory[len(top):].lstrip("/").partition("/")[0]
             return listing is None or first not in listing
     return False
-
-
-def _listing(directory: str):
-    try:
-        with os.scandir(directory) as entries:
-            return {e.name: e for e in entries}
-    except OSError:
-        return None  # missing or unreadable: nothing to hide there
 
 
 def _existing(directory: str, name: str, listing, from_variable: bool, real_dir: list):

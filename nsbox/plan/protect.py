@@ -26,16 +26,19 @@ class Protections(Record):
     readonly: tuple = ()
     hidden: tuple = ()  # (path, is_dir), as the plan will mask them
     created: tuple = ()  # directories made inside git dirs so they can be mount points
-    # Existing hidden paths for Landlock to deny. With mounts, not those inside a writable
-    # root: the mask hides them, and Landlock could only do it by forbidding new entries
-    # in every directory above them.
+    # Masked paths whose mask refuses access (EACCES) rather than reading as empty: the
+    # host's credentials, but not files tools fail without (read as empty) nor paths in
+    # a writable root (masked, as they were found).
+    denied: tuple = ()
+    # Landlock-only isolation: the hidden paths Landlock must deny, with no mounts to help.
     landlock_hidden: tuple = ()
     watched: tuple = ()  # paths compared after the run (see watch)
     repos: tuple = ()  # `.git` entries in the writable roots
     undo: tuple = ()  # git redirects that must not appear: removed after the run
 
     def steps(self) -> tuple:
-        return policy_plan.protection_steps(self.pinned, self.readonly, self.hidden)
+        return policy_plan.protection_steps(self.pinned, self.readonly, self.hidden,
+                                            self.denied)
 
 
 class OwnDirs(Record):
@@ -89,7 +92,8 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
                 if anywhere or _within(path, roots):
                     readonly += _expand("/", (path.lstrip("/"),), False, made)
                     watched.append(path.rstrip("/"))
-    hidden, read_as_empty = hidden_paths.existing(policy.hidden, workspace, homes, envs)
+    hidden, read_as_empty = hidden_paths.existing(policy.hidden, workspace, homes, envs,
+                                                  own.state)
     for path, _ in hidden:
         for root in roots:
             if _under(root, path):
@@ -112,14 +116,15 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
         readonly=tuple(dict.fromkeys(readonly)),
         hidden=policy_plan.visible_hidden(tuple(hidden + own_hidden),
                                           tuple(roots) if not anywhere else ("/",)),
-        created=tuple(made), landlock_hidden=tuple(dict.fromkeys(
-            # With mounts, a path under a private tree is out of sight anyway, and one
-            # that reads as empty is left to its mask.
-            [p for p, _ in hidden if landlock_only or not (
-                _within(p, roots) or p in read_as_empty
-                or _within(p, policy_plan.PRIVATE_TREES))]
-            # nsbox's own: the mask is enough, and spares listing the home directory
-            + [p for p, _ in own_hidden if landlock_only])),
+        created=tuple(made),
+        denied=tuple(p for p, _ in hidden if not (
+            _within(p, roots) or p in read_as_empty or _within(p, policy_plan.PRIVATE_TREES))),
+        # With mounts, each hidden path is masked and the mask cannot be lifted (the
+        # kernel locks the mounts a less privileged namespace inherits, and refuses a
+        # bind that would show what they cover), so Landlock adds nothing there: no
+        # rule, and no listing of the parent, whose size then costs nothing.
+        landlock_hidden=tuple(dict.fromkeys(
+            [p for p, _ in hidden + own_hidden])) if landlock_only else (),
         watched=tuple(dict.fromkeys(watched)), repos=repos, undo=tuple(dict.fromkeys(undo)))
 
 

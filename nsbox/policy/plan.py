@@ -12,7 +12,7 @@ from nsbox.policy.model import Policy
 class MountStep(Record):
     # root_readonly | root_writable | tmpfs | dev | proc | bind_rw | bind_new
     # | pin (bind a path onto itself: a mount point can't be renamed or removed)
-    # | bind_ro (the same, read-only) | mask_dir | mask_file (empty, read-only)
+    # | bind_ro (the same, read-only) | mask_dir | mask_file (empty, read-only, `mode`)
     # dev: its shm shows a directory of the tmpfs step whose target is `source`
     kind: str
     target: str
@@ -90,12 +90,23 @@ def _shallowest_first(paths) -> list:
     return sorted(set(paths), key=lambda p: (_depth(p), p))
 
 
-def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = ()) -> tuple:
-    """Steps that go on top of the writable roots: pins, then read-only binds, then masks."""
+# A mask's mode: readable and empty, or refusing access (its mount is read-only, so the
+# mode cannot be changed inside).
+MASK_DIR_READABLE, MASK_FILE_READABLE, MASK_DENIED = 0o555, 0o444, 0o000
+
+
+def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = (),
+                     denied: tuple = ()) -> tuple:
+    """Steps that go on top of the writable roots: pins, then read-only binds, then masks
+    (those of `denied` refuse access; the others read as empty)."""
     steps = [MountStep("pin", p, p) for p in _shallowest_first(pinned)]
     steps += [MountStep("bind_ro", p, p) for p in _shallowest_first(readonly)]
     # Masks last: a hidden path inside a writable or protected tree stays hidden.
-    steps += [MountStep("mask_dir" if is_dir else "mask_file", p) for p, is_dir in hidden]
+    denied = set(denied)
+    for path, is_dir in hidden:
+        readable = MASK_DIR_READABLE if is_dir else MASK_FILE_READABLE
+        steps.append(MountStep("mask_dir" if is_dir else "mask_file", path,
+                               mode=MASK_DENIED if path in denied else readable))
     return tuple(steps)
 
 

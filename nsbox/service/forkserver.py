@@ -22,7 +22,6 @@ commands can neither trace them nor read their /proc/PID/{environ,mem,fd}.
 import _signal as signal
 import _socket as socket
 import _thread
-import errno
 import gc
 import os
 import sys
@@ -109,15 +108,9 @@ class Client:
                 if self._sock is None:
                     self._start()
                 try:
-                    wire.send(self._sock, payload, fds)
+                    wire.send_request(self._sock, payload, fds)
                     return
                 except OSError as err:
-                    if err.errno == errno.EMSGSIZE:
-                        from nsbox.errors import SandboxError
-
-                        raise SandboxError(
-                            f"the sandbox request is {len(payload)} bytes, more than a unix "
-                            "socket record holds; trim the environment") from None
                     self._close()  # the server died: start a new one, once
                     if attempt == 2:
                         from nsbox.errors import SandboxError

@@ -160,7 +160,8 @@ class Pool:
         if usable and spare.ready(READY_WAIT_S):
             trace.mark("spare")
             try:
-                wire.send(spare.control, wire.encode_command(plan.argv, plan.cwd, plan.env), fds)
+                wire.send_request(spare.control,
+                                  wire.encode_command(plan.argv, plan.cwd, plan.env), fds)
             except OSError:
                 pass
             else:

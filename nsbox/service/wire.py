@@ -23,7 +23,12 @@ _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
 _SINCE = struct.Struct("=d")
 
-MAX_RECORD = 1 << 18  # a request carries the environment; the socket buffer caps it anyway
+MAX_RECORD = 1 << 18  # the socket buffer caps a record anyway
+INLINE_MAX = 1 << 16  # a larger request goes in a memfd (send_request)
+# A request's header when its bytes are in a memfd: NUL first, which neither a pickle
+# (0x80) nor a command record (an absolute cwd) starts with.
+LARGE = b"\0nsbox-large\0"
+_SIZE = struct.Struct("=Q")
 MAX_FDS = 8
 
 
@@ -40,6 +45,30 @@ def send(sock, record: bytes, fds=()) -> None:
         sock.send(record, socket.MSG_NOSIGNAL)
 
 
+def send_request(sock, record: bytes, fds=()) -> None:
+    """A request of any size: one larger than INLINE_MAX travels in a sealed memfd,
+    sent as the first fd after a LARGE header (a socket record is bounded by its buffer)."""
+    if len(record) <= INLINE_MAX:
+        send(sock, record, fds)
+        return
+    memfd = os.memfd_create("nsbox-request", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(record)
+        while view:
+            view = view[os.write(memfd, view):]
+        _seal(memfd)
+        send(sock, LARGE + _SIZE.pack(len(record)), [memfd, *fds])
+    finally:
+        os.close(memfd)
+
+
+def _seal(fd: int) -> None:
+    # F_ADD_SEALS with F_SEAL_SEAL|SHRINK|GROW|WRITE: the reader gets exactly these bytes.
+    import fcntl
+
+    fcntl.fcntl(fd, 1033, 0x1 | 0x2 | 0x4 | 0x8)
+
+
 def send_quietly(sock, record: bytes) -> None:
     """For reports whose reader may already have gone away."""
     try:
@@ -49,14 +78,32 @@ def send_quietly(sock, record: bytes) -> None:
 
 
 def receive(sock, size: int = MAX_RECORD):
-    """(record, fds) with the fds close-on-exec; b"" means the other end closed."""
+    """(record, fds) with the fds close-on-exec; b"" means the other end closed. A large
+    request (send_request) comes back whole, its memfd read and closed."""
     record, ancdata, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(MAX_FDS * 4),
                                          socket.MSG_CMSG_CLOEXEC)
     fds = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(_int_array(data))
+    if record[:len(LARGE)] == LARGE and len(record) == len(LARGE) + _SIZE.size and fds:
+        memfd = fds.pop(0)
+        try:
+            record = _read_all(memfd, _SIZE.unpack(record[len(LARGE):])[0])
+        finally:
+            os.close(memfd)
     return record, fds
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+        if not chunk:
+            raise EOFError("a large request ended early")
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _fd_array(fds):

@@ -256,13 +256,14 @@ def test_masks_go_on_after_every_bind(rec, use_mount_api):
 
 @API
 def test_file_masks_get_a_fresh_empty_file_each_from_a_scratch_tmpfs(rec, use_mount_api):
-    steps = [MountStep("root_readonly", "/", "/"), MountStep("mask_file", "/a"),
-             MountStep("mask_file", "/b")]
+    steps = [MountStep("root_readonly", "/", "/"), MountStep("mask_file", "/a", mode=0o444),
+             MountStep("mask_file", "/b", mode=0o000)]
     replay(rec, steps, use_mount_api)
     scratch = rec.index("mount_tmpfs", STAGE, mode=0o700, size=4096)
     assert scratch < first_mount_onto(rec, steps[0])  # the root covers it afterwards
     nodes = [c for c in rec.calls if c.name == "os.mknod"]
-    assert [c.args[:2] for c in nodes] == [("empty0", 0o444), ("empty1", 0o444)]
+    # Each mask its own file, with its own mode: one that reads as empty, one that refuses.
+    assert [c.args[:2] for c in nodes] == [("empty0", 0o444), ("empty1", 0o000)]
     assert len({c.kwargs["dir_fd"] for c in nodes}) == 1
 
 

@@ -2,9 +2,6 @@
 environment's name and value rules. Pure, plus a temporary tree; no namespaces."""
 
 import os
-import pathlib
-import shutil
-import tempfile
 
 import pytest
 
@@ -131,14 +128,6 @@ def test_a_policy_may_add_patterns_and_variables_of_its_own(tmp_path):
     assert sorted(p for p, _ in found) == [str(elsewhere / "x.txt"), str(ws / "db.BAK")]
 
 
-@pytest.fixture
-def var_tmp():
-    """A directory outside the sandbox's private trees (/tmp is one), as a real home is."""
-    path = tempfile.mkdtemp(prefix="nsbox-unit-", dir="/var/tmp")
-    yield pathlib.Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_read_as_empty_files_get_the_mask_only_unless_landlock_is_all_there_is(var_tmp):
     home, ws = var_tmp / "home", var_tmp / "ws"
     (home / ".gradle").mkdir(parents=True)
@@ -148,7 +137,9 @@ def test_read_as_empty_files_get_the_mask_only_unless_landlock_is_all_there_is(v
     gradle, npmrc = str(home / ".gradle/gradle.properties"), str(home / ".npmrc")
     full = protect.resolve(Policy(), str(ws), (str(ws),), (str(home),), create=False)
     assert (gradle, False) in full.hidden and (npmrc, False) in full.hidden
-    assert gradle not in full.landlock_hidden and npmrc in full.landlock_hidden
+    # With mounts the masks do it all: gradle's reads as empty, .npmrc's refuses access.
+    assert full.landlock_hidden == ()
+    assert gradle not in full.denied and npmrc in full.denied
     only = protect.resolve(Policy(), str(ws), (str(ws),), (str(home),), create=False,
                            landlock_only=True)
     assert gradle in only.landlock_hidden and npmrc in only.landlock_hidden
@@ -165,7 +156,8 @@ def test_paths_under_private_trees_get_no_landlock_rule_with_mounts(var_tmp):
     policy = Policy(hidden=("$XDG_RUNTIME_DIR/containers/auth.json", "/proc/version"))
     envs = ({"XDG_RUNTIME_DIR": str(runtime)},)
     full = protect.resolve(policy, str(ws), (str(ws),), (), create=False, envs=envs)
-    assert full.landlock_hidden == (str(runtime / "containers" / "auth.json"),)
+    assert full.landlock_hidden == ()
+    assert full.denied == (str(runtime / "containers" / "auth.json"),)
     only = protect.resolve(policy, str(ws), (str(ws),), (), create=False, envs=envs,
                            landlock_only=True)
     assert "/proc/version" in only.landlock_hidden
