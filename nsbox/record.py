@@ -62,8 +62,14 @@ class Record:
         return tuple(getattr(self, f.name) for f in self._fields)
 
     def __eq__(self, other):
+        if other is self:
+            return True
         if type(other) is not type(self):
             return NotImplemented
+        # The attribute dicts, compared in C: spare sandboxes' keys compare whole plans.
+        mine, theirs = self.__dict__, other.__dict__
+        if ("_hash" in mine) == ("_hash" in theirs):
+            return mine == theirs
         return self._values() == other._values()
 
     def __hash__(self):

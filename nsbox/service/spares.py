@@ -23,7 +23,8 @@ from nsbox import trace
 from nsbox.record import fields, replace
 from nsbox.service import forkserver, relay, wire
 
-MAX_PLANS = 4  # spares kept, one per plan, least recently used dropped first
+MAX_PLANS = 8  # plans with spares kept, the least recently used dropped first
+MAX_DEPTH = 2  # spares kept for a plan whose runs come faster than one is built
 READY_WAIT_S = 10.0  # a spare not ready by then is dropped for a fresh sandbox
 _PER_COMMAND = ("argv", "env", "cwd", "limits", "watch")  # limits: compared by value below
 # Mount steps that take a host path as it is at build time: a path replaced on
@@ -135,29 +136,38 @@ class Spare:
 
 
 class Pool:
-    """At most one spare per plan key, for at most MAX_PLANS keys."""
+    """Spares by plan key: one per plan, two for a plan run back to back (a run that had
+    to wait for its spare), for the MAX_PLANS plans used most recently."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._spares = OrderedDict()
+        self._spares = OrderedDict()  # key -> [Spare], oldest first; least recent key first
+        self._depth = {}  # key -> spares kept for it
         self.enabled = True
         self.built = self.used = self.dropped = 0
         os.register_at_fork(after_in_child=self._forget)
 
     def start(self, key, plan, fds, wait: bool = True):
-        """Start `plan`'s command in the spare for `key`; its status socket, or None.
+        """Start `plan`'s command in a spare for `key`; its status socket, or None. The
+        spare taken is replaced at once, so the next one builds while this command runs.
 
         wait False: a spare still being built stays for later and None is returned.
         """
         with self._lock:
-            spare = self._spares.pop(key, None)
+            queue = self._spares.get(key)
+            spare = queue.pop(0) if queue else None
         if spare is None:
             return None
         usable = spare.identity == current_identity(plan)
-        if usable and not wait and spare.ready(0) is None:
-            self._put_back(key, spare)
+        ready = spare.ready(0) if usable else False
+        if ready is None and not wait:
+            self._put_back(key, spare, front=True)
             return None
-        if usable and spare.ready(READY_WAIT_S):
+        if ready is None:
+            with self._lock:  # runs come faster than one spare is built
+                self._depth[key] = MAX_DEPTH
+            ready = spare.ready(READY_WAIT_S)
+        if ready:
             trace.mark("spare")
             try:
                 wire.send_request(spare.control,
@@ -168,27 +178,38 @@ class Pool:
                 status, spare.status = spare.status, None
                 spare.close()
                 self.used += 1
+                self._refill(key, plan)
                 return status
         spare.close()
         self.dropped += 1
         return None
 
     def replenish(self, key, plan) -> None:
-        """Submit a spare for `key` unless one exists; never waits for it to be built."""
-        with self._lock:
-            if not self.enabled:
+        """Build spares for `key` up to its depth; never waits for them to be built."""
+        self._refill(key, plan)
+
+    def _refill(self, key, plan) -> None:
+        while True:
+            with self._lock:
+                if not self.enabled:
+                    return
+                queue = self._spares.get(key, ())
+                if queue:
+                    self._spares.move_to_end(key)
+                if len(queue) >= self._depth.get(key, 1):
+                    return
+            try:
+                spare = _build(plan)
+            except Exception:  # noqa: BLE001 - only an optimisation: the next run starts fresh
                 return
-            if key in self._spares:
-                self._spares.move_to_end(key)
+            self.built += 1
+            if not self._put_back(key, spare):
                 return
-        spare = _build(plan)
-        self.built += 1
-        self._put_back(key, spare)
 
     def set_enabled(self, enabled: bool) -> None:
         with self._lock:
             self.enabled = enabled
-            dropped = [] if enabled else list(self._spares.values())
+            dropped = [] if enabled else [s for queue in self._spares.values() for s in queue]
             if not enabled:
                 self._spares.clear()
         for spare in dropped:
@@ -197,32 +218,42 @@ class Pool:
     def wait_ready(self, timeout: float = READY_WAIT_S) -> bool:
         """Block until every spare kept now is ready (for tests and benchmarks)."""
         with self._lock:
-            kept = list(self._spares.values())
+            kept = [spare for queue in self._spares.values() for spare in queue]
         return all([spare.ready(timeout) for spare in kept])
 
     def stats(self) -> dict:
         with self._lock:
-            return {"spares": len(self._spares), "built": self.built, "used": self.used,
-                    "dropped": self.dropped}
+            return {"spares": sum(len(queue) for queue in self._spares.values()),
+                    "built": self.built, "used": self.used, "dropped": self.dropped}
 
-    def _put_back(self, key, spare: Spare) -> None:
+    def _put_back(self, key, spare: Spare, front: bool = False) -> bool:
+        """Keep `spare` for `key` (False if it was not wanted and is closed)."""
         evicted = []
         with self._lock:
-            if key in self._spares or not self.enabled:
+            queue = self._spares.get(key)
+            if not self.enabled or (queue and len(queue) >= self._depth.get(key, 1)):
                 evicted.append(spare)
             else:
-                self._spares[key] = spare
+                if queue is None:
+                    queue = self._spares[key] = []
+                queue.insert(0 if front else len(queue), spare)
+                self._spares.move_to_end(key)
                 while len(self._spares) > MAX_PLANS:
-                    evicted.append(self._spares.popitem(last=False)[1])
+                    old_key, old = self._spares.popitem(last=False)
+                    self._depth.pop(old_key, None)
+                    evicted += old
         for old in evicted:
             old.close()
+        return spare not in evicted
 
     def _forget(self) -> None:
         # A forked runner must not hand its commands to the parent's spares.
         self._lock = threading.Lock()
         spares, self._spares = self._spares, OrderedDict()
-        for spare in spares.values():
-            spare.close()
+        self._depth = {}
+        for queue in spares.values():
+            for spare in queue:
+                spare.close()
 
 
 def _build(plan) -> Spare:

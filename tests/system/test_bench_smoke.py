@@ -82,3 +82,44 @@ def test_benchmark_quickest_mode_runs(tmp_path):
     assert "/bin/true" in names and "nsbox exec -- true" in names
     assert all(len(case["samples_ns"]) == 2 for case in data["cases"])
     assert set(data["binds"]) == {"1", "2"} and set(data["concurrency"]) == {"1", "2"}
+
+
+def test_benchmark_goals_and_host_size_measurements(tmp_path):
+    results = tmp_path / "results"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--runs", "2",
+         "--warmup", "1", "--binds", "1", "--concurrency", "1,2", "--entries", "10,100",
+         "--env-vars", "0,10", "--results", str(results)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (results / "latest.md").read_text()
+    assert table.index("### Goals") < table.index("### Latency")
+    assert "| `nsbox exec -- true` ≤ 1.5× `python3 -c pass` (p50) |" in table
+    data = json.loads((results / "latest.json").read_text())
+    names = {case["name"]: case for case in data["cases"]}
+    assert {"python3 -c pass", "subprocess.run(bwrap)", "nsbox.run(['true']) back to back",
+            "nsbox.run(['true']) rotating 8 policies"} <= set(names)
+    assert len(names["nsbox.run(['true']) rotating 8 policies"]["calls_ns"]) == 2 * 8
+    assert data["install"]["script"] and os.path.isfile(data["install"]["nsbox_file"])
+    assert set(data["threads"]) == {"1", "2"}
+    assert all(len(s) == 2 for row in data["threads"].values() for s in row.values())
+    assert set(data["hidden_entries"]) == {"HOME:10", "HOME:100", "--hide:10", "--hide:100"}
+    assert {"nsbox exec:10", "bwrap:10", "Session.run:10"} <= set(data["env_size"])
+    assert data["big_request"]["env_bytes"] > 256 * 1024
+    assert isinstance(data["big_request"]["nsbox.run"]["ok"], bool)
+    memory = data["session_memory"]
+    assert len(memory["totals_kb"]) == memory["sessions"] + 1 and "first_kb" in memory
+
+
+def test_session_memory_holder_steps():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import session_memory
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    holder = [sys.executable, str(ROOT / "bench" / "session_memory.py"), "hold"]
+    result = session_memory.measure(holder, 2)
+    assert len(result["totals_kb"]) == 3 and result["metric"].split()[0] in ("pss", "rss")
+    # every session adds processes under the holder: the fork server's and its own
+    counts = [len(step["processes"]) for step in result["steps"]]
+    assert counts[0] < counts[1] < counts[2]
