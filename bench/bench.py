@@ -9,10 +9,11 @@ fails on timing: targets are reported, not enforced.
 
 bench/run.sh runs it with a regular (non-editable) install of nsbox: the venv's
 console script (bin/nsbox) for the CLI and `import nsbox` from its site-packages
-for the library (--installed checks that). The goals are in report.GOALS.
+for the library (--installed checks that). The goals and their verdicts: report.goals().
 """
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -43,11 +44,13 @@ class Case:
                  burst: int = 0):
         self.name, self.argv, self.call, self.note = name, argv, call, note
         self.env, self.burst = env, burst
-        self.samples = []
+        self.samples = []  # a burst case: the mean of each burst's calls
+        self.calls = []  # a burst case: every call's time
 
     def run(self):
         """Wall time in ns; a burst case returns a list: `burst` calls timed back to back
-        after one untimed call (so none of them follows idle time)."""
+        after one untimed call (so none of them follows idle time). Its sample is their
+        mean; each call's time is kept too (calls_ns in the JSON)."""
         if self.burst:
             self.call()
             times = []
@@ -169,11 +172,6 @@ def build_cases(workspace: str, notes: list) -> tuple:
         cases.append(Case(report.RUN_BACK_TO_BACK, burst=burst,
                           call=lambda: check_ok(nsbox.run(["true"])),
                           note=f"in-process, pre-warmed, {burst} calls back to back"))
-        policies = rotation_policies(nsbox, workspace)
-        turn = iter(range(1 << 62))
-        cases.append(Case(report.RUN_ROTATION, burst=POLICIES, note=(
-            f"in-process, pre-warmed, back to back, next of {POLICIES} workspaces each call"),
-            call=lambda: check_ok(nsbox.run(["true"], policy=policies[next(turn) % POLICIES]))))
         cases.append(Case("nsbox.run(['true'], prewarm=False)",
                           call=lambda: check_ok(nsbox.run(["true"], prewarm=False)),
                           note="in-process, built from scratch"))
@@ -191,6 +189,26 @@ def build_cases(workspace: str, notes: list) -> tuple:
     else:
         notes.append("nsbox.Session does not exist yet: session case and memory skipped")
     return cases, cleanups
+
+
+def rotation(bwrap, workspace: str, runs: int, warmup: int, notes: list) -> list:
+    """nsbox.run rotating over POLICIES policies, back to back, against subprocess.run(bwrap),
+    interleaved. A section of its own: the pre-warmed pool keeps spares for a bounded
+    number of plans, and the other library cases' plan would compete for them."""
+    nsbox, have = library()
+    if not (have["run"] and bwrap):
+        return []
+    policies = rotation_policies(nsbox, workspace)
+    turn = iter(range(1 << 62))
+    argv = bwrap_argv(bwrap, workspace)
+    cases = [Case(report.BWRAP_IN_PROCESS, call=lambda: check_ok(subprocess.run(argv)),
+                  note="in-process"),
+             Case(report.RUN_ROTATION, burst=POLICIES, note=(
+                 f"in-process, pre-warmed, back to back, next of {POLICIES} workspaces each call"),
+                 call=lambda: check_ok(nsbox.run(["true"], policy=policies[next(turn) % POLICIES])))]
+    cases = warm_up(cases, warmup, notes)
+    round_robin(cases, runs)
+    return cases
 
 
 def rotation_policies(nsbox, workspace: str) -> list:
@@ -237,7 +255,10 @@ def round_robin(cases: list, runs: int) -> None:
         k = i % len(cases)
         for case in cases[k:] + cases[:k]:
             sample = case.run()
-            case.samples.extend(sample if isinstance(sample, list) else [sample])
+            if isinstance(sample, list):
+                case.calls.extend(sample)
+                sample = sum(sample) // len(sample)
+            case.samples.append(sample)
 
 
 def bind_scaling(script, bwrap, workspace, counts, runs, warmup) -> dict:
@@ -339,24 +360,34 @@ def make_entries(directory: str, count: int, keep=()) -> None:
         os.close(os.open(os.path.join(directory, f"f{i:06d}"), os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-def host_size(script, counts, runs: int, warmup: int) -> dict:
+def host_dirs(script, counts) -> tuple:
+    """(base, {N: a directory with N entries, among them .ssh and secret}, when).
+
+    Made at the start of the run and used once as $HOME by `nsbox exec` (which makes its
+    state and cache directories there), so that by the time they are measured they are
+    homes nsbox has been used in, unchanged for a while: nsbox remembers the hidden-name
+    matches of a directory only once it has settled (nsbox.plan.name_matches)."""
+    base = tempfile.mkdtemp(prefix="nsbox-bench-host-")
+    dirs = {}
+    for n in counts:
+        dirs[n] = os.path.join(base, f"dir-{n}")
+        make_entries(dirs[n], n, keep=(".ssh", "secret"))
+        subprocess.run(nsbox_argv(script), env=dict(_ENV, HOME=dirs[n]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return base, dirs, time.time()
+
+
+def host_size(script, dirs: dict, runs: int, warmup: int) -> dict:
     """CLI p50 against the number of entries beside a hidden path: $HOME (whose ~/.ssh
     etc. are hidden by default) with N entries, and `--hide DIR/secret` with N in DIR."""
-    base = tempfile.mkdtemp(prefix="nsbox-bench-host-")
     cases = []
-    try:
-        for n in counts:
-            home = os.path.join(base, f"dir-{n}")
-            make_entries(home, n, keep=(".ssh", "secret"))
-            cases.append(Case(f"HOME:{n}", nsbox_argv(script), env=dict(_ENV, HOME=home)))
-            cases.append(Case(f"--hide:{n}", script + ["exec", "--hide",
-                                                       os.path.join(home, "secret"), "--",
-                                                       "true"]))
-        notes = []
-        cases = warm_up(cases, warmup, notes)
-        round_robin(cases, runs)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    for n, home in dirs.items():
+        cases.append(Case(f"HOME:{n}", nsbox_argv(script), env=dict(_ENV, HOME=home)))
+        cases.append(Case(f"--hide:{n}", script + ["exec", "--hide", os.path.join(home, "secret"),
+                                                   "--", "true"]))
+    notes = []
+    cases = warm_up(cases, warmup, notes)
+    round_robin(cases, runs)
     return {"samples_ns": {c.name: c.samples for c in cases}, "notes": notes}
 
 
@@ -447,12 +478,13 @@ def install_facts(args) -> dict:
     head = ""
     try:
         with open(script[0]) as f:
-            head = "".join(f.readline() for _ in range(3))
+            head = "".join(f.readline() for _ in range(12))
     except (OSError, UnicodeDecodeError):
         pass
     facts = {"nsbox_file": os.path.realpath(nsbox.__file__), "script": script,
              "script_head": head, "python": sys.executable, "pip": args.pip_version,
-             "venv": args.installed, "cwd": os.getcwd(), "sys_path0": sys.path[0]}
+             "venv": args.installed, "cwd": os.getcwd(), "sys_path0": sys.path[0],
+             "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     if args.installed:
         venv = os.path.realpath(args.installed)
         site = os.path.realpath(os.path.join(
@@ -546,6 +578,7 @@ def parse_args(argv):
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
     args.scale_runs = max(2, args.runs // 7)
     args.size_runs = max(2, args.runs // 3)
+    args.rotation_runs = max(2, args.runs // 2)
     args.trace_runs = max(2, min(20, args.runs // 6))
     args.binds = [int(x) for x in args.binds.split(",") if x]
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
@@ -573,6 +606,9 @@ def main(argv=None) -> int:
     if args.installed and not install["regular"]:
         say(f"nsbox is not the regular install in {args.installed}: {install}")
         return 2
+    say(f"host size: making directories of {args.entries} entries")
+    host_base, host_dirs_made, host_made_at = host_dirs(script, args.entries)
+    atexit.register(shutil.rmtree, host_base, True)  # also if a section below fails
     cases, cleanups = build_cases(workspace, notes)
     try:
         say(f"latency: {len(cases)} cases x {args.runs} runs, round-robin")
@@ -581,8 +617,14 @@ def main(argv=None) -> int:
     finally:
         for cleanup in cleanups:
             cleanup()
-    results["cases"] = [{"name": c.name, "note": c.note, "samples_ns": c.samples}
-                        for c in cases]
+    results["cases"] = [{"name": c.name, "note": c.note, "samples_ns": c.samples,
+                         **({"calls_ns": c.calls} if c.burst else {})} for c in cases]
+
+    say(f"library: nsbox.run rotating {POLICIES} policies, {args.rotation_runs} runs")
+    results["rotation"] = [{"name": c.name, "note": c.note, "samples_ns": c.samples,
+                            **({"calls_ns": c.calls} if c.burst else {})}
+                           for c in rotation(bwrap, workspace, args.rotation_runs,
+                                             args.warmup, notes)]
 
     say("where the time goes: NSBOX_TRACE=1")
     results["breakdown"] = {}
@@ -633,11 +675,14 @@ def main(argv=None) -> int:
 
     say(f"host size: entries beside a hidden path {args.entries}")
     try:
-        size = host_size(script, args.entries, args.size_runs, min(args.warmup, 2))
+        results["hidden_entries_age_s"] = round(time.time() - host_made_at, 1)
+        size = host_size(script, host_dirs_made, args.size_runs, min(args.warmup, 2))
         notes += size.pop("notes")
         results["hidden_entries"] = size["samples_ns"]
     except OSError as err:
         notes.append(f"host size: {err}")
+    finally:
+        shutil.rmtree(host_base, ignore_errors=True)
     say(f"environment size: extra variables {args.env_vars}")
     size = env_size(script, bwrap, workspace, args.env_vars, args.size_runs,
                     min(args.warmup, 2))

@@ -104,8 +104,8 @@ def parse_importtime(stderr: str) -> dict:
 
 # --- goals -----------------------------------------------------------------------------
 
-def _p50(results, name):
-    case = next((c for c in results.get("cases", ()) if c["name"] == name), None)
+def _p50(results, name, section="cases"):
+    case = next((c for c in results.get(section) or () if c["name"] == name), None)
     return percentile(case["samples_ns"], 50) if case and case["samples_ns"] else None
 
 
@@ -130,7 +130,8 @@ def goals(results: dict) -> list:
     ratio_row("`nsbox.run` pre-warmed, back to back ≤ 1.0× `subprocess.run(bwrap)`",
               _p50(results, RUN_BACK_TO_BACK), base, 1.0)
     ratio_row("`nsbox.run` pre-warmed, rotating 8 policies ≤ 1.0× `subprocess.run(bwrap)`",
-              _p50(results, RUN_ROTATION), base, 1.0)
+              _p50(results, RUN_ROTATION, "rotation"),
+              _p50(results, BWRAP_IN_PROCESS, "rotation"), 1.0)
     ratio_row("`nsbox.run(prewarm=False)` ≤ 1.5× `subprocess.run(bwrap)`",
               _p50(results, RUN_FRESH), base, 1.5)
     ratio_row("`Session.run` ≤ 0.2× `subprocess.run(bwrap)`", _p50(results, SESSION), base, 0.2)
@@ -161,12 +162,14 @@ def goals(results: dict) -> list:
                          (value / MIB <= limit) if pss else None))
 
     hidden = results.get("hidden_entries") or {}
-    for kind, goal in (("HOME", "$HOME with 10 → 100k entries: CLI p50 flat (≤ 1.1×)"),
-                       ("--hide", "`--hide` in a directory of 10 → 100k entries: flat (≤ 1.1×)")):
+    for kind, goal in (("HOME", "$HOME with {} → {} entries: CLI p50 flat (≤ 1.1×)"),
+                       ("--hide", "`--hide` in a directory of {} → {} entries: CLI p50 flat "
+                                  "(≤ 1.1×)")):
         counts = sorted(int(name.split(":")[1]) for name in hidden if name.startswith(kind + ":"))
         if len(counts) < 2:
-            rows.append((goal, "n/a", None))
+            rows.append((goal.format("few", "many"), "n/a", None))
             continue
+        goal = goal.format(f"{counts[0]:,}", f"{counts[-1]:,}")
         lo, hi = (percentile(hidden[f"{kind}:{n}"], 50) for n in (counts[0], counts[-1]))
         r = _ratio(hi, lo)
         rows.append((goal, f"{r:.2f}× ({_ms(lo)} → {_ms(hi)} ms)", r <= 1.1))
@@ -223,10 +226,11 @@ def markdown(results: dict) -> str:
                 "not checked to be a regular install" if install.get("regular") is None else
                 "NOT the regular install")
         head = (install.get("script_head") or "").splitlines()
+        code = [line for line in head[1:] if line.strip() and not line.startswith("#")]
         lines += [f"nsbox under test: `{install['nsbox_file']}` ({kind}"
                   f"{', made by ' + install['pip'] if install.get('pip') else ''}); CLI: "
                   f"`{' '.join(install['script'])}`"
-                  + (f" (`{head[0]}` … `{head[-1]}`)" if head else "")
+                  + (f" (`{head[0]}`, first statement `{code[0]}`)" if code else "")
                   + f"; the benchmark process (library cases) runs in `{install['cwd']}`, "
                   f"sys.path[0] `{install['sys_path0']}`.", ""]
     rows = goals(results)
@@ -249,6 +253,16 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {_ms(p50)} | {_ms(p90)} | {_ms(p99)} | "
                      f"{'' if ratio is None else f'{ratio:.2f}×'} | "
                      f"{'' if lib is None else f'{lib:.2f}×'} |")
+
+    rot = results.get("rotation")
+    if rot:
+        lines += ["", "Rotating policies (a round-robin of its own, so that no other plan competes "
+                  "for the pre-warmed spares):", "", "| case | p50 ms | p90 ms | p99 ms |",
+                  "|---|---:|---:|---:|"]
+        for case in rot:
+            name = case["name"] + (f" ({case['note']})" if case["note"] else "")
+            lines.append(f"| {name} | " + " | ".join(
+                _ms(percentile(case["samples_ns"], p)) for p in (50, 90, 99)) + " |")
 
     for path, bd in results.get("breakdown", {}).items():
         lines += ["", f"Where the time goes, `{path}` (NSBOX_TRACE=1, median of {bd['runs']} "
@@ -293,7 +307,9 @@ def markdown(results: dict) -> str:
     hidden = results.get("hidden_entries")
     if hidden:
         lines += ["", "CLI p50 ms against entries beside a hidden path ($HOME with N entries, "
-                  "whose ~/.ssh is hidden by default; `--hide DIR/secret` with N entries in DIR):",
+                  "whose ~/.ssh is hidden by default; `--hide DIR/secret` with N entries in DIR; "
+                  "each used once as $HOME by `nsbox exec` and then left unchanged for "
+                  f"{results.get('hidden_entries_age_s', '?')} s):",
                   "", "| entries | $HOME | --hide |", "|---:|---:|---:|"]
         for n in sorted({int(k.split(":")[1]) for k in hidden}):
             lines.append(f"| {n} | {_ms(percentile(hidden.get(f'HOME:{n}', []), 50))} | "

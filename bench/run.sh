@@ -2,7 +2,7 @@
 # `make bench`: start-up latency of nsbox against its peers, as an unprivileged user,
 # measured on a REGULAR install: a venv made by /usr/bin/python3 -m venv with the
 # platform's own pip (not upgraded), `pip install <tree>` (not editable), byte-compiled.
-# The benchmark runs the console script pip generated (bin/nsbox) and imports nsbox from
+# The benchmark runs the venv's bin/nsbox as the install made it and imports nsbox from
 # that venv's site-packages (bench.py --installed checks it).
 # As root: installs the peers (bubblewrap, util-linux), stages a copy of the tree the
 # test user can read, installs it, measures idle Session memory from the root side
@@ -53,7 +53,7 @@ if [ "$(id -u)" != 0 ]; then
   install_venv "$VENV" .
   plot_venv "$PLOT"
   # bench.py runs from /tmp (not this tree) so that `import nsbox` finds the install.
-  exec env -C /tmp "$VENV/bin/python" "$PWD/bench/bench.py" --installed "$VENV" \
+  exec env -u PYTHONPATH -C /tmp "$VENV/bin/python" "$PWD/bench/bench.py" --installed "$VENV" \
     --pip-version "$(cat "$VENV/pip-version")" --plot-python "$PLOT/bin/python" "$@"
 fi
 
@@ -80,7 +80,7 @@ OUT=$(mktemp -d /var/tmp/nsbox-bench-results.XXXXXX)
 chown "$BENCH_USER" "$OUT"
 chmod 755 "$OUT"
 USER_HOME=$(getent passwd "$BENCH_USER" | cut -d: -f6)
-as_user=(runuser -u "$BENCH_USER" -- env -C /tmp HOME="$USER_HOME")
+as_user=(runuser -u "$BENCH_USER" -- env -u PYTHONPATH -C /tmp HOME="$USER_HOME")
 set +e
 # Idle Session memory: the user's sessions, their PSS read here as root (nsbox's helper
 # processes are not dumpable, so the user cannot read their smaps_rollup).

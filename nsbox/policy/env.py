@@ -120,15 +120,18 @@ def _has_secret_key(low: str) -> bool:
 
 
 # A library process filters much the same environment run after run: remember the
-# verdicts (a pure function of the pair), a bounded number of them.
+# verdicts (a pure function of the pair), a bounded number of them; the oldest go
+# first, so an environment bigger than the bound still finds most of its verdicts.
 _VERDICTS: dict = {}
+MAX_VERDICTS = 1 << 15
 
 
 def _is_secret(name: str, value: str) -> bool:
     verdict = _VERDICTS.get((name, value))
     if verdict is None:
-        if len(_VERDICTS) > 4096:
-            _VERDICTS.clear()
+        if len(_VERDICTS) >= MAX_VERDICTS:
+            for key in list(_VERDICTS)[:MAX_VERDICTS // 4]:
+                del _VERDICTS[key]
         verdict = _VERDICTS[(name, value)] = looks_secret(name) or looks_secret_value(value)
     return verdict
 

@@ -96,7 +96,7 @@ def test_benchmark_goals_and_host_size_measurements(tmp_path):
     assert table.index("### Goals") < table.index("### Latency")
     assert "| `nsbox exec -- true` ≤ 1.5× `python3 -c pass` (p50) |" in table
     data = json.loads((results / "latest.json").read_text())
-    names = {case["name"]: case for case in data["cases"]}
+    names = {case["name"]: case for case in data["cases"] + data["rotation"]}
     assert {"python3 -c pass", "subprocess.run(bwrap)", "nsbox.run(['true']) back to back",
             "nsbox.run(['true']) rotating 8 policies"} <= set(names)
     assert len(names["nsbox.run(['true']) rotating 8 policies"]["calls_ns"]) == 2 * 8

@@ -79,3 +79,21 @@ def test_a_big_home_is_listed_once_while_it_is_unchanged(var_tmp, workspace):
     assert second.stdout.startswith("started"), second.stderr
     assert "SECRET" not in second.stdout
     assert "Permission denied" in second.stderr
+
+
+def test_full_isolation_hides_without_a_rule_per_sibling(var_tmp, workspace):
+    """With mounts the mask hides the path: the Landlock ruleset does not grow with the
+    directory around it (it used to hold one rule per sibling)."""
+    from nsbox.plan import host, prepare
+
+    sizes = {}
+    for count in (10, 3000):
+        crowd = var_tmp / f"crowd{count}"
+        _crowded(crowd, count)
+        (crowd / "secret").write_text("SECRET\n")
+        policy = Policy(workspace=str(workspace), hidden=(str(crowd / "secret"),))
+        plan = prepare.compile_plan(["true"], policy, host=host.facts()).plan
+        masks = [s for s in plan.mounts if s.target == str(crowd / "secret")]
+        assert [(s.kind, s.mode) for s in masks] == [("mask_file", 0)]  # refuses access
+        sizes[count] = len(plan.landlock.paths) if plan.landlock is not None else 0
+    assert sizes[3000] == sizes[10]

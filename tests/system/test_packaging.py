@@ -57,7 +57,7 @@ def test_wheel_works_in_a_fresh_venv(dist, tmp_path):
     nsbox = str(venv / "bin" / "nsbox")
     # The command is nsbox's own script: no pip wrapper's `import re` on each start.
     script = Path(nsbox).read_text()
-    assert script.startswith(f"#!{venv}/bin/python") and "import re" not in script, script
+    assert script.startswith(f"#!{venv}/bin/python") and "\nimport re\n" not in script, script
     ws = tmp_path / "ws"
     ws.mkdir()
     version = subprocess.run([nsbox, "--version"], capture_output=True, text=True)

@@ -15,7 +15,7 @@ from nsbox.plan import prepare
 from nsbox.service import spares
 from nsbox.policy.limits import Limits
 from nsbox.policy.model import Policy
-from conftest import marker, pids_running
+from conftest import marker, pids_running, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -196,3 +196,37 @@ def test_forked_runner_does_not_use_its_parents_spares(workspace):
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(workspace)],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+
+
+def test_a_spare_is_replaced_while_its_command_runs(policy):
+    """Back-to-back runs find a spare: the one taken is replaced at once, not after the
+    command ends (which made back-to-back runs slower than fresh ones)."""
+    nsbox.run(["true"], policy=policy)
+    spares.pool().wait_ready()
+    before = api.prewarm_stats()
+    running = threading.Thread(target=nsbox.run, args=(["sleep", "2"],),
+                               kwargs={"policy": policy})
+    running.start()
+    try:
+        assert wait_until(lambda: api.prewarm_stats()["used"] == before["used"] + 1)
+        during = api.prewarm_stats()  # the command is still running
+        assert running.is_alive()
+        assert during["built"] > before["built"] and during["spares"] >= 1
+    finally:
+        running.join()
+
+
+def test_rotating_over_eight_policies_keeps_a_spare_for_each(tmp_path):
+    policies = []
+    for i in range(8):
+        (tmp_path / f"ws{i}").mkdir()
+        policies.append(Policy(workspace=str(tmp_path / f"ws{i}")))
+    for policy in policies:
+        nsbox.run(["true"], policy=policy)
+    spares.pool().wait_ready()
+    before = api.prewarm_stats()
+    for _ in range(2):
+        for policy in policies:
+            assert nsbox.run(["true"], policy=policy).returncode == 0
+    after = api.prewarm_stats()
+    assert after["used"] - before["used"] == 16 and after["dropped"] == before["dropped"]
