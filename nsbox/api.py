@@ -70,8 +70,12 @@ class Result(Record):
     isolation_fallback: str = ""  # why isolation "auto" settled for landlock
     isolation_missing: tuple = ()  # protections left out under best_effort, in words
     # what the run changed where code runs later outside the sandbox (git hooks and
-    # pointers, new repositories, editor and agent configs): launch.watch.Change records
+    # pointers, new repositories, editor and agent configs): launch.watch.Change records;
+    # with workspace_mode "overlay", also what it changed in its copy-on-write workspace
+    # (what: created | modified | deleted | mode | type changed, with kind, size, sha256,
+    # mode, target), kept as run `run_id` for `nsbox apply` (None: nothing changed)
     changes: tuple = ()
+    run_id: str | None = None
 
     def check_returncode(self) -> None:
         if self.returncode:
@@ -171,6 +175,7 @@ class Popen:
         self.network_blocked = ()  # network "allowlist": requests the proxy refused
         self.limit_hit = None  # the resource limit that ended the command (see Result)
         self.changes = ()  # see Result.changes; known once the command has exited
+        self.run_id = None  # see Result.run_id; known once the command has exited
         self.duration_s = None
         self._session = _session
         self._failure = None
@@ -312,7 +317,17 @@ class Popen:
             return ()
         from nsbox.plan import watch
 
-        return watch.review(self._plan.watch)[0]
+        found = watch.review(self._plan.watch)[0]
+        if self._plan.overlay is not None:
+            from nsbox.plan import overlay
+
+            ran = self._failure is None or self._failure.step == errorpipe.EXEC_STEP
+            try:
+                manifest, self.run_id = overlay.conclude(overlay.Held(self._plan.overlay), ran)
+            except OSError:  # kept: `nsbox changes RUN` reads it again
+                manifest, self.run_id = (), self._plan.overlay.id
+            found += manifest
+        return found
 
     def _raise_setup_failure(self) -> None:
         if self._failure is None or self._failure.step == errorpipe.EXEC_STEP:
@@ -448,9 +463,11 @@ class Session:
 
     def _submit(self, args, cwd, env, fds):
         if env is not None:
+            from nsbox.plan import caches
             from nsbox.policy.env import sandbox_env
 
             env = sandbox_env(self._plan.policy, env, tmpdir=self._plan.env.get("TMPDIR", "/tmp"))
+            caches.carry(env, self._plan.env, (name for name, _ in self._plan.policy.extra_env))
             if self._plan.net_proxy is not None:
                 prepare.point_at_proxy(env, self._plan.policy, self._plan.net_proxy.port)
         record = wire.encode_command(args, os.path.join(self._plan.cwd, cwd or ""), env)
@@ -738,6 +755,6 @@ def _result(proc: Popen, pump: _Pump) -> Result:
     return Result(args=proc.args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
                   signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s,
                   output_limited=pump.output_limited, network_blocked=proc.network_blocked,
-                  limit_hit=proc.limit_hit, changes=proc.changes,
+                  limit_hit=proc.limit_hit, changes=proc.changes, run_id=proc.run_id,
                   isolation=proc.isolation, isolation_fallback=proc.isolation_fallback,
                   isolation_missing=proc.isolation_missing)

@@ -30,6 +30,8 @@ packages() {
   command -v bwrap >/dev/null || need+=(bubblewrap)
   # memory caps: node and java must start under one.
   command -v node >/dev/null || need+=(nodejs)
+  # package cache tests: npm install in a sandbox (Debian ships npm apart from nodejs).
+  command -v npm >/dev/null || need+=(npm)
   command -v java >/dev/null || need+=(default-jre-headless)
   # terminal tests drive an interactive shell in the sandbox.
   command -v tmux >/dev/null || need+=(tmux)
@@ -54,6 +56,9 @@ venv() {
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   "$dir/bin/python" -m pip install -q --disable-pip-version-check \
     -e ".[test,inspect,mini-swe-agent,ray]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
+  # package cache tests: uv and pipx in a sandbox (skipped without them).
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check uv pipx >>"$dir/pip-install.log" 2>&1 \
+    || echo "setup: could not install uv and pipx; their cache tests will be skipped" >&2
   "$dir/bin/python" -c 'import nsbox, cffi, pytest' >/dev/null
 }
 

@@ -32,11 +32,19 @@ OPTIONS.update({
     "--policy": ("policy", "FILE", False,
                  "policy file (default: WORKSPACE/.nsbox/policy.toml, ~/.config/nsbox/config.toml)"),
     "--json-status": ("json_status", "FILE", False, "write a JSON record of the run to FILE"),
+    "--cache": ("cache", "MODE", False,
+                "package managers' caches (npm, pip, uv, pipx, ...): shared (default: one "
+                "nsbox-owned area for all sandboxes) | workspace (this workspace's own) | off; "
+                "see 'nsbox cache info'"),
 })
 OPTIONS["--limit"] = ("limit", "NAME=VALUE", True,
                       "resource limit; repeatable: pids=N memory=SIZE cpu=CORES wall=SECONDS "
                       "tmp=SIZE nofile=N fsize=SIZE inotify=N (e.g. memory=512M; NAME=none lifts "
                       "a default; defaults pids=4096 tmp=1G nofile=4096 inotify=64)")
+OPTIONS["--workspace-mode"] = ("workspace_mode", "MODE", False,
+                               "direct (default: writes go to the workspace) | overlay (writes "
+                               "go to a kept copy-on-write layer; review with 'nsbox changes', "
+                               "then 'nsbox apply' or 'nsbox discard')")
 ALIASES = {"-w": "--workspace", "-C": "--cwd"}
 
 USAGE = "usage: nsbox exec [OPTIONS] [--] CMD [ARGS...]"

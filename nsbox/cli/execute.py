@@ -44,6 +44,7 @@ def run(args: list) -> int:
     network = {}  # the allowlist proxy's report
     limit_hits = []  # the resource limit that ended the command, if one did
     policy_file = []  # the policy file's trust decision, if a file was used
+    held = None  # overlay mode: descriptors of the run's layers, taken before the launch
     try:
         policy = exec_args.policy_from_options(values, on_policy_file=policy_file.append)
         for decision in policy_file:
@@ -55,6 +56,10 @@ def run(args: list) -> int:
         for line in isolation.report(plan) + limits.report(plan.limits):
             sys.stderr.write(f"nsbox: {line}\n")
         failures = []
+        if plan.overlay is not None:
+            from nsbox.plan import overlay
+
+            held = overlay.Held(plan.overlay)
         code = caller.run(plan, on_limit=limit_hits.append, on_network=network.update,
                           on_failure=failures.append)
         if failures and failures[0].step != errorpipe.EXEC_STEP:
@@ -65,12 +70,13 @@ def run(args: list) -> int:
             sys.stderr.write(f"nsbox: {USERNS_HINT}\n")
         code, error = SETUP_FAILED, str(err)
     changes = report_changes(plan)
+    kept = report_overlay(held, ran=not error) if held is not None else None
     if status_file:
         try:
             run_record.write(status_target, run_record.record(
                 parsed.command, policy, plan, started, code, error, network=network,
                 limit_hit=limit_hits[0] if limit_hits else None, changes=changes,
-                policy_file=policy_file[0] if policy_file else None))
+                policy_file=policy_file[0] if policy_file else None, overlay=kept))
         except OSError as err:
             sys.stderr.write(f"nsbox: cannot write --json-status {status_file}: {err.strerror}\n")
     return code
@@ -87,6 +93,23 @@ def report_changes(plan) -> tuple:
     if line:
         sys.stderr.write(f"nsbox: {line}\n")
     return changes
+
+
+def report_overlay(held, ran: bool) -> tuple:
+    """After an overlay run: (manifest, run id or None), said in one stderr line."""
+    from nsbox.plan import overlay
+
+    try:
+        entries, run_id = overlay.conclude(held, ran)
+    except OSError as err:
+        sys.stderr.write(f"nsbox: cannot read the run's changes in {held.run.dir}: {err}\n")
+        return (), held.run.id
+    if run_id is not None:
+        sys.stderr.write(f"nsbox: {overlay.summary(entries)} \u2014 kept as run {run_id} "
+                         f"(nsbox changes {run_id})\n")
+    elif ran:
+        sys.stderr.write("nsbox: no changes in the workspace (overlay)\n")
+    return entries, run_id
 
 
 USERNS_HINT = ("hint: --isolation auto runs the command here with Landlock and seccomp only "

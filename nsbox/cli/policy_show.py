@@ -49,6 +49,9 @@ def effective(args: list) -> dict:
             "env_dropped": policy_env.dropped_names(policy, dict(os.environ)),
             "mounts": [{"kind": s.kind, "target": s.target} for s in plan.mounts],
             "protections": summary.protections(plan),
+            # The package managers' area and the variables that point at it (None: off).
+            "cache": {"mode": done.cache.mode, "path": done.cache.path,
+                      "env": dict(done.cache.env())} if done.cache else None,
         },
     }
 

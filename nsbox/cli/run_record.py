@@ -16,10 +16,12 @@ def now() -> str:
 
 
 def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
-           network: dict | None = None, limit_hit=None, policy_file=None, changes=()) -> dict:
+           network: dict | None = None, limit_hit=None, policy_file=None, changes=(),
+           overlay=None) -> dict:
     """`network`: the allowlist proxy's report ({"blocked": [...], "blocked_total": N});
     `limit_hit`: the launch.limits.LimitHit that ended the command, if one did;
-    `policy_file`: the policy_files.Decision about the run's policy file, if it had one."""
+    `policy_file`: the policy_files.Decision about the run's policy file, if it had one;
+    `overlay`: (manifest, run id) of a run with workspace_mode overlay."""
     out = {
         "command": list(argv),
         "policy_digest": prepare.policy_digest(policy) if policy is not None else None,
@@ -43,6 +45,11 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         # what changed where code runs later outside the sandbox (see plan/watch.py)
         "changes": [change.as_dict() for change in changes],
     }
+    if overlay is not None:
+        # what the run changed in its copy-on-write workspace (plan/overlay.py); run_id
+        # names the kept run (None when nothing changed)
+        out["run_id"] = overlay[1]
+        out["workspace_changes"] = [entry.as_dict() for entry in overlay[0]]
     # PID 1 reports a command killed by signal N as 128+N, as shells do.
     if not error and exit_code > 128:
         try:

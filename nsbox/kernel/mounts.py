@@ -122,6 +122,16 @@ def mount_tmpfs(target: str, mode: int = 0o755, size: int = 0, flags: int = MS_N
     _ffi.mount("tmpfs", target, "tmpfs", flags, data)
 
 
+def mount_overlay(target: str, lower: str, upper: str, work: str,
+                  flags: int = MS_NOSUID | MS_NODEV) -> None:
+    """An overlayfs at `target`: `lower` read-only below, writes in `upper`. userxattr
+    keeps overlayfs's own marks in user.overlay.* xattrs, which is what lets a user
+    namespace mount it (Linux >= 5.11). Paths with ',' or ':' break the option string:
+    pass /proc/self/fd/N names."""
+    _ffi.mount("overlay", target, "overlay", flags,
+               f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+
+
 def mount_proc(target: str) -> None:
     _ffi.mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 

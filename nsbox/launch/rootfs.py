@@ -29,6 +29,7 @@ def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
     # a workspace under /tmp would otherwise resolve into the read-only copy.
     sources = {s.source: _grab_writable(s.source, use_mount_api)
                for s in steps if s.kind == "bind_rw"}
+    layers = {s.target: _grab_layers(s) for s in steps if s.kind == "overlay"}
     masks = _empty_files_dir() if any(s.kind == "mask_file" for s in steps) else None
     masked = 0
     shm_from = {s.source for s in steps if s.kind == "dev" and s.source}
@@ -48,6 +49,9 @@ def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
         elif step.kind == "bind_rw":
             os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
             _attach_writable(sources[step.source], target, use_mount_api)
+        elif step.kind == "overlay":
+            os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
+            _mount_overlay(target, layers[step.target])
         elif step.kind == "bind_new":
             os.makedirs(target, exist_ok=True)
             mounts.bind(STAGE + step.source, target)
@@ -141,6 +145,20 @@ def _grab_writable(path: str, use_mount_api: bool) -> int:
                                    what=repr(path))
         return tree
     return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _grab_layers(step) -> tuple:
+    """O_PATH fds of an overlay's lower, upper and work directories, taken (like the
+    writable trees) before anything is stacked on STAGE."""
+    return tuple(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                 for path in (step.source, step.upper, step.work))
+
+
+def _mount_overlay(target: str, fds: tuple) -> None:
+    lower, upper, work = (f"/proc/self/fd/{fd}" for fd in fds)
+    mounts.mount_overlay(target, lower, upper, work)
+    for fd in fds:
+        os.close(fd)
 
 
 def _attach_writable(fd: int, target: str, use_mount_api: bool) -> None:

@@ -11,7 +11,7 @@ from nsbox import state, trace
 from nsbox.errors import PolicyError, UnsupportedKernel
 from nsbox.kernel import namespaces
 from nsbox.plan import host as host_facts
-from nsbox.plan import isolation, limits, protect, seccomp_filter, watch
+from nsbox.plan import caches, isolation, limits, protect, seccomp_filter, watch
 from nsbox.plan.types import FULL, LANDLOCK, LaunchPlan
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.env import sandbox_env
@@ -33,6 +33,7 @@ class Compiled(Record):
     guard: protect.Protections
     roots: tuple  # the writable roots the policy names (before protections' additions)
     workspace: str  # resolved
+    cache: caches.Area | None = None  # the package managers' area, writable too
 
 
 def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
@@ -42,9 +43,26 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     host: plan.host.HostFacts (probed here when None; `auto` needs its userns verdict)."""
     done = compile_plan(argv, policy, cwd, env, session, host)
     # Last, once every check passed: nothing is created for a run that is refused.
+    caches.create(done.cache)
     protect.make_mount_points(done.guard.created)
-    watched = watch.start(done.roots, done.guard.watched, done.guard.repos, done.guard.undo)
+    guard, roots = done.guard, done.roots
+    if done.plan.overlay is not None:
+        from nsbox.plan import overlay
+
+        overlay.create(done.plan.overlay, done.plan.argv, policy_digest(done.plan.policy))
+        # The real workspace does not change in the run: its changes are the manifest's.
+        guard, roots = _outside(guard, done.workspace), tuple(
+            r for r in roots if r != done.workspace)
+    watched = watch.start(roots, guard.watched, guard.repos, guard.undo)
     return replace(done.plan, watch=watched)
+
+
+def _outside(guard: protect.Protections, workspace: str) -> protect.Protections:
+    def keep(paths):
+        return tuple(p for p in paths if not policy_plan.under(p, workspace))
+
+    return replace(guard, watched=keep(guard.watched), repos=keep(guard.repos),
+                   undo=keep(guard.undo))
 
 
 def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
@@ -70,15 +88,25 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     guard = protect.resolve(policy, workspace, roots, homes(host_env), create=False,
                             own=own, landlock_only=not full, envs=(os.environ, host_env))
     writable = roots + guard.extra_writable
+    # The cache area is writable but no project: kept out of `roots` (no broad-root
+    # check, git scan, watch or protected names there).
+    cache = caches.locate(policy.cache, workspace, own)
+    if caches.left_out(cache, [p for p, _ in guard.hidden] + list(guard.landlock_hidden),
+                       writable):
+        cache = None
+    run = _overlay_run(policy, iso, session, own.state, workspace, roots)
     steps, ns_names, private_tmp = (), (), None
     if full:
         steps = with_test_switches(policy_plan.mount_steps(
             policy, writable,
             var_run_is_dir=os.path.isdir("/var/run") and not os.path.islink("/var/run"),
-            protections=guard.steps()))
+            protections=caches.with_mount(guard.steps(), cache),
+            overlay=run.layers() if run else ()))
         ns_names = tuple(policy_plan.namespaces(policy))
     else:
         private_tmp = isolation.private_tmp_path()
+    if cache is not None:
+        writable += (cache.path,)
     ns_flags = 0
     for name in ns_names:
         ns_flags |= _NS_FLAGS[name]
@@ -86,6 +114,7 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     landlock_rules = isolation.ruleset(iso, policy, writable, private_tmp,
                                        hidden=guard.landlock_hidden)
     full_env = sandbox_env(policy, host_env, tmpdir=private_tmp or "/tmp")
+    caches.apply_env(full_env, cache, chosen=(name for name, _ in policy.extra_env))
     if net_proxy is not None:
         point_at_proxy(full_env, policy, net_proxy.port)
     # A cached filter is trusted by later runs: never cache where this command can write.
@@ -105,8 +134,32 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         isolation=iso.mode, isolation_missing=iso.missing,
         isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,
         seccomp_bpf=seccomp_bpf, net_proxy=net_proxy, writable=writable,
-        hidden=_landlock_hidden(landlock_rules, guard) if not full else ())
-    return Compiled(plan, guard, roots, workspace)
+        hidden=_landlock_hidden(landlock_rules, guard) if not full else (), overlay=run)
+    return Compiled(plan, guard, roots, workspace, cache)
+
+
+def _overlay_run(policy: Policy, iso, session: bool, state_dir: str, workspace: str, roots):
+    """workspace_mode overlay: the run's directories (not made yet), or None when the
+    workspace is not writable anyway."""
+    if policy.workspace_mode != "overlay" or workspace not in roots:
+        return None
+    if iso.mode != FULL:
+        why = f" ({iso.fallback_reason})" if iso.fallback_reason else ""
+        raise UnsupportedKernel(
+            "workspace_mode overlay needs a mount namespace for the copy-on-write "
+            f"workspace, which Landlock-only isolation does not have{why}. Use --isolation "
+            "full on a host that allows user namespaces, or --workspace-mode direct")
+    if session:
+        raise PolicyError("workspace_mode overlay is not available for sessions yet; use "
+                          "nsbox.run or nsbox.Popen, or workspace_mode direct")
+    if policy_plan.under(os.path.realpath(state_dir), workspace):
+        raise PolicyError(f"workspace_mode overlay keeps a run's layers in nsbox's state "
+                          f"directory {state_dir}, which lies inside the workspace: an "
+                          "overlay cannot hold its own upper layer. Set XDG_STATE_HOME to a "
+                          "directory outside the workspace")
+    from nsbox.plan import overlay  # only overlay runs pay for it
+
+    return overlay.plan_run(state_dir, workspace)
 
 
 def policy_digest(policy: Policy) -> str:

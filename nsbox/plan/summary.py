@@ -25,7 +25,9 @@ def protections(plan) -> dict:
     for step in plan.mounts:
         kinds.setdefault(step.kind, []).append(step.target)
     out.update(read_only_root=bool(kinds.get("root_readonly")), private_tmp=None,
-               writable=kinds.get("bind_rw", []), protected=kinds.get("bind_ro", []),
-               pinned=kinds.get("pin", []),
+               writable=kinds.get("bind_rw", []) + kinds.get("overlay", []),
+               protected=kinds.get("bind_ro", []), pinned=kinds.get("pin", []),
                hidden=kinds.get("mask_dir", []) + kinds.get("mask_file", []))
+    if "overlay" in kinds:  # writable inside; the real tree changes only on `nsbox apply`
+        out["copy_on_write"] = kinds["overlay"]
     return out

@@ -38,6 +38,7 @@ class LaunchPlan(Record):
     watch: object = None  # plan.watch.Watch: what to compare after the run
     writable: tuple = ()  # the writable roots (as mounts, or as Landlock rules)
     hidden: tuple = ()  # landlock-only isolation: what Landlock keeps unreadable
+    overlay: object = None  # plan.overlay.Run: the workspace is copy-on-write (overlay mode)
 
 
 class LimitsPlan:

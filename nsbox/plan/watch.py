@@ -24,10 +24,22 @@ GIT_WATCHED = ("config", "hooks", "info/attributes") + GIT_REDIRECTS
 class Change(Record):
     path: str
     what: str  # appeared | changed | removed | new repository | new git pointer
-    #            | removed (planted)
+    #            | removed (planted); an overlay run's manifest (plan/overlay.py):
+    #            created | modified | deleted | mode | type changed
+    # The manifest's details; left at their defaults in the reports above.
+    kind: str = ""  # file | dir | symlink | other
+    size: int | None = None  # a file's new size
+    sha256: str = ""  # a file's new content
+    mode: int | None = None  # the new permission bits
+    target: str = ""  # a symlink's new target
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "what": self.what}
+        out = {"path": self.path, "what": self.what}
+        for name in ("kind", "size", "sha256", "mode", "target"):
+            value = getattr(self, name)
+            if value not in ("", None):
+                out[name] = value
+        return out
 
 
 class Watch(Record):

@@ -238,3 +238,37 @@ def git_protected_for(preset: str) -> tuple:
 
 def network_for(preset: str) -> str:
     return "host" if preset == "full-access" else "none"
+
+
+# Package managers' caches (plan/caches.py). Each variable points into the run's cache
+# area, an nsbox-owned directory the host's own tools never read; a tool's own variable
+# is set too, so one the caller exported (into the read-only home) is replaced. Left
+# out on purpose: CARGO_HOME (also cargo's config.toml, credentials and bin/: a shared
+# area would let one sandbox plant a `[source]` replacement or a rustc wrapper that every
+# later sandbox obeys), GRADLE_USER_HOME (gradle.properties and init.d/ scripts that run
+# in every build), Maven (only MAVEN_OPTS or MAVEN_ARGS can move its repository, and they
+# carry the user's own options), XDG_DATA_HOME (uv's Pythons, pipx's and pnpm's data:
+# the host's would disappear), GOPATH (`go install`'s bin/).
+CACHE_ENV = (
+    # pip, uv, Poetry, go-build, yarn 1, node-gyp, pre-commit, Hugging Face, ...
+    ("XDG_CACHE_HOME", "cache"),
+    ("PIP_CACHE_DIR", "cache/pip"),
+    ("UV_CACHE_DIR", "cache/uv"),
+    ("POETRY_CACHE_DIR", "cache/pypoetry"),  # and Poetry's virtualenvs
+    ("GOCACHE", "cache/go-build"),
+    ("GOMODCACHE", "go/mod"),  # downloaded modules (checked against go.sum anyway)
+    ("npm_config_cache", "npm"),  # npm's cacache, npx's installs (_npx), npm's logs
+    ("PIPX_HOME", "pipx"),  # `pipx run`'s cached venvs, `pipx install`'s venvs
+    ("PIPX_BIN_DIR", "pipx/bin"),  # never put on PATH: the area is the sandboxes' to write
+    ("PIPX_MAN_DIR", "pipx/man"),
+)
+# npm reads npm_config_* in any letter case: the other spellings are dropped.
+CACHE_ENV_ANY_CASE = ("npm_config_cache",)
+# Set only where the command's environment has no value of its own: the area is
+# another mount than the workspace, so uv's hard links fail (and it warns) anyway.
+CACHE_ENV_UNLESS_SET = (("UV_LINK_MODE", "copy"),)
+
+
+def cache_for(preset: str) -> str:
+    # read-only runs write nothing that outlives them; full-access writes the host's own.
+    return "shared" if preset == "workspace-write" else "off"

@@ -19,6 +19,8 @@ FILESYSTEM_KEYS = {"writable": "writable", "hide": "hide", "unhide": "unhide",
 ENV_KEYS = {"keep": "env_keep", "set": "extra_env", "clear": "clearenv"}
 # Keys of the [network] table; `network = "MODE"` at the top level works too.
 NETWORK_KEYS = {"mode": "network", "allow": "network_allow"}
+# Keys of the [cache] table; `cache = "MODE"` at the top level works too.
+CACHE_KEYS = {"mode": "cache"}
 # Path lists whose relative entries are relative to the workspace.
 _PATH_KEYS = ("writable",)
 
@@ -103,6 +105,13 @@ def parse_toml(text: str, source: str, base: str | None = None) -> dict:
                         Policy(**{target: layer[target]})
                     except PolicyError as err:
                         raise where.error(table_key, "network", str(err)) from None
+        elif key == "cache" and isinstance(value, dict):
+            _table(layer, value, "cache", CACHE_KEYS, where)
+            if "cache" in layer:
+                try:
+                    Policy(cache=layer["cache"])
+                except PolicyError as err:
+                    raise where.error("mode", "cache", str(err)) from None
         elif key in known and key not in ("hidden", "protected", "git_protected", "writable",
                                           "env_keep", "extra_env", "clearenv", "network_allow"):
             layer[key] = _check(key, value, known[key], where, "")
@@ -136,7 +145,7 @@ def _table(layer: dict, value, table: str, keys: dict, where) -> None:
                 raise where.error(key, table, f"[{table}] {key} must be a table of strings, "
                                               "e.g. set = {{ NAME = \"value\" }}")
             layer[target] = list(item.items())
-        elif target == "network":
+        elif target in ("network", "cache"):
             if not isinstance(item, str):
                 raise where.error(key, table, f"[{table}] {key} must be a string")
             layer[target] = item
@@ -157,7 +166,7 @@ def _check(key: str, value, field, where, table: str):
         ok, expected = isinstance(value, bool), "true or false"
     elif isinstance(default, (int, float)):
         ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    elif isinstance(default, str) or key in ("network", "workspace"):
+    elif isinstance(default, str) or key in ("network", "workspace", "cache"):
         ok, expected = isinstance(value, str), "a string"
     elif default is None or default is MISSING:
         ok, expected = True, ""

@@ -15,8 +15,14 @@ _PRESET_DEFAULTS = {
     "hidden": defaults.hidden_for,
     "protected": defaults.protected_for,
     "git_protected": defaults.git_protected_for,
+    "cache": defaults.cache_for,
 }
 ISOLATION_MODES = ("full", "landlock", "auto")
+# Package managers' caches (plan/caches.py): one area for every sandbox, one per
+# workspace, or none (the read-only home: package managers fail to cache).
+CACHE_MODES = ("shared", "workspace", "off")
+# overlay: the workspace is a copy-on-write layer; the real tree changes only on `nsbox apply`.
+WORKSPACE_MODES = ("direct", "overlay")
 
 
 class Policy(Record):
@@ -42,6 +48,8 @@ class Policy(Record):
     env_keep: tuple[str, ...] = ()
     clearenv: bool = False  # start from PATH, HOME, TERM and LANG only
     limits: Limits = Limits()  # resource ceilings; a mapping such as {"memory": "512M"} works too
+    cache: str | None = None  # shared | workspace | off (CACHE_MODES); None: by preset
+    workspace_mode: str = "direct"  # direct | overlay (see WORKSPACE_MODES)
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)
@@ -62,6 +70,8 @@ class Policy(Record):
         check_choice("network", self.network, NETWORK_MODES)
         self._check_network_allow()
         check_choice("isolation", self.isolation, ISOLATION_MODES)
+        check_choice("cache", self.cache, CACHE_MODES)
+        check_choice("workspace_mode", self.workspace_mode, WORKSPACE_MODES)
         if not isinstance(self.limits, Limits):
             object.__setattr__(self, "limits", Limits.from_mapping(self.limits))
 

@@ -14,11 +14,15 @@ class MountStep(Record):
     # | pin (bind a path onto itself: a mount point can't be renamed or removed)
     # | bind_ro (the same, read-only) | mask_dir | mask_file (empty, read-only, `mode`)
     # dev: its shm shows a directory of the tmpfs step whose target is `source`
+    # | overlay (a writable root as an overlayfs: `source` the real tree, read-only
+    #   below; writes go to `upper`, with overlayfs's scratch directory `work`)
     kind: str
     target: str
     source: str = ""
     mode: int = 0
     size: int = 0  # tmpfs size in bytes; 0: the kernel's default (half of RAM)
+    upper: str = ""  # overlay only
+    work: str = ""  # overlay only
 
 
 NAMESPACES_ALWAYS = ("user", "mount", "pid", "ipc", "uts", "cgroup")
@@ -37,9 +41,9 @@ def writable_roots(policy: Policy, workspace: str, extra: tuple) -> tuple:
     for root in roots:
         if root not in unique:
             unique.append(root)
-    hidden_by = [t for t in PRIVATE_TREES if _under(workspace, t)]
+    hidden_by = [t for t in PRIVATE_TREES if under(workspace, t)]
     if hidden_by and policy.isolation != "landlock" and not any(
-            _under(workspace, root) for root in unique):
+            under(workspace, root) for root in unique):
         from nsbox.errors import PolicyError
 
         raise PolicyError(f"workspace {workspace} is under {hidden_by[0]}, which the sandbox "
@@ -53,7 +57,8 @@ def writable_roots(policy: Policy, workspace: str, extra: tuple) -> tuple:
 PRIVATE_TREES = ("/tmp", "/run", "/dev", "/proc")
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
+    """`path` is `top` or lies beneath it (both resolved)."""
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
@@ -67,7 +72,7 @@ def visible_hidden(hidden: tuple, writable: tuple) -> tuple:
     for path, is_dir in sorted(set(hidden), key=lambda h: (_depth(h[0]), h[0])):
         if _has_ancestor_in(path, masked):
             continue
-        if any(_under(path, t) for t in PRIVATE_TREES) and not any(_under(path, w) for w in writable):
+        if any(under(path, t) for t in PRIVATE_TREES) and not any(under(path, w) for w in writable):
             continue
         kept.append((path, is_dir))
         masked.add(path.rstrip("/") or "/")
@@ -111,8 +116,9 @@ def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = (
 
 
 def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
-                protections: tuple = ()) -> tuple:
-    """The new root, in order. Later steps mount on top of earlier ones."""
+                protections: tuple = (), overlay: tuple = ()) -> tuple:
+    """The new root, in order. Later steps mount on top of earlier ones.
+    overlay: (root, upper, work) to mount `root` copy-on-write instead of writable."""
     steps = []
     if policy.preset == "full-access":
         steps.append(MountStep("root_writable", "/", "/"))
@@ -129,7 +135,10 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
     steps.append(MountStep("dev", "/dev", source="/tmp"))
     # Shallow roots first so a nested root is mounted on top of its parent.
     for root in sorted(writable, key=lambda p: p.count("/")):
-        steps.append(MountStep("bind_rw", root, root))
+        if overlay and root == overlay[0]:
+            steps.append(MountStep("overlay", root, root, upper=overlay[1], work=overlay[2]))
+        else:
+            steps.append(MountStep("bind_rw", root, root))
     steps.extend(protections)
     steps.append(MountStep("proc", "/proc"))
     return tuple(steps)

@@ -12,6 +12,9 @@ from nsbox.policy import limits as policy_limits
 PRESET_ORDER = ("full-access", "workspace-write", "read-only")
 NETWORK_ORDER = ("host", "allowlist", "none")
 ISOLATION_ORDER = ("landlock", "auto", "full")
+# A per-workspace cache shares nothing with other sandboxes; "off" writes nothing.
+CACHE_ORDER = ("shared", "workspace", "off")
+WORKSPACE_MODE_ORDER = ("direct", "overlay")
 
 TOML_NAMES = {
     "network_allow": "network.allow",
@@ -62,6 +65,10 @@ def _narrows(key: str, value, base) -> bool:
         return _toward_end(NETWORK_ORDER, value, base.network)
     if key == "isolation":
         return _toward_end(ISOLATION_ORDER, value, base.isolation)
+    if key == "workspace_mode":  # overlay keeps the real tree unchanged until `nsbox apply`
+        return _toward_end(WORKSPACE_MODE_ORDER, value, base.workspace_mode)
+    if key == "cache":
+        return _toward_end(CACHE_ORDER, value, base.cache)
     if key == "seccomp":  # a path's content is anyone's guess
         same = value == base.seccomp and not _is_path(value)
         return same or (value == "strict" and base.seccomp == "default")

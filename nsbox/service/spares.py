@@ -37,6 +37,8 @@ def key_of(plan):
     """What a spare must match, or None when a spare would change the run's behaviour."""
     if plan.net_proxy is not None or plan.private_tmp is not None or plan.isolation != "full":
         return None
+    if plan.overlay is not None:  # each overlay run has layers of its own
+        return None
     limits = plan.limits
     if limits is not None:
         from nsbox.policy.limits import Limits

@@ -84,7 +84,12 @@ def test_every_host_mount_is_read_only(nsbox_exec, workspace):
     """Submounts of / included (the recursive read-only bind must reach them)."""
     r = nsbox_exec(["cat", "/proc/self/mountinfo"])
     assert r.returncode == 0, r.stderr
-    ours = {str(workspace), "/tmp", "/run", "/dev", "/dev/shm", "/dev/pts", "/proc"}
+    from nsbox import state
+    from nsbox.plan import caches
+
+    package_cache = caches.leaf_path(os.path.realpath(state.cache_dir()), caches.SHARED)
+    ours = {str(workspace), "/tmp", "/run", "/dev", "/dev/shm", "/dev/pts", "/proc",
+            package_cache}
     writable = []
     for line in r.stdout.decode().splitlines():
         fields = line.split()

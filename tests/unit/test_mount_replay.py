@@ -38,7 +38,7 @@ class Call:
     def mount_point(self):
         """Where this call mounts (None for calls that mount nothing)."""
         if self.name in ("mount_tmpfs", "mount_proc", "mount_devpts", "remount_readonly",
-                         "remount_readonly_recursive"):
+                         "remount_readonly_recursive", "mount_overlay"):
             return self.args[0]
         if self.name in ("bind", "attach"):
             return self.args[1]
@@ -164,6 +164,39 @@ def test_private_tmp_comes_before_a_workspace_under_tmp(rec, use_mount_api):
     assert grab < first_mount_onto(rec, steps[0])
     assert tmpfs < bind
     assert rec.index("os.makedirs", STAGE + "/tmp/ws", exist_ok=True) < bind
+
+
+def overlay_steps(workspace="/tmp/ws"):
+    """full_steps with the workspace copy-on-write (workspace_mode overlay)."""
+    protections = policy_plan.protection_steps(
+        pinned=(f"{workspace}/.git",), readonly=(f"{workspace}/.git/hooks",),
+        hidden=((f"{workspace}/.env", False),))
+    return policy_plan.mount_steps(Policy(workspace_mode="overlay"), (workspace,),
+                                   protections=protections,
+                                   overlay=(workspace, "/s/runs/r/upper", "/s/runs/r/work"))
+
+
+@API
+def test_an_overlay_workspace_is_grabbed_first_and_mounted_after_the_private_tmp(
+        rec, use_mount_api):
+    steps = overlay_steps("/tmp/ws")
+    assert [s.kind for s in steps] == [
+        "root_readonly", "tmpfs", "tmpfs", "dev", "overlay", "pin", "bind_ro", "mask_file",
+        "proc"]
+    replay(rec, steps, use_mount_api)
+    grabs = [rec.index("os.open", path) for path in ("/tmp/ws", "/s/runs/r/upper",
+                                                     "/s/runs/r/work")]
+    mount = rec.index("mount_overlay", STAGE + "/tmp/ws")
+    assert rec.calls[mount].args[1:] == tuple(f"/proc/self/fd/{grab_fd(rec, g)}"
+                                              for g in grabs)
+    # Taken before anything is stacked on STAGE (the layers may lie under /tmp too),
+    # mounted on top of the private /tmp, and under every protection.
+    assert max(grabs) < first_mount_onto(rec, steps[0])
+    assert rec.index("mount_tmpfs", STAGE + "/tmp") < mount
+    assert rec.index("os.makedirs", STAGE + "/tmp/ws", exist_ok=True) < mount
+    positions = [first_mount_onto(rec, s) for s in steps]
+    assert positions == sorted(positions), list(zip(steps, positions))
+    assert not any(c.name == "clone_tree" and c.args[0] == "/tmp/ws" for c in rec.calls)
 
 
 def grab_fd(rec, index):

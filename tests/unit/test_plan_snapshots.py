@@ -414,3 +414,48 @@ def test_snapshot_files_are_all_used():
         return
     wanted = {f"{p}--{m}.json" for p in PRESETS for m in MODES}
     assert set(os.listdir(SNAPSHOTS)) == wanted
+
+
+def _overlay_plan(lay: Layout, mode: str):
+    isolation, blocker = MODES[mode]
+    policy = Policy(workspace=lay.ws, isolation=isolation, workspace_mode="overlay")
+    return prepare.compile_plan(ARGV, policy, cwd=None, env=command_env(lay), session=False,
+                                host=literal_host(userns_blocker=blocker))
+
+
+def test_overlay_mode_changes_only_the_workspace_step(layout):
+    """workspace_mode overlay: the workspace-write plan, its workspace bind become an
+    overlay whose layers lie in a run directory under the state directory (not made)."""
+    direct = compile_for(layout, "workspace-write", "full").plan
+    plan = _overlay_plan(layout, "full").plan
+    runs = os.path.join(layout.xdg, "state", "nsbox", "runs")
+    assert plan.overlay is not None and plan.overlay.dir == os.path.join(runs, plan.overlay.id)
+    assert not os.path.exists(runs)
+    swapped = [replace_step(s, plan.overlay) if s.kind == "bind_rw" and s.target == layout.ws
+               else s for s in direct.mounts]
+    assert plan.mounts == tuple(swapped)
+    assert direct.overlay is None
+
+
+def replace_step(step, run):
+    from nsbox.policy.plan import MountStep
+
+    return MountStep("overlay", step.target, step.source, upper=run.upper, work=run.work)
+
+
+@pytest.mark.parametrize("mode", ["landlock", "auto-fallback"])
+def test_overlay_mode_needs_a_mount_namespace(layout, mode):
+    from nsbox.errors import UnsupportedKernel
+
+    with pytest.raises(UnsupportedKernel, match="overlay needs a mount namespace") as err:
+        _overlay_plan(layout, mode)
+    if mode == "auto-fallback":
+        assert "unprivileged_userns_clone" in str(err.value)
+
+
+def test_overlay_mode_refuses_a_state_directory_inside_the_workspace(layout, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", os.path.join(layout.ws, "state"))
+    from nsbox.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="lies inside the workspace"):
+        _overlay_plan(layout, "full")

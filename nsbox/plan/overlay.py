@@ -1,0 +1,423 @@
+"""Copy-on-write workspaces: each overlay run's directory, and what the run changed.
+
+In overlay mode (Policy.workspace_mode) the sandbox sees the workspace as an
+overlayfs: the real tree below, never written, and above it this run's own
+`<state>/runs/<id>/upper`, which takes every write. The state directory is hidden
+in every sandbox, so no command can reach a run's layers except through the mount.
+After the run the manifest is read from the upper layer alone (its cost grows with
+what changed, not with the workspace): overlayfs marks a deletion with a whiteout
+(a character device 0:0, or a file carrying user.overlay.whiteout) and a directory
+that replaced a lower one wholesale with user.overlay.opaque=y. A file rename shows
+as a deletion and a creation; overlayfs refuses to rename directories here
+(redirect_dir is off with userxattr), so tools copy them, and it shows the same way.
+
+Every walk opens one component at a time with O_NOFOLLOW, relative to descriptors:
+`nsbox exec` computes the manifest after the run from inside the sandbox's mount
+namespace, where the workspace's path names the overlay, through descriptors it
+took before the launch.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import time
+
+from nsbox.plan.watch import Change
+from nsbox.record import Record
+
+RUNS = "runs"
+META = "meta.json"
+MANIFEST = "manifest.json"
+OPAQUE_XATTR = "user.overlay.opaque"
+WHITEOUT_XATTR = "user.overlay.whiteout"
+# Linux's CLOCK_REALTIME_COARSE: the clock most ctimes are stamped with (see next_tick).
+CLOCK_REALTIME_COARSE = 5
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Run(Record):
+    """One overlay run's directory: <state>/runs/<id>/{upper,work,meta.json,manifest.json}."""
+    id: str
+    dir: str
+    workspace: str  # the real tree: the overlay's lower layer
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.dir, "upper")
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.dir, "work")
+
+    def layers(self) -> tuple:
+        """(root, upper, work), as policy.plan.mount_steps takes them."""
+        return (self.workspace, self.upper, self.work)
+
+
+def runs_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, RUNS)
+
+
+def plan_run(state_dir: str, workspace: str) -> Run:
+    """A new run's name and paths; nothing is created (see create)."""
+    run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
+    return Run(id=run_id, dir=os.path.join(runs_dir(state_dir), run_id), workspace=workspace)
+
+
+def create(run: Run, argv, policy_digest: str) -> None:
+    """Make the run's directories (0700, as the state directory) and its metadata."""
+    os.makedirs(os.path.dirname(run.dir), mode=0o700, exist_ok=True)
+    os.mkdir(run.dir, 0o700)
+    os.mkdir(run.work, 0o700)
+    os.mkdir(run.upper, 0o700)
+    # The upper layer's root is the workspace's root inside: give it the real one's mode.
+    os.chmod(run.upper, stat.S_IMODE(os.stat(run.workspace).st_mode))
+    meta = {"id": run.id, "workspace": run.workspace, "command": list(argv),
+            "policy_digest": policy_digest, "started_ns": next_tick()}
+    _write_json(run.dir, META, meta)
+
+
+def next_tick() -> int:
+    """The run's start for ctime comparisons: now, once the coarse clock has reached
+    it (a few ms at most). A file's ctime is stamped from the coarse clock, or a finer
+    one when its ctime was looked at (multigrain timestamps): a file changed before
+    this was called has an older ctime, one changed after it returns a ctime no older."""
+    start = time.time_ns()
+    while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) < start:
+        time.sleep(0.0005)
+    return start
+
+
+class Held:
+    """Descriptors of the runs' directory and of the real workspace, taken before the
+    launch: afterwards `nsbox exec` sees the sandbox's mounts, where neither path leads
+    there."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.runs_fd = os.open(os.path.dirname(run.dir), _DIR)
+        self.lower_fd = os.open(run.workspace, _DIR)
+
+    def close(self) -> None:
+        os.close(self.runs_fd)
+        os.close(self.lower_fd)
+
+
+def conclude(held: Held, ran: bool = True) -> tuple:
+    """After the run: (its manifest as Change records with absolute paths, the run id).
+    The manifest is saved as manifest.json in the run's directory; a run that changed
+    nothing, or never ran, is removed (run id None)."""
+    try:
+        entries = []
+        if ran:
+            run_fd = os.open(held.run.id, _DIR, dir_fd=held.runs_fd)
+            upper = os.open("upper", _DIR, dir_fd=run_fd)
+            try:
+                entries = changes(upper, held.lower_fd)
+                if entries:
+                    _write_json(run_fd, MANIFEST, {"workspace": held.run.workspace,
+                                                   "entries": [e.as_dict() for e in entries]})
+            finally:
+                os.close(upper)
+                os.close(run_fd)
+        if not entries:
+            remove_tree(held.runs_fd, held.run.id)
+            return (), None
+        return tuple(absolute(entries, held.run.workspace)), held.run.id
+    finally:
+        held.close()
+
+
+def absolute(entries, workspace: str) -> list:
+    return [Change(**{**e.as_dict(), "path": os.path.join(workspace, e.path)}) for e in entries]
+
+
+def summary(entries) -> str:
+    """`3 created, 2 modified, 1 deleted`; mode and type changes counted as modified."""
+    created = sum(e.what == "created" for e in entries)
+    deleted = sum(e.what == "deleted" for e in entries)
+    return f"{created} created, {len(entries) - created - deleted} modified, {deleted} deleted"
+
+
+# --- the manifest ------------------------------------------------------------------
+
+def changes(upper_fd: int, lower_fd: int) -> list:
+    """What applying the upper layer would change in the lower tree, by relative path:
+    Change(path, what: created | modified | deleted | mode | type changed, kind: file
+    | dir | symlink | other, size, sha256, mode, target). A deleted directory is one entry."""
+    out = []
+    _walk(upper_fd, lower_fd, "", False, out)
+    return out
+
+
+def _walk(upper_fd: int, lower_fd, rel: str, replaces: bool, out: list) -> None:
+    """`replaces`: this directory stands for the lower one wholesale (opaque, or new),
+    so lower entries it lacks are deleted."""
+    names = sorted(os.listdir(upper_fd))
+    for name in names:
+        path = f"{rel}/{name}" if rel else name
+        info = os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
+        below = _lstat(lower_fd, name)
+        if _is_whiteout(upper_fd, name, info):
+            if below is not None:
+                out.append(Change(path, "deleted", kind=_kind(below.st_mode)))
+            continue
+        kind = _kind(info.st_mode)
+        if kind == "dir":
+            _directory(upper_fd, lower_fd, name, path, info, below, out)
+        elif kind == "file":
+            _file(upper_fd, lower_fd, name, path, info, below, out)
+        elif kind == "symlink":
+            target = os.readlink(name, dir_fd=upper_fd)
+            if below is None or not stat.S_ISLNK(below.st_mode):
+                out.append(Change(path, _new_or_replaced(below), kind=kind, target=target))
+            elif os.readlink(name, dir_fd=lower_fd) != target:
+                out.append(Change(path, "modified", kind=kind, target=target))
+        else:  # a FIFO, socket or device node: reported, never applied
+            out.append(Change(path, _new_or_replaced(below), kind="other",
+                              mode=stat.S_IMODE(info.st_mode)))
+    if replaces and lower_fd is not None:
+        present = set(names)
+        for name in sorted(os.listdir(lower_fd)):
+            if name not in present:
+                below = os.stat(name, dir_fd=lower_fd, follow_symlinks=False)
+                out.append(Change(f"{rel}/{name}" if rel else name, "deleted",
+                                  kind=_kind(below.st_mode)))
+
+
+def _directory(upper_fd, lower_fd, name, path, info, below, out) -> None:
+    mode = stat.S_IMODE(info.st_mode)
+    child = open_layer(upper_fd, name, _DIR)
+    lower_child = None
+    try:
+        if below is not None and stat.S_ISDIR(below.st_mode):
+            if stat.S_IMODE(below.st_mode) != mode:
+                out.append(Change(path, "mode", kind="dir", mode=mode))
+            lower_child = os.open(name, _DIR, dir_fd=lower_fd)
+            _walk(child, lower_child, path, _xattr(child, OPAQUE_XATTR) == b"y", out)
+        else:
+            out.append(Change(path, _new_or_replaced(below), kind="dir", mode=mode))
+            _walk(child, None, path, False, out)
+    finally:
+        os.close(child)
+        if lower_child is not None:
+            os.close(lower_child)
+
+
+def _file(upper_fd, lower_fd, name, path, info, below, out) -> None:
+    mode = stat.S_IMODE(info.st_mode)
+    digest = file_sha256(upper_fd, name, layer=True)
+    if below is None or not stat.S_ISREG(below.st_mode):
+        out.append(Change(path, _new_or_replaced(below), kind="file", size=info.st_size,
+                          sha256=digest, mode=mode))
+    elif below.st_size != info.st_size or file_sha256(lower_fd, name) != digest:
+        out.append(Change(path, "modified", kind="file", size=info.st_size, sha256=digest,
+                          mode=mode))
+    elif stat.S_IMODE(below.st_mode) != mode:
+        out.append(Change(path, "mode", kind="file", size=info.st_size, sha256=digest,
+                          mode=mode))
+    # else: copied up (opened for writing, touched) with nothing changed
+
+
+def _new_or_replaced(below) -> str:
+    return "created" if below is None else "type changed"
+
+
+def _is_whiteout(dir_fd: int, name: str, info) -> bool:
+    if stat.S_ISCHR(info.st_mode):
+        return info.st_rdev == 0
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+        try:
+            return _xattr(fd, WHITEOUT_XATTR) is not None
+        finally:
+            os.close(fd)
+    return False
+
+
+def _xattr(fd: int, name: str):
+    try:
+        return os.getxattr(fd, name)
+    except OSError as err:
+        if err.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+
+
+def _lstat(dir_fd, name: str):
+    if dir_fd is None:
+        return None
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def file_sha256(dir_fd: int, name: str, layer: bool = False) -> str:
+    """The SHA-256 of a regular file; `layer`: in a run's upper layer (see open_layer)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    if layer:
+        fd = open_layer(dir_fd, name, flags)
+    else:
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except PermissionError:
+            return ""  # an unreadable real file: compared as different
+    try:
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+# --- kept runs -----------------------------------------------------------------------
+
+def open_layer(dir_fd: int, name: str, flags: int) -> int:
+    """Open an entry of a run's upper layer, which nsbox owns: a command may have taken
+    its owner's rights away (chmod 000), and without the user namespace's capabilities
+    (the library, `nsbox apply`) they are given back first. The manifest keeps the mode
+    the command set, and apply writes that one."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except PermissionError:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid():
+            raise
+        wanted = 0o700 if stat.S_ISDIR(info.st_mode) else 0o600
+        os.chmod(name, stat.S_IMODE(info.st_mode) | wanted, dir_fd=dir_fd)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def open_beneath(root_fd: int, rel: str, final=_DIR, layer: bool = False) -> int:
+    """An fd for `rel` below `root_fd`, never following a symlink on the way: each
+    directory is opened with O_NOFOLLOW, the last component with the `final` flags.
+    `layer`: below a run's upper layer (see open_layer)."""
+    opener = open_layer if layer else (
+        lambda fd, name, flags: os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd))
+    parts = [p for p in rel.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise OSError(errno.EINVAL, "not a plain relative path", rel)
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            nxt = opener(fd, part, _DIR)
+            os.close(fd)
+            fd = nxt
+        if not parts:
+            return fd
+        last = opener(fd, parts[-1], final)
+        os.close(fd)
+        return last
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def load(state_dir: str, run_id: str) -> tuple:
+    """(Run, meta, manifest entries with relative paths) of a kept run; LookupError if
+    there is no such run."""
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise LookupError(f"no kept run {run_id!r}")
+    directory = os.path.join(runs_dir(state_dir), run_id)
+    try:
+        with open(os.path.join(directory, META)) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise LookupError(f"no kept run {run_id!r}; `nsbox changes` lists them") from None
+    run = Run(id=run_id, dir=directory, workspace=meta["workspace"])
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            entries = [Change(**e) for e in json.load(f)["entries"]]
+    except FileNotFoundError:  # the run did not end normally: read its upper layer now
+        entries = recompute(run)
+    return run, meta, entries
+
+
+def recompute(run: Run) -> list:
+    upper = os.open(run.upper, _DIR)
+    lower = os.open(run.workspace, _DIR)
+    try:
+        return changes(upper, lower)
+    finally:
+        os.close(upper)
+        os.close(lower)
+
+
+def save_manifest(run: Run, entries) -> None:
+    _write_json(run.dir, MANIFEST, {"workspace": run.workspace,
+                                    "entries": [e.as_dict() for e in entries]})
+
+
+def kept(state_dir: str) -> list:
+    """(id, meta, entry count or None) of every kept run, oldest first."""
+    try:
+        names = sorted(os.listdir(runs_dir(state_dir)))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        try:
+            _, meta, entries = load(state_dir, name)
+        except (LookupError, OSError, ValueError, KeyError):
+            continue
+        out.append((name, meta, entries))
+    return out
+
+
+def discard(run: Run) -> None:
+    """Remove a kept run's directory."""
+    parent = os.open(os.path.dirname(run.dir), _DIR)
+    try:
+        remove_tree(parent, os.path.basename(run.dir))
+    finally:
+        os.close(parent)
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """Remove `name` below `parent_fd` and all it holds, never following a symlink;
+    directories without rights (a sandbox's chmod 000, overlayfs's own work/work) are
+    opened up first."""
+    info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    if info.st_mode & 0o700 != 0o700:
+        os.chmod(name, 0o700, dir_fd=parent_fd)  # a directory, as lstat just said
+    fd = os.open(name, _DIR, dir_fd=parent_fd)
+    try:
+        for child in os.listdir(fd):
+            remove_tree(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _write_json(directory, name: str, data: dict) -> None:
+    """A new file renamed over `name` in `directory` (a path or a directory fd)."""
+    dir_fd = directory if isinstance(directory, int) else os.open(
+        directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp = f".{name}.{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        with open(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        if not isinstance(directory, int):
+            os.close(dir_fd)
