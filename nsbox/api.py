@@ -163,7 +163,7 @@ class Popen:
     """
 
     def __init__(self, args, *, policy=None, cwd=None, env=None, stdin=None, stdout=None,
-                 stderr=None, _session=None, _started=True, _prewarm=False):
+                 stderr=None, _session=None, _started=True, _prewarm=False, _extra_env=None):
         if isinstance(args, (str, bytes)):
             args = [args]
         self.args = tuple(args)
@@ -202,7 +202,7 @@ class Popen:
                 if self._status is None:
                     self._status = _submit_one_shot(plan, child_fds)
             else:
-                self._status = _session._submit(self.args, cwd, env, child_fds)
+                self._status = _session._submit(self.args, cwd, env, child_fds, _extra_env)
         except BaseException:
             for fd in ours:
                 if fd is not None:
@@ -348,6 +348,13 @@ class Session:
     None means the environment at session creation; cwd defaults to the
     workspace (relative paths are taken from it). A timeout kills the command's
     process group. close() (or this process dying) kills everything inside.
+
+    env is filtered as for nsbox.run() (secret-looking variables dropped, per the
+    policy): it stands for an inherited environment. extra_env (run, run_async,
+    popen) is for variables the caller chose for this one command, a harness's
+    token say: set as given, unfiltered, over the (filtered) env, or over the
+    session's environment when env is None. It never lets more of this process's
+    own environment through; only what is named in it.
     Safe to use from several threads at once. With isolation "landlock" (or
     "auto" falling back to it) there are no namespaces: the commands share a
     private TMPDIR instead of /tmp, removed at close().
@@ -384,22 +391,25 @@ class Session:
 
     def run(self, args, *, cwd=None, env=None, input: bytes | None = None,
             timeout: float | None = None, capture_output: bool = True,
-            max_output: int | None = None) -> Result:
-        """Like nsbox.run(), inside this session."""
-        return _finish_sync(_popen_for_run(args, dict(cwd=cwd, env=env), self, input,
-                                           capture_output), input, timeout, max_output)
+            max_output: int | None = None, extra_env: dict | None = None) -> Result:
+        """Like nsbox.run(), inside this session; extra_env: see the class."""
+        where = dict(cwd=cwd, env=env, _extra_env=extra_env)
+        return _finish_sync(_popen_for_run(args, where, self, input, capture_output), input,
+                            timeout, max_output)
 
     async def run_async(self, args, *, cwd=None, env=None, input: bytes | None = None,
                         timeout: float | None = None, capture_output: bool = True,
-                        max_output: int | None = None) -> Result:
-        proc = _popen_for_run(args, dict(cwd=cwd, env=env), self, input, capture_output,
-                              started=False)
+                        max_output: int | None = None, extra_env: dict | None = None) -> Result:
+        proc = _popen_for_run(args, dict(cwd=cwd, env=env, _extra_env=extra_env), self, input,
+                              capture_output, started=False)
         return await _finish_async(proc, input, timeout, max_output)
 
-    def popen(self, args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None) -> Popen:
-        """Like nsbox.Popen, inside this session; signals go to the command's process group."""
+    def popen(self, args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None,
+              extra_env: dict | None = None) -> Popen:
+        """Like nsbox.Popen, inside this session; signals go to the command's process group.
+        extra_env: see the class."""
         return Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                     _session=self)
+                     _session=self, _extra_env=extra_env)
 
     def close(self) -> None:
         """Kill everything in the session and wait until it is gone."""
@@ -461,7 +471,7 @@ class Session:
             changes, self._watch = watch.review(self._watch)
         return changes
 
-    def _submit(self, args, cwd, env, fds):
+    def _submit(self, args, cwd, env, fds, extra_env=None):
         if env is not None:
             from nsbox.plan import caches
             from nsbox.policy.env import sandbox_env
@@ -470,6 +480,16 @@ class Session:
             caches.carry(env, self._plan.env, (name for name, _ in self._plan.policy.extra_env))
             if self._plan.net_proxy is not None:
                 prepare.point_at_proxy(env, self._plan.policy, self._plan.net_proxy.port)
+        if extra_env:
+            # The caller's explicit choice, after the filter (it applies to inherited
+            # variables only): as the policy's own extra_env is.
+            env = dict(self._plan.env if env is None else env)
+            for name, value in extra_env.items():
+                if not isinstance(name, str) or not isinstance(value, str) or not name \
+                        or "=" in name or "\0" in name or "\0" in value:
+                    raise ValueError(f"extra_env: {name!r} is not a variable name with a string "
+                                     "value (no NUL)")
+                env[name] = value
         record = wire.encode_command(args, os.path.join(self._plan.cwd, cwd or ""), env)
         ours, theirs = wire.socketpair()
         try:

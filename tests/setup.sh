@@ -55,7 +55,7 @@ venv() {
   fi
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   "$dir/bin/python" -m pip install -q --disable-pip-version-check \
-    -e ".[test,inspect,mini-swe-agent,ray]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
+    -e ".[test,inspect,mini-swe-agent,ray,openai-agents]" --config-settings editable_mode=compat >"$dir/pip-install.log" 2>&1 || { cat "$dir/pip-install.log" >&2; return 1; }
   # package cache tests: uv and pipx in a sandbox (skipped without them).
   "$dir/bin/python" -m pip install -q --disable-pip-version-check uv pipx >>"$dir/pip-install.log" 2>&1 \
     || echo "setup: could not install uv and pipx; their cache tests will be skipped" >&2

@@ -24,7 +24,7 @@ from minisweagent.exceptions import Submitted
 from minisweagent.utils.serialize import recursive_merge
 from pydantic import BaseModel
 
-from nsbox.api import PIPE, STDOUT, Session
+from nsbox.api import DEVNULL, PIPE, STDOUT, Session
 from nsbox.errors import SandboxError
 
 SUBMIT_MARKER = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
@@ -36,7 +36,8 @@ class NsboxEnvironmentConfig(BaseModel):
     workspace: str = ""
     """The writable tree; default: cwd, else the current directory."""
     env: dict[str, str] = {}
-    """Variables set for every command, over this process's own (minus secret-looking ones)."""
+    """Variables set for every command as given (even secret-looking ones: you chose them),
+    over this process's own environment minus its secret-looking variables."""
     timeout: int = 30
     """Seconds before a command, and everything else in its sandbox, is killed."""
     policy: str = ""
@@ -58,8 +59,9 @@ class NsboxEnvironment:
         command = action.get("command", "")
         timeout = timeout or self.config.timeout
         try:
+            # stdin: /dev/null, never the agent's terminal or pipe.
             proc = self._start().popen(["bash", "-c", command], cwd=cwd or self.config.cwd or None,
-                                       stdout=PIPE, stderr=STDOUT)
+                                       stdin=DEVNULL, stdout=PIPE, stderr=STDOUT)
         except SandboxError as err:
             return _failed("", err)
         try:

@@ -173,6 +173,11 @@ def test_the_provider_contract_with_a_policy_file(tmp_path, monkeypatch):
                 await box.read_file("/tmp/does-not-exist")
             with pytest.raises(PermissionError):
                 await box.write_file("/etc/nsbox-inspect-probe", "x")
+            with pytest.raises(FileNotFoundError):  # Inspect's contract for a missing cwd
+                await box.exec(["true"], cwd="no-such-dir")
+            with pytest.raises(FileNotFoundError):
+                await box.exec(["true"], cwd="/no-such-dir")
+            assert (await box.exec(["true"])).success  # and the sandbox is still there
             with pytest.raises(SandboxUserUnsupportedError):
                 await box.exec(["id"], user="nobody" if os.getuid() else "daemon")
             with override_max_exec_output_size(1000):
@@ -190,6 +195,79 @@ def test_the_provider_contract_with_a_policy_file(tmp_path, monkeypatch):
     assert not os.path.exists(host_tmp_file)  # it was the sandbox's /tmp
     assert not os.path.exists("/etc/nsbox-inspect-probe")
     assert not os.path.exists(workspace)
+
+
+def test_without_user_namespaces_the_error_says_to_set_isolation_auto(tmp_path, monkeypatch):
+    from nsbox.errors import UnsupportedKernel
+    from nsbox.integrations import inspect_sandbox
+
+    def no_namespaces(policy):
+        raise UnsupportedKernel("unshare(CLONE_NEWUSER) failed: EPERM. User namespaces are "
+                                "disabled")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(inspect_sandbox, "Session", no_namespaces)
+    with pytest.raises(UnsupportedKernel, match='User namespaces are disabled.*isolation = "auto"'):
+        asyncio.run(inspect_sandbox.NsboxSandboxEnvironment.sample_init("t", None, {}))
+    assert os.listdir(tmp_path) == []  # the workspace went too
+
+
+def test_cli_cleanup_removes_what_a_killed_eval_left_and_nothing_else(tmp_path, monkeypatch,
+                                                                      capsys):
+    from nsbox.integrations.inspect_sandbox import SAMPLE_PREFIX, NsboxSandboxEnvironment
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # A harness killed mid-sample: its sample directory stays, with read-only parts.
+    code = textwrap.dedent("""
+        import asyncio, os, sys, tempfile
+        from nsbox.integrations.inspect_sandbox import NsboxSandboxEnvironment
+
+        tempfile.tempdir = sys.argv[1]
+
+        async def main():
+            box = (await NsboxSandboxEnvironment.sample_init("t", None, {}))["default"]
+            await box.exec(["sh", "-c", "mkdir -p ro/deep && touch ro/deep/f && chmod 500 ro"])
+            print(box.root, flush=True)
+            os.kill(os.getpid(), 9)
+
+        asyncio.run(main())
+    """)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=package_root))
+    assert out.returncode == -9, out.stderr
+    leftover = out.stdout.strip()
+    assert os.path.basename(leftover).startswith(SAMPLE_PREFIX)
+    assert os.path.isdir(os.path.join(leftover, "workspace", "ro", "deep"))
+    # Not nsbox's, or not a leftover: kept.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep").write_text("x")
+    (tmp_path / f"{SAMPLE_PREFIX}link").symlink_to(other)
+    (tmp_path / f"{SAMPLE_PREFIX}file").write_text("x")
+
+    async def scenario():
+        envs = await NsboxSandboxEnvironment.sample_init("t", None, {})
+        try:
+            await NsboxSandboxEnvironment.cli_cleanup(None)
+            assert (await envs["default"].exec(["true"])).success
+            return envs["default"].root
+        finally:
+            await NsboxSandboxEnvironment.sample_cleanup("t", None, envs, False)
+
+    running = asyncio.run(scenario())
+    printed = capsys.readouterr().out
+    assert f"removed {leftover}" in printed
+    assert f"kept {running} (a running eval uses it)" in printed
+    assert printed.count("removed") == 1
+    assert not os.path.lexists(leftover)
+    assert (other / "keep").read_text() == "x"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["other", f"{SAMPLE_PREFIX}link", f"{SAMPLE_PREFIX}file"])
+    # An id outside nsbox's sample directories is refused.
+    asyncio.run(NsboxSandboxEnvironment.cli_cleanup(str(other)))
+    assert "not an nsbox sample directory" in capsys.readouterr().out
+    assert (other / "keep").exists()
 
 
 @needs_landlock(6)  # Landlock-only isolation needs it
@@ -241,9 +319,13 @@ def test_the_runners_api_key_is_out_of_the_commands_reach(tmp_path):
                 # env: Inspect's way in for the runner's own environment, too.
                 result = await box.exec(["sh", "-c", grep, "sh", os.environ["OPENAI_API_KEY"]],
                                         env={"FROM_SAMPLE": "1"})
+                # What the harness passes on purpose is set as given, secret-looking or not.
+                chosen = await box.exec(
+                    ["sh", "-c", 'echo "$GH_TOKEN $HF_TOKEN ${OPENAI_API_KEY:-unset}"'],
+                    env={"GH_TOKEN": "x", "HF_TOKEN": "hf_chosenByTheHarness1234567"})
             finally:
                 await NsboxSandboxEnvironment.sample_cleanup("t", None, envs, False)
-            return [result.returncode, result.stdout]
+            return [result.returncode, result.stdout, chosen.stdout]
 
         print(json.dumps(asyncio.run(main())))
     """)
@@ -253,4 +335,5 @@ def test_the_runners_api_key_is_out_of_the_commands_reach(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1]) == [1, "started\n0\n"]
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        1, "started\n0\n", "x hf_chosenByTheHarness1234567 unset\n"]

@@ -133,19 +133,25 @@ def test_the_runners_api_key_is_out_of_the_commands_reach(workspace):
         import json, os, sys
         from nsbox.integrations.mini_swe_agent import NsboxEnvironment
 
-        env = NsboxEnvironment(cwd=sys.argv[1], timeout=60)
+        env = NsboxEnvironment(cwd=sys.argv[1], timeout=60,
+                               env={"GH_TOKEN": "x", "HF_TOKEN": "hf_chosenByTheConfig12345678"})
         try:
             out = env.execute({"command": "echo started; cat /proc/*/environ "
                                "/proc/*/task/*/environ 2>/dev/null | grep -c "
                                + os.environ["OPENAI_API_KEY"]})
+            # The config's env is set as given, secret-looking names or not.
+            chosen = env.execute({"command": 'echo "$GH_TOKEN $HF_TOKEN ${OPENAI_API_KEY:-unset}"'})
+            # stdin is /dev/null, not this process's (which holds a line here).
+            stdin = env.execute({"command": "cat; echo end"})
         finally:
             env.cleanup()
-        print(json.dumps([out["returncode"], out["output"]]))
+        print(json.dumps([out["returncode"], out["output"], chosen["output"], stdin["output"]]))
     """)
     secret = f"sk-test-{uuid.uuid4().hex}"
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(nsbox.__file__)))
     env = dict(os.environ, OPENAI_API_KEY=secret, PYTHONPATH=package_root)
     out = subprocess.run([sys.executable, "-c", code, str(workspace)], capture_output=True,
-                         text=True, timeout=120, env=env)
+                         text=True, timeout=120, env=env, input="the runner's stdin\n")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1]) == [1, "started\n0\n"]
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        1, "started\n0\n", "x hf_chosenByTheConfig12345678 unset\n", "end\n"]
