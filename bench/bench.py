@@ -112,6 +112,15 @@ def nsbox_argv(script: list, writable=()) -> list:
     return argv + ["--", "true"]
 
 
+def overlay_argv(script: list, command: list, workspace: str = "", status: str = "") -> list:
+    argv = list(script) + ["exec", "--workspace-mode", "overlay"]
+    if workspace:
+        argv += ["--workspace", workspace]
+    if status:
+        argv += ["--json-status", status]
+    return argv + ["--"] + list(command)
+
+
 def nsbox_script() -> list:
     """The venv's console script, as a user would type `nsbox`."""
     script = os.path.join(os.path.dirname(sys.executable), "nsbox")
@@ -159,6 +168,8 @@ def build_cases(workspace: str, notes: list) -> tuple:
     cases.append(Case("venv python -c pass", [sys.executable, "-c", "pass"],
                       note="the CLI's interpreter and site"))
     cases.append(Case("nsbox exec -- true", nsbox_argv(nsbox_script()), note="CLI"))
+    cases.append(Case(report.CLI_OVERLAY, overlay_argv(nsbox_script(), ["true"]),
+                      note="CLI, copy-on-write workspace"))
 
     nsbox, have = library()
     if bwrap:
@@ -391,6 +402,61 @@ def host_size(script, dirs: dict, runs: int, warmup: int) -> dict:
     return {"samples_ns": {c.name: c.samples for c in cases}, "notes": notes}
 
 
+def overlay_changes(script, workspace: str, counts, repeats: int) -> dict:
+    """Copy-on-write runs that create N files: the `nsbox exec` wall time (and that of
+    the same run creating nothing), the manifest computed directly on the kept run
+    (nsbox.plan.overlay.recompute: what `nsbox exec` does after the run) and the wall
+    time of `nsbox apply RUN`, which writes them into the real tree."""
+    from nsbox import state
+    from nsbox.plan import overlay
+
+    state_dir = state.state_dir()
+    out = {"empty_exec_ns": [], "files": {}}
+    for n in [0] + list(counts):
+        row = {"exec_ns": [], "manifest_ns": [], "apply_ns": [], "entries": None}
+        for k in range(repeats):
+            ws = os.path.join(workspace, f"overlay-{n}-{k}")
+            os.makedirs(os.path.join(ws, "old"))
+            with open(os.path.join(ws, "old", "keep"), "w") as f:
+                f.write("keep\n")
+            status = os.path.join(workspace, f"overlay-{n}-{k}.json")
+            create = (f"mkdir out && cd out && i=0; while [ $i -lt {n} ]; do "
+                      f"echo $i > f$i; i=$((i+1)); done") if n else "true"
+            try:
+                start = time.perf_counter_ns()
+                done = subprocess.run(overlay_argv(script, ["sh", "-c", create], ws, status),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                elapsed = time.perf_counter_ns() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"exit {done.returncode}: "
+                                       f"{done.stderr.decode(errors='replace')[-300:]}")
+                if not n:
+                    out["empty_exec_ns"].append(elapsed)
+                    continue
+                row["exec_ns"].append(elapsed)
+                with open(status) as f:
+                    run_id = json.load(f)["run_id"]
+                run, _, entries = overlay.load(state_dir, run_id)
+                start = time.perf_counter_ns()
+                computed = overlay.recompute(run)
+                row["manifest_ns"].append(time.perf_counter_ns() - start)
+                row["entries"] = len(computed)
+                start = time.perf_counter_ns()
+                done = subprocess.run(list(script) + ["apply", run_id],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                row["apply_ns"].append(time.perf_counter_ns() - start)
+                if done.returncode != 0 or len(os.listdir(os.path.join(ws, "out"))) != n:
+                    raise RuntimeError(f"nsbox apply: exit {done.returncode}: "
+                                       f"{done.stderr.decode(errors='replace')[-300:]}")
+            finally:
+                shutil.rmtree(ws, ignore_errors=True)
+                if os.path.exists(status):
+                    os.unlink(status)
+        if n:
+            out["files"][str(n)] = row
+    return out
+
+
 def big_env(count: int, value_len: int, prefix: str = "NSBOXBENCH_") -> dict:
     return {f"{prefix}{i:05d}": "v" * value_len for i in range(count)}
 
@@ -567,6 +633,8 @@ def parse_args(argv):
     p.add_argument("--entries", default="10,10000,100000",
                    help="entries beside a hidden path ($HOME, --hide)")
     p.add_argument("--env-vars", default="0,1000,5000", help="extra environment variables")
+    p.add_argument("--overlay-files", default="10,1000,10000",
+                   help="files an overlay run creates (manifest and apply time)")
     p.add_argument("--results", default=os.path.join(HERE, "results"),
                    help="where the JSON, PNG and latest.md go")
     p.add_argument("--installed", help="the venv nsbox must come from (run.sh's regular install)")
@@ -584,6 +652,8 @@ def parse_args(argv):
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     args.entries = [int(x) for x in args.entries.split(",") if x]
     args.env_vars = [int(x) for x in args.env_vars.split(",") if x]
+    args.overlay_files = [int(x) for x in args.overlay_files.split(",") if x]
+    args.overlay_repeats = 1 if args.quick or args.runs < 50 else 3
     args.concurrency_total = 16 if args.quick or args.runs < 50 else 32
     args.concurrency_repeats = 1 if args.quick or args.runs < 50 else 3
     args.per_thread = 8 if args.quick or args.runs < 50 else 25
@@ -683,6 +753,13 @@ def main(argv=None) -> int:
         notes.append(f"host size: {err}")
     finally:
         shutil.rmtree(host_base, ignore_errors=True)
+    say(f"copy-on-write workspace: runs creating {args.overlay_files} files, "
+        f"{args.overlay_repeats} each")
+    try:
+        results["overlay"] = overlay_changes(script, workspace, args.overlay_files,
+                                             args.overlay_repeats)
+    except (RuntimeError, OSError, LookupError, ValueError, KeyError) as err:
+        notes.append(f"copy-on-write workspace: {err}")
     say(f"environment size: extra variables {args.env_vars}")
     size = env_size(script, bwrap, workspace, args.env_vars, args.size_runs,
                     min(args.warmup, 2))

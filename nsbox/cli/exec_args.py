@@ -45,6 +45,9 @@ OPTIONS["--workspace-mode"] = ("workspace_mode", "MODE", False,
                                "direct (default: writes go to the workspace) | overlay (writes "
                                "go to a kept copy-on-write layer; review with 'nsbox changes', "
                                "then 'nsbox apply' or 'nsbox discard')")
+OPTIONS["--review"] = ("review", None, False,
+                       "with --workspace-mode overlay: after the run, on a terminal, ask change "
+                       "by change which to apply (y, n, d: diff, a: all remaining, q: quit)")
 ALIASES = {"-w": "--workspace", "-C": "--cwd"}
 
 USAGE = "usage: nsbox exec [OPTIONS] [--] CMD [ARGS...]"
@@ -134,7 +137,7 @@ def help_text() -> str:
 
 # `nsbox exec` values that are not Policy settings; every other value is one, under
 # its field name (see policy.loader.merge), and must have been given on the command line.
-NOT_POLICY = ("cwd", "policy", "json_status", "setenv", "limit")
+NOT_POLICY = ("cwd", "policy", "json_status", "setenv", "limit", "review")
 
 
 def policy_from_options(values: dict, on_policy_file=None):

@@ -45,8 +45,15 @@ def run(args: list) -> int:
     limit_hits = []  # the resource limit that ended the command, if one did
     policy_file = []  # the policy file's trust decision, if a file was used
     held = None  # overlay mode: descriptors of the run's layers, taken before the launch
+    reviewer = None  # --review on a terminal: the helper that asks after the run
+    review = values.get("review", False)
     try:
         policy = exec_args.policy_from_options(values, on_policy_file=policy_file.append)
+        if review and policy.workspace_mode != "overlay":
+            sys.stderr.write("nsbox: --review needs --workspace-mode overlay (a direct "
+                             "workspace is written as the command runs: there is nothing "
+                             "to review before it lands)\n")
+            return SETUP_FAILED
         for decision in policy_file:
             sys.stderr.write(f"nsbox: {decision.describe()}\n")
         if policy.preset == "full-access":
@@ -60,6 +67,8 @@ def run(args: list) -> int:
             from nsbox.plan import overlay
 
             held = overlay.Held(plan.overlay)
+            if review:
+                reviewer = start_review(plan.overlay)
         code = caller.run(plan, on_limit=limit_hits.append, on_network=network.update,
                           on_failure=failures.append)
         if failures and failures[0].step != errorpipe.EXEC_STEP:
@@ -71,6 +80,9 @@ def run(args: list) -> int:
         code, error = SETUP_FAILED, str(err)
     changes = report_changes(plan)
     kept = report_overlay(held, ran=not error) if held is not None else None
+    if review and kept is not None and reviewer is None and kept[1] is not None:
+        sys.stderr.write(f"nsbox: --review needs a terminal (stdin and stderr); run {kept[1]} "
+                         f"kept: review it with nsbox changes {kept[1]}\n")
     if status_file:
         try:
             run_record.write(status_target, run_record.record(
@@ -79,7 +91,22 @@ def run(args: list) -> int:
                 policy_file=policy_file[0] if policy_file else None, overlay=kept))
         except OSError as err:
             sys.stderr.write(f"nsbox: cannot write --json-status {status_file}: {err.strerror}\n")
+    if reviewer is not None:
+        from nsbox.cli import review as reviewing
+
+        reviewing.finish(reviewer, kept[1] if kept is not None else None)
     return code
+
+
+def start_review(run):
+    """--review: fork the reviewer now, in the host's namespaces (None without a terminal)."""
+    import os
+
+    from nsbox.cli import review as reviewing
+
+    if not reviewing.interactive():
+        return None
+    return reviewing.start(os.path.dirname(os.path.dirname(run.dir)))
 
 
 def report_changes(plan) -> tuple:

@@ -38,3 +38,19 @@ def test_importtime_keeps_top_level_imports_heaviest_first():
               "import time:       900 |        900 | nsbox.cli\n")
     parsed = report.parse_importtime(stderr)
     assert parsed == {"total_us": 1300, "top_level": [("nsbox.cli", 900), ("os", 400)]}
+
+
+def test_overlay_goal_and_table():
+    results = {"machine": {"date": "d", "kernel": "k", "cpu": "c", "cores": 1, "python": "3",
+                           "bwrap": None, "uid": 1000},
+               "runs": 3, "warmup": 1, "baseline": report.BWRAP,
+               "cases": [{"name": report.CLI, "note": "", "samples_ns": [10e6, 11e6, 12e6]},
+                         {"name": report.CLI_OVERLAY, "note": "",
+                          "samples_ns": [11e6, 11.5e6, 13e6]}],
+               "overlay": {"empty_exec_ns": [20e6],
+                           "files": {"10": {"exec_ns": [21e6], "manifest_ns": [0.5e6],
+                                            "apply_ns": [90e6], "entries": 11}}}}
+    [row] = [r for r in report.goals(results) if "workspace-mode overlay" in r[0]]
+    assert row[1].startswith("+0.50 ms") and row[2] is True
+    text = report.markdown(results)
+    assert "| 10 | 21.0 | 1.0 | 0.50 | 90.0 |" in text
