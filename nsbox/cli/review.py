@@ -186,28 +186,13 @@ def _diff(run, entry) -> str:
         os.close(upper)
 
 
-def _with_parents(entries, chosen) -> list:
-    """The chosen entries and the new directories they lie in (as `nsbox apply PATH`)."""
-    by_path = {e.path: e for e in entries}
-    out = list(chosen)
-    for entry in chosen:
-        parent = os.path.dirname(entry.path)
-        while parent:
-            made = by_path.get(parent)
-            if made is not None and made.what in ("created", "type changed") \
-                    and made not in out:
-                out.append(made)
-            parent = os.path.dirname(parent)
-    return sorted(out, key=lambda e: e.path)
-
-
 def _apply(run, meta, entries, chosen, out, home: str) -> int:
     if not chosen:
         out.write(f"nsbox: nothing applied; run {run.id} kept (nsbox changes {run.id})\n")
         return 0
     try:
         # Protected paths were never offered; select drops them (and what lies in them).
-        selected, _ = applying.select(_with_parents(entries, chosen), (), (), home,
+        selected, _ = applying.select(applying.with_new_parents(entries, chosen), (), (), home,
                                       run.workspace)
         done, not_applicable = applying.apply(run, selected, started_ns=meta["started_ns"])
     except applying.ApplyError as err:

@@ -33,7 +33,7 @@ from inspect_ai.util import (
 
 from nsbox.api import Session
 from nsbox.errors import SandboxError, SetupFailed, UnsupportedKernel
-from nsbox.integrations.workspaces import remove_tree
+from nsbox.integrations.workspaces import file_error, remove_tree
 from nsbox.kernel import beneath
 
 SAMPLE_PREFIX = "nsbox-inspect-sample-"  # a sample's directory, in tempfile.gettempdir()
@@ -155,7 +155,7 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
             return
         result = await self.session.run_async([*_WRITE, file], input=data)
         if result.returncode:
-            raise _file_error(file, result.stderr)
+            raise file_error(file, result.stderr)
 
     @overload
     async def read_file(self, file: str, text: Literal[True] = True) -> str: ...
@@ -176,7 +176,7 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
             if result.output_limited:
                 raise _too_large()
             if result.returncode:
-                raise _file_error(file, result.stderr)
+                raise file_error(file, result.stderr)
             data = result.stdout
         return data.decode("utf-8") if text else data
 
@@ -283,11 +283,3 @@ def _too_large() -> OutputLimitExceededError:
     return OutputLimitExceededError(SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, None)
 
 
-def _file_error(file: str, stderr: bytes) -> OSError:
-    message = stderr.decode(errors="replace").strip()
-    for text, kind in (("No such file", FileNotFoundError), ("Is a directory", IsADirectoryError),
-                       ("Permission denied", PermissionError),
-                       ("Read-only file system", PermissionError)):
-        if text in message:
-            return kind(f"{file}: {message}")
-    return OSError(f"{file}: {message}")

@@ -50,7 +50,7 @@ from agents.sandbox.util.tar_utils import (
 
 from nsbox.api import Session
 from nsbox.errors import SandboxError
-from nsbox.integrations.workspaces import remove_tree
+from nsbox.integrations.workspaces import file_error, remove_tree
 
 __all__ = ["NsboxSandboxClient", "NsboxSandboxClientOptions", "NsboxSandboxSession",
            "NsboxSandboxSessionState"]
@@ -419,10 +419,4 @@ def _validate_archive(archive: bytes) -> None:
 def _file_error(file: str, stderr: bytes, timed_out: bool = False) -> OSError:
     if timed_out:
         return TimeoutError(f"{file}: not read or written within {FILE_TIMEOUT} seconds")
-    message = stderr.decode(errors="replace").strip()
-    for text, kind in (("No such file", FileNotFoundError), ("Is a directory", IsADirectoryError),
-                       ("Permission denied", PermissionError),
-                       ("Read-only file system", PermissionError)):
-        if text in message:
-            return kind(f"{file}: {message}")
-    return OSError(f"{file}: {message}")
+    return file_error(file, stderr)

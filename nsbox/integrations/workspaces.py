@@ -1,4 +1,5 @@
-"""Workspaces the integrations make for their sandboxes, and their removal."""
+"""Workspaces the integrations make for their sandboxes: their removal, and the errors
+of file commands run in them."""
 
 import os
 import shutil
@@ -19,3 +20,14 @@ def remove_tree(path: str, ignore_errors: bool = False) -> None:
         except OSError:
             pass
     shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
+def file_error(file: str, stderr: bytes) -> OSError:
+    """The OSError a file command run inside the sandbox failed with, from its stderr."""
+    message = stderr.decode(errors="replace").strip()
+    for text, kind in (("No such file", FileNotFoundError), ("Is a directory", IsADirectoryError),
+                       ("Permission denied", PermissionError),
+                       ("Read-only file system", PermissionError)):
+        if text in message:
+            return kind(f"{file}: {message}")
+    return OSError(f"{file}: {message}")

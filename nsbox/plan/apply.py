@@ -71,6 +71,20 @@ def _matches_any(parts: list, patterns) -> bool:
     return False
 
 
+def with_new_parents(entries, chosen) -> list:
+    """The chosen entries and the new directories they lie in, sorted by path."""
+    by_path = {e.path: e for e in entries}
+    out = list(chosen)
+    for entry in chosen:
+        parent = os.path.dirname(entry.path)
+        while parent:
+            made = by_path.get(parent)
+            if made is not None and made.what in ("created", "type changed") and made not in out:
+                out.append(made)
+            parent = os.path.dirname(parent)
+    return sorted(out, key=lambda e: e.path)
+
+
 def select(entries, paths=(), include_protected=(), home: str = "", workspace: str = ""):
     """(entries to apply, protected paths left out). `paths`: only changes at or below
     them (with the new directories they need); ApplyError for a path with no change."""
@@ -88,16 +102,7 @@ def select(entries, paths=(), include_protected=(), home: str = "", workspace: s
                                      f" apply {above[0].path}")
                 raise ApplyError(f"the run changed nothing at {wanted}")
             chosen += [e for e in found if e not in chosen]
-        by_path = {e.path: e for e in entries}
-        for entry in list(chosen):  # the new directories a chosen change lies in
-            parent = os.path.dirname(entry.path)
-            while parent:
-                made = by_path.get(parent)
-                if made is not None and made.what in ("created", "type changed") \
-                        and made not in chosen:
-                    chosen.append(made)
-                parent = os.path.dirname(parent)
-        chosen.sort(key=lambda e: e.path)
+        chosen = with_new_parents(entries, chosen)
     allowed = [_clean(p) for p in include_protected]
     kept, skipped = [], []
     for entry in chosen:
