@@ -126,14 +126,29 @@ def review(state_dir: str, run_id: str, stdin=None, out=None, home: str = "") ->
     run, meta, entries = overlay.load(state_dir, run_id)
     home = home or state.home()
     out.write(f"nsbox: reviewing run {run.id} in {run.workspace}: {overlay.summary(entries)}\n")
-    chosen, protected = [], []
+    try:
+        chosen = _choose(entries, run, home, stdin, out)
+    except KeyboardInterrupt:
+        chosen = None
+    if chosen is None:
+        out.write(f"\nnsbox: interrupted: nothing applied; run {run.id} kept "
+                  f"(nsbox changes {run.id})\n")
+        return 1
+    out.flush()
+    # Answers given: an apply is not cut short halfway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _apply(run, meta, entries, chosen, out, home)
+
+
+def _choose(entries, run, home: str, stdin, out):
+    """The entries the user chose; None when interrupted."""
+    chosen = []
     take_all = False
     for index, entry in enumerate(entries):
         line = f"({index + 1}/{len(entries)}) {describe(entry)}"
         if applying.is_protected(entry.path, home, run.workspace):
             out.write(f"{line}\n  protected: skipped here; it needs `nsbox apply {run.id} "
                       f"{entry.path} --include-protected {entry.path}`\n")
-            protected.append(entry.path)
             continue
         if take_all:
             out.write(f"{line}\n  applying (a)\n")
@@ -141,26 +156,22 @@ def review(state_dir: str, run_id: str, stdin=None, out=None, home: str = "") ->
             continue
         answer = _ask(entry, line, run, stdin, out)
         if answer == "abort":
-            out.write(f"nsbox: interrupted: nothing applied; run {run.id} kept "
-                      f"(nsbox changes {run.id})\n")
-            return 1
+            return None
         if answer == "q":
             break
         if answer in ("y", "a"):
             chosen.append(entry)
             take_all = answer == "a"
-    out.flush()
-    return _apply(run, meta, entries, chosen, out, home)
+    return chosen
 
 
 def _ask(entry, line: str, run, stdin, out) -> str:
     while True:
-        out.write(f"{line}\n{PROMPT}")
-        out.flush()
-        try:
+        try:  # Ctrl-C may land while the prompt is written as well as while reading
+            out.write(f"{line}\n{PROMPT}")
+            out.flush()
             reply = stdin.readline()
         except KeyboardInterrupt:
-            out.write("\n")
             return "abort"
         if not reply:  # end of input
             out.write("\n")
