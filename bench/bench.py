@@ -6,6 +6,7 @@ interleaved round-robin so machine drift hits them all alike. Nothing here
 fails on timing: targets are reported, not enforced.
 
     python bench/bench.py [--quick] [--runs N] [--results DIR] [--installed VENV]
+                          [--only denials]
 
 bench/run.sh runs it with a regular (non-editable) install of nsbox: the venv's
 console script (bin/nsbox) for the CLI and `import nsbox` from its site-packages
@@ -25,6 +26,7 @@ import time
 
 import report
 import session_memory
+import workloads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,9 +43,10 @@ class Case:
     """One way of running `true`; `run()` returns wall time in ns and raises on failure."""
 
     def __init__(self, name: str, argv=None, call=None, note: str = "", env=None,
-                 burst: int = 0):
+                 burst: int = 0, reset=None):
         self.name, self.argv, self.call, self.note = name, argv, call, note
         self.env, self.burst = env, burst
+        self.reset = reset  # untimed, before each run: a build starts from clean
         self.samples = []  # a burst case: the mean of each burst's calls
         self.calls = []  # a burst case: every call's time
 
@@ -51,6 +54,8 @@ class Case:
         """Wall time in ns; a burst case returns a list: `burst` calls timed back to back
         after one untimed call (so none of them follows idle time). Its sample is their
         mean; each call's time is kept too (calls_ns in the JSON)."""
+        if self.reset is not None:
+            self.reset()
         if self.burst:
             self.call()
             times = []
@@ -94,15 +99,38 @@ def why_it_fails(argv) -> str:
 
 # --- the peers -------------------------------------------------------------------------
 
-def bwrap_argv(bwrap: str, workspace: str, extra_binds=()) -> list:
+def bwrap_argv(bwrap: str, workspace: str, extra_binds=(), root: str = "/") -> list:
     """bubblewrap with nsbox's default isolation: every namespace, read-only /,
     minimal /dev, fresh /proc, private /tmp and /run, writable workspace."""
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--hostname", "nsbox",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--ro-bind", root, "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--tmpfs", "/run", "--bind", workspace, workspace]
     for path in extra_binds:
         argv += ["--bind", path, path]
     return argv + ["--chdir", workspace, "true"]
+
+
+def image_root(workspace: str, notes: list):
+    """A small image for container mode: the host's `true` and the libraries ldd names,
+    with the mount points both nsbox and bwrap need (bwrap cannot add them to a
+    read-only root). None, with a note, when it cannot be built."""
+    true = os.path.realpath(shutil.which("true") or "/bin/true")
+    root = tempfile.mkdtemp(prefix="nsbox-bench-image-")
+    try:
+        os.makedirs(os.path.join(root, "bin"))
+        shutil.copy2(true, os.path.join(root, "bin", "true"))
+        libs = subprocess.run(["ldd", true], capture_output=True, text=True).stdout.split()
+        for lib in (w for w in libs if w.startswith("/") and os.path.exists(w)):
+            dest = os.path.join(root, lib.lstrip("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy2(os.path.realpath(lib), dest)
+        for point in ("proc", "dev", "tmp", "run", workspace.lstrip("/")):
+            os.makedirs(os.path.join(root, point), exist_ok=True)
+        return root
+    except (OSError, subprocess.SubprocessError) as err:
+        shutil.rmtree(root, ignore_errors=True)
+        notes.append(f"no image for the container-mode cases ({err}): they are skipped")
+        return None
 
 
 def nsbox_argv(script: list, writable=()) -> list:
@@ -170,6 +198,18 @@ def build_cases(workspace: str, notes: list) -> tuple:
     cases.append(Case("nsbox exec -- true", nsbox_argv(nsbox_script()), note="CLI"))
     cases.append(Case(report.CLI_OVERLAY, overlay_argv(nsbox_script(), ["true"]),
                       note="CLI, copy-on-write workspace"))
+    image = image_root(workspace, notes)
+    if image is not None:
+        cleanups.append(lambda: shutil.rmtree(image, ignore_errors=True))
+        rootfs = list(nsbox_script()) + ["exec", "--rootfs", image]
+        cases.append(Case("nsbox exec --rootfs -- true", rootfs + ["--", "/bin/true"],
+                          note="CLI, container mode: an image as /, read-only"))
+        cases.append(Case("nsbox exec --rootfs --rootfs-writable -- true",
+                          rootfs + ["--rootfs-writable", "--", "/bin/true"],
+                          note="CLI, container mode, private copy-on-write root"))
+        if bwrap:
+            cases.append(Case("bwrap, the same image as /", bwrap_argv(
+                bwrap, workspace, root=image), note="the image as --ro-bind IMAGE /"))
 
     nsbox, have = library()
     if bwrap:
@@ -517,6 +557,68 @@ def big_request(count: int = 5000, value_len: int = 100) -> dict:
     return out
 
 
+def denial_cost(script, workspace: str, runs: int, build_runs: int, warmup: int,
+                notes: list) -> dict:
+    """The cost of reporting denials: `nsbox exec -- true` and two builds in the workspace
+    (`make -j2` of a C project, `pip install` of a local wheel into a venv), each with
+    reporting on against `--no-denial-events`, interleaved in pairs. A build is reset
+    (untimed) before each run. One more run of each build with --json-status counts its
+    events: allowed work should make none."""
+    out = {"startup": [], "builds": [], "events": {}}
+    off = ["--no-denial-events"]
+    startup = [Case(report.CLI, nsbox_argv(script), note="reporting on"),
+               Case(report.CLI_NO_DENIALS, script + ["exec", *off, "--", "true"])]
+    startup = warm_up(startup, warmup, notes)
+    round_robin(startup, runs)
+    out["startup"] = [{"name": c.name, "note": c.note, "samples_ns": c.samples} for c in startup]
+
+    base = os.path.join(workspace, "denial-builds")
+    os.makedirs(base)
+    builds = {}
+    if shutil.which("make") and shutil.which("cc"):
+        project = workloads.c_project(base)
+        files = len([n for n in os.listdir(project) if n.endswith(".c")])
+        builds[report.DENIAL_MAKE] = (["make", "-j2", "-s", "-C", project],
+                                      lambda: workloads.reset_c_project(project),
+                                      f"{files} C files, in the workspace")
+    else:
+        notes.append("denial cost: make or cc not found, the make -j2 case is skipped")
+    try:
+        venv = workloads.venv(base, SYSTEM_PYTHON if os.access(SYSTEM_PYTHON, os.X_OK)
+                              else sys.executable)
+        wheel = workloads.wheel(base)
+        builds[report.DENIAL_PIP] = (workloads.pip_install_argv(venv, wheel),
+                                     lambda: workloads.reset_venv(venv),
+                                     "a venv in the workspace, offline, no cache")
+    except (OSError, subprocess.SubprocessError) as err:
+        notes.append(f"denial cost: no venv for the pip install case ({err}): skipped")
+    cases = []
+    for name, (command, reset, note) in builds.items():
+        exec_on = script + ["exec", "--workspace", base, "--quiet-denials", "--"]
+        exec_off = script + ["exec", "--workspace", base, *off, "--"]
+        cases += [Case(name, exec_on + command, note=f"{note}, reporting on", reset=reset),
+                  Case(name + report.NO_DENIALS, exec_off + command, note=note, reset=reset)]
+        status = os.path.join(workspace, "denial-status.json")
+        reset()
+        done = subprocess.run(script + ["exec", "--workspace", base, "--json-status", status,
+                                        "--quiet-denials", "--"] + command,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_ENV)
+        try:
+            with open(status) as f:
+                denials = json.load(f).get("denials") or []
+            out["events"][name] = sum(d.get("count", 1) for d in denials)
+        except (OSError, ValueError) as err:
+            notes.append(f"denial cost: {name}: no status (exit {done.returncode}, {err}): "
+                         f"{done.stderr.decode(errors='replace')[-200:]}")
+    cases = warm_up(cases, 1, notes)
+    round_robin(cases, build_runs)
+    for case in cases:  # the workspace left as it was found
+        case.reset()
+    out["builds"] = [{"name": c.name, "note": c.note, "samples_ns": c.samples} for c in cases]
+    shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
 def memory(args) -> tuple:
     """Idle Session memory: run.sh's root-side measurement when there is one, else the
     holder measured by this user (RSS when its helpers' smaps_rollup is unreadable)."""
@@ -641,6 +743,8 @@ def parse_args(argv):
     p.add_argument("--pip-version", default="", help="the pip that made that install")
     p.add_argument("--plot-python", help="a python with matplotlib, when this one has none")
     p.add_argument("--memory-json", help="run.sh's root-side session memory measurement")
+    p.add_argument("--only", choices=["denials"],
+                   help="measure one section only (denials: the cost of reporting denials)")
     args = p.parse_args(argv)
     args.runs = args.runs or (30 if args.quick else 200)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
@@ -658,6 +762,7 @@ def parse_args(argv):
     args.concurrency_repeats = 1 if args.quick or args.runs < 50 else 3
     args.per_thread = 8 if args.quick or args.runs < 50 else 25
     args.thread_repeats = 2 if args.quick or args.runs < 50 else 3
+    args.build_runs = 2 if args.quick or args.runs < 50 else 5
     return args
 
 
@@ -676,6 +781,10 @@ def main(argv=None) -> int:
     if args.installed and not install["regular"]:
         say(f"nsbox is not the regular install in {args.installed}: {install}")
         return 2
+    if args.only == "denials":
+        results["cases"], results["only"] = [], args.only
+        measure_denials(results, script, workspace, args, notes)
+        return finish(results, notes, started, workspace, args)
     say(f"host size: making directories of {args.entries} entries")
     host_base, host_dirs_made, host_made_at = host_dirs(script, args.entries)
     atexit.register(shutil.rmtree, host_base, True)  # also if a section below fails
@@ -769,19 +878,39 @@ def main(argv=None) -> int:
         say("a launch request larger than 256 KiB")
         results["big_request"] = big_request()
 
+    measure_denials(results, script, workspace, args, notes)
+
     say("memory per idle session")
     memory_result, why = memory(args)
     results["session_memory"] = memory_result
     if why:
         notes.append(why)
+    return finish(results, notes, started, workspace, args)
 
+
+def measure_denials(results: dict, script, workspace: str, args, notes: list) -> None:
+    say(f"cost of reporting denials: `true` x {args.runs}, builds x {args.build_runs}")
+    try:
+        cost = denial_cost(script, workspace, args.runs, args.build_runs, args.warmup, notes)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        notes.append(f"denial cost: {err}")
+        return
+    results["denial_startup"] = cost["startup"]
+    results["denial_builds"] = cost["builds"]
+    results["denial_events"] = cost["events"]
+
+
+def finish(results: dict, notes: list, started: float, workspace: str, args) -> int:
+    """Print the report and write it out."""
     results["notes"] = notes
     results["elapsed_s"] = round(time.time() - started, 1)
     os.chdir("/")
     shutil.rmtree(workspace, ignore_errors=True)
     text = report.markdown(results)
     print(text)
-    written = report.write(results, text, args.results, plot_python=args.plot_python)
+    # One section (--only) goes beside the full run's results, not over them.
+    directory = os.path.join(args.results, args.only) if args.only else args.results
+    written = report.write(results, text, directory, plot_python=args.plot_python)
     say("wrote " + ", ".join(written))
     return 0
 

@@ -8,8 +8,10 @@ Two ways to use the backend, measured from the driver through Ray:
   first command, then commands on its sandbox.
 - actor per sandbox: nsbox.integrations.ray.create(), the shape of
   ray.experimental.sandbox.create (a Ray actor, so a worker process, each).
-Also: memory per idle sandbox (PSS), where the time goes, and Ray's own gVisor
-backend if it can run here. The cluster is stopped at the end, also on failure.
+Also: memory per idle sandbox (PSS), where the time goes (CPU per process), Ray's own
+gVisor backend if it can run here, and gVisor's runsc alone (as root). --plan-reuse off
+and --warm-settle 0 turn the backend's plan reuse and settled refills off, to compare.
+The cluster is stopped at the end, also on failure.
 Results: a table on stdout and JSON in bench/results/ray_bench.json.
 """
 
@@ -37,6 +39,9 @@ NODES = ("bench_node_0", "bench_node_1")
 CONCURRENCY = (1, 4, 16, 64)  # sandboxes at once per node, both nodes together
 GOAL_PER_NODE = 8  # 16 at once in the cluster
 RPC_TIMEOUT = 120
+# cpu_breakdown's parts that measure the benchmark's own work (the rest is other load)
+OURS = ("Ray worker holding the sandboxes", "nsbox fork server and sandboxes", "benchmark driver",
+        "Ray daemons and other workers", "kernel threads")
 
 
 def pss_kib(pids) -> int:
@@ -113,9 +118,14 @@ def cpu_breakdown(before: dict, after: dict, host_pids, ray_pids) -> dict:
 class NodeHost:
     """Many sandboxes on its node through nsbox's SandboxRuntime."""
 
-    def __init__(self, warm: int = 0):
+    def __init__(self, warm: int = 0, plan_reuse: bool = True, warm_settle=None):
         from nsbox.integrations.ray import SandboxRuntime
+        from nsbox.integrations.ray.backend import SessionPlans, WarmPool
 
+        if not plan_reuse:  # to compare: every sandbox's plan compiled afresh
+            SessionPlans.MAX_AGE = 0
+        if warm_settle is not None:  # to compare: refills at once (0) or later
+            WarmPool.SETTLE_S = warm_settle
         self.rt = SandboxRuntime(warm=warm)
         sid = self.rt.create("host")
         self.rt.exec(sid, ["true"])  # the fork server is up, `auto` isolation resolved
@@ -204,6 +214,8 @@ async def runtime_level(hosts, c, per_client, seconds, host_pids, ray_pids):
         "in_actor_create_p50_ms": pct(in_actor, 50) * 1000,
         "in_actor_create_p99_ms": pct(in_actor, 99) * 1000,
         "cpu_ms_per_create": (cpu1 - cpu0) / created,
+        # what the sandboxes' own work costs, without other processes on the machine
+        "cpu_ms_per_create_ours": sum(v for k, v in by_whom.items() if k in OURS) / created,
         "cpu_ms_per_create_by_whom": {k: v / created for k, v in sorted(by_whom.items())},
         "host_worker_cpu_ms_per_create": sum(b - a for a, b in zip(host_cpu0, host_cpu1)) / created,
         "live_sandboxes_per_node": created // len(hosts), "pss_kib_per_node_live": idle_pss,
@@ -292,10 +304,8 @@ def gvisor_attempt(workdir: str) -> dict:
             "runsc": version.splitlines()[0] if version else "?"}
 
 
-def _image_tar(path: str) -> None:
-    """A docker-archive image holding /bin/sh, /bin/true and their libraries."""
-    import hashlib
-
+def _image_files() -> set:
+    """/bin/sh, /bin/true, /bin/cat and their libraries."""
     files = set()
     for binary in ("/bin/sh", "/bin/true", "/bin/cat"):
         real = os.path.realpath(binary)
@@ -303,6 +313,89 @@ def _image_tar(path: str) -> None:
         out = subprocess.run(["ldd", real], capture_output=True, text=True).stdout
         files.update(p.split()[0] for p in (line.split("=>")[-1] for line in out.splitlines())
                      if p.split() and p.split()[0].startswith("/"))
+    return files
+
+
+def runsc_alone(workdir: str, runs: int, burst: int) -> dict:
+    """gVisor's runsc by itself (as root, not through Ray): a container running /bin/true
+    from `runsc run` to its exit, one after another and `burst` at once, with the CPU of
+    runsc's whole process tree. Ray's gVisor backend adds its image handling and its
+    actor calls on top, so this is a lower bound for it."""
+    if os.getuid() != 0 or not shutil.which("runsc"):
+        return {"ran": False, "why": "needs root and runsc"}
+    bundle = os.path.join(workdir, "runsc-bundle")
+    rootfs = os.path.join(bundle, "rootfs")
+    for f in _image_files():
+        os.makedirs(os.path.dirname(rootfs + f), exist_ok=True)
+        shutil.copy2(f, rootfs + f)
+    for link in ("/bin/sh", "/bin/true", "/bin/cat"):
+        if not os.path.lexists(rootfs + link):
+            os.makedirs(os.path.dirname(rootfs + link), exist_ok=True)
+            shutil.copy2(os.path.realpath(link), rootfs + link)
+    subprocess.run(["runsc", "spec", "--", "/bin/true"], cwd=bundle, check=True)
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--runsc", str(runs),
+                        str(burst), bundle], capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        return {"ran": False, "why": r.stderr.strip()[-500:]}
+    version = subprocess.run(["runsc", "--version"], capture_output=True, text=True).stdout
+    return {**json.loads(r.stdout), "ran": True, "runsc": version.splitlines()[0]}
+
+
+def runsc_main(runs: int, burst: int, bundle: str) -> None:
+    """In a helper process that reaps every descendant: see runsc_alone. Prints JSON."""
+    import ctypes
+    import resource
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    state = os.path.join(bundle, "state")
+    count = 0
+
+    def argv():
+        nonlocal count
+        count += 1
+        return ["runsc", "--network=none", "--root", state, "run", "--bundle", bundle,
+                f"bench-{os.getpid()}-{count}"]
+
+    def reap():
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.02)
+            except ChildProcessError:
+                return
+
+    def cpu():
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (ru.ru_utime + ru.ru_stime) * 1000
+
+    subprocess.run(argv(), check=True, capture_output=True, timeout=60)  # warm the caches
+    seq, c0 = [], cpu()
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(argv(), check=True, capture_output=True, timeout=60)
+        seq.append(time.perf_counter() - t)
+    reap()
+    cpu_each = (cpu() - c0) / runs
+    t = time.perf_counter()
+    procs = [subprocess.Popen(argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(burst)]
+    ends = []
+    for p in procs:
+        if p.wait(timeout=120):
+            raise SystemExit(f"runsc run exited {p.returncode}")
+        ends.append(time.perf_counter() - t)
+    reap()
+    print(json.dumps({"runs": runs, "p50_ms": pct(seq, 50) * 1000, "p99_ms": pct(seq, 99) * 1000,
+                      "cpu_ms_each": cpu_each, "burst": burst,
+                      "burst_p50_ms": pct(ends, 50) * 1000, "burst_p99_ms": pct(ends, 99) * 1000,
+                      "burst_per_s": burst / max(ends)}))
+
+
+def _image_tar(path: str) -> None:
+    """A docker-archive image holding /bin/sh, /bin/true and their libraries."""
+    import hashlib
+
+    files = _image_files()
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as t:
         for f in sorted(files):
@@ -322,8 +415,9 @@ def _image_tar(path: str) -> None:
             t.addfile(info, io.BytesIO(data))
 
 
-async def start_hosts(warm: int):
-    hosts = [NodeHost.options(resources={n: 1}).remote(warm) for n in NODES]
+async def start_hosts(warm: int, plan_reuse: bool, warm_settle=None):
+    hosts = [NodeHost.options(resources={n: 1}).remote(warm, plan_reuse, warm_settle)
+             for n in NODES]
     infos = [await h.info.remote() for h in hosts]
     return hosts, infos
 
@@ -342,7 +436,7 @@ async def main_async(args, out, cluster):
     def ray_pids():
         return set(cluster.pids())
 
-    hosts, infos = await start_hosts(0)
+    hosts, infos = await start_hosts(0, args.plan_reuse == "on")
     out["isolation"] = sorted({i["isolation"] for i in infos})
     host_pids = {i["pid"] for i in infos}
     baseline = [await h.pss_kib.remote() for h in hosts]
@@ -352,6 +446,15 @@ async def main_async(args, out, cluster):
         await hosts[0].ping.remote()
         pings.append(time.perf_counter() - t)
     out["ray_call_p50_ms"] = pct(pings, 50) * 1000
+    # CPU of one empty actor call, in the worker and in the driver: the floor under the
+    # two calls each sandbox costs (create, first command).
+    calls, worker0, driver0 = 200, await hosts[0].cpu_ms.remote(), os.times()
+    for _ in range(calls):
+        await hosts[0].ping.remote()
+    worker1, driver1 = await hosts[0].cpu_ms.remote(), os.times()
+    out["ray_call_cpu_ms"] = {
+        "worker": (worker1 - worker0) / calls,
+        "driver": (sum(driver1[:2]) - sum(driver0[:2])) * 1000 / calls}
     for c in levels:
         if time.monotonic() > deadline:
             out["skipped"].append(f"runtime c={c}: over the time budget")
@@ -373,7 +476,7 @@ async def main_async(args, out, cluster):
     out["goal_16"] = {"cold": await bursts(hosts, GOAL_PER_NODE, 6, 0.3)}
     await stop_hosts(hosts)
 
-    hosts, _ = await start_hosts(args.warm)
+    hosts, _ = await start_hosts(args.warm, args.plan_reuse == "on", args.warm_settle)
     out["goal_16"]["warm"] = await bursts(hosts, GOAL_PER_NODE, 6, 0.6)
     print(f"16 at once in the cluster: p99 cold {out['goal_16']['cold']['p99_ms']:.1f} ms, "
           f"warm {out['goal_16']['warm']['p99_ms']:.1f} ms", flush=True)
@@ -402,7 +505,10 @@ async def main_async(args, out, cluster):
 _OWN_CPU_SCRIPT = """
 import sys
 from nsbox.integrations.ray import SandboxRuntime
+from nsbox.integrations.ray.backend import SessionPlans
 n = int(sys.argv[1])
+if sys.argv[2] == "off":
+    SessionPlans.MAX_AGE = 0
 rt = SandboxRuntime()
 rt.exec(s := rt.create("host"), ["true"])
 rt.delete(s)
@@ -415,7 +521,7 @@ rt.close()
 """
 
 
-def own_cpu_main(n: int) -> None:
+def own_cpu_main(n: int, plan_reuse: str) -> None:
     """In a helper process: the CPU of nsbox's whole process tree per sandbox (create,
     first command, delete), whatever else the machine runs: a subreaper collects every
     descendant's rusage. Prints JSON."""
@@ -426,8 +532,8 @@ def own_cpu_main(n: int) -> None:
 
     def run(count):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-c", _OWN_CPU_SCRIPT, str(count)], check=True,
-                       timeout=120)
+        subprocess.run([sys.executable, "-c", _OWN_CPU_SCRIPT, str(count), plan_reuse],
+                       check=True, timeout=120)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -443,9 +549,9 @@ def own_cpu_main(n: int) -> None:
                       "system_ms": (full[1] - base[1]) * 1000 / n, "sandboxes": n}))
 
 
-def nsbox_own_cpu(n: int) -> dict:
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--own-cpu", str(n)],
-                       capture_output=True, text=True, timeout=300)
+def nsbox_own_cpu(n: int, plan_reuse: str) -> dict:
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--own-cpu", str(n),
+                        "--plan-reuse", plan_reuse], capture_output=True, text=True, timeout=300)
     if r.returncode:
         return {"error": r.stderr[-500:]}
     return json.loads(r.stdout)
@@ -474,6 +580,12 @@ def table(out) -> str:
     if g.get("ran"):
         rows.append(f"| Ray gVisor SandboxRuntime | 1 | {1 / g['create_s']:.1f} | – | – | "
                     f"{g['first_command_s'] * 1000:.0f} | – | – |")
+    r = out.get("runsc_alone", {})
+    if r.get("ran"):
+        rows.append(f"| gVisor `runsc run` alone, no Ray (start to exit of `/bin/true`) | "
+                    f"{r['burst']} | {r['burst_per_s']:.1f} | – | {r['p50_ms']:.0f} / "
+                    f"{r['p99_ms']:.0f} one at a time | {r['burst_p50_ms']:.0f} / "
+                    f"{r['burst_p99_ms']:.0f} | – | – |")
     return "\n".join(rows)
 
 
@@ -482,17 +594,28 @@ def where_time_goes(out) -> str:
     for lv in out["runtime"]:
         parts = ", ".join(f"{who} {v:.1f}" for who, v in sorted(
             lv["cpu_ms_per_create_by_whom"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        ours = lv["cpu_ms_per_create_ours"]
+        cores = os.cpu_count() or 1
         lines.append(f"{lv['concurrency_per_node']}/node: {lv['cpu_ms_per_create']:.1f} ms of CPU "
                      f"per sandbox (create + first command), by whom (ms): {parts}; one create "
                      f"inside the actor p50 {lv['in_actor_create_p50_ms']:.1f} ms; delete "
-                     f"{lv['delete_ms_each']:.1f} ms")
+                     f"{lv['delete_ms_each']:.1f} ms; the benchmark's own parts {ours:.1f} ms, "
+                     f"so {cores * 1000 / ours / len(NODES):.0f} creations/s per node would fill "
+                     f"the {cores} cores with nothing else running")
     goal = out.get("goal_16")
     if goal:
         lines.append(f"16 sandboxes at once in the cluster (8 per node), create → first command "
                      f"p50 / p99: {goal['cold']['p50_ms']:.1f} / {goal['cold']['p99_ms']:.1f} ms "
                      f"cold, {goal['warm']['p50_ms']:.1f} / {goal['warm']['p99_ms']:.1f} ms "
                      f"with the warm pool")
-    lines.append(f"one Ray actor call round trip: p50 {out['ray_call_p50_ms']:.2f} ms")
+    call = out.get("ray_call_cpu_ms", {})
+    lines.append(f"one Ray actor call round trip: p50 {out['ray_call_p50_ms']:.2f} ms; CPU of "
+                 f"an empty call {call.get('worker', 0):.2f} ms in the worker, "
+                 f"{call.get('driver', 0):.2f} ms in the driver")
+    r = out.get("runsc_alone", {})
+    if r.get("ran"):
+        lines.append(f"gVisor runsc alone ({r['runsc']}): {r['cpu_ms_each']:.0f} ms of CPU per "
+                     f"container (runsc's whole process tree, by rusage)")
     own = out.get("nsbox_own_cpu", {})
     if "user_ms" in own:
         lines.append(f"nsbox alone, no Ray (its whole process tree, by rusage): "
@@ -508,31 +631,46 @@ def main():
     parser.add_argument("--budget", type=float, default=150.0,
                         help="seconds for the measurements after the cluster is up")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--plan-reuse", choices=("on", "off"), default="on",
+                        help="off: compile every sandbox's plan afresh (to compare)")
+    parser.add_argument("--warm-settle", type=float,
+                        help="seconds without a create before the warm pool refills (to compare)")
+    parser.add_argument("--no-gvisor", action="store_true", help="skip the gVisor rows")
     parser.add_argument("--own-cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--runsc", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.own_cpu:
-        return own_cpu_main(args.own_cpu)
+        return own_cpu_main(args.own_cpu, args.plan_reuse)
+    if args.runsc:
+        return runsc_main(int(args.runsc[0]), int(args.runsc[1]), args.runsc[2])
     out = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load_before": os.getloadavg(),
            "machine": f"{os.cpu_count()} cores, Linux {platform.release()}, "
                       f"Python {platform.python_version()}, ray {ray.__version__}",
-           "user": os.getuid(), "runtime": [], "actor_per_sandbox": [], "skipped": []}
+           "user": os.getuid(), "plan_reuse": args.plan_reuse, "runtime": [],
+           "actor_per_sandbox": [], "skipped": []}
     temp = tempfile.mkdtemp(prefix="nsray-bench-", dir="/tmp")  # short: unix socket paths
     tmpdir = os.path.join(temp, "tmp")
     os.mkdir(tmpdir)
     nodes = [{"num_cpus": 32, "resources": {n: 1000}} for n in NODES]
     cluster = None
     started = time.monotonic()
-    out["nsbox_own_cpu"] = nsbox_own_cpu(40 if args.quick else 100)
+    out["nsbox_own_cpu"] = nsbox_own_cpu(40 if args.quick else 100, args.plan_reuse)
     try:
         cluster = LocalCluster(temp, nodes, env={"TMPDIR": tmpdir})
         out["cluster_start_s"] = time.monotonic() - started
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         asyncio.run(asyncio.wait_for(main_async(args, out, cluster), args.budget + 120))
         try:
-            out["gvisor"] = gvisor_attempt(temp)
+            out["gvisor"] = {"ran": False, "why": "--no-gvisor"} if args.no_gvisor else \
+                gvisor_attempt(temp)
         except Exception as err:
             out["gvisor"] = {"ran": False, "why": f"{type(err).__name__}: {err}"}
+        try:
+            out["runsc_alone"] = {"ran": False, "why": "--no-gvisor"} if args.no_gvisor else \
+                runsc_alone(temp, 10 if args.quick else 30, GOAL_PER_NODE)
+        except Exception as err:
+            out["runsc_alone"] = {"ran": False, "why": f"{type(err).__name__}: {err}"}
     finally:
         ray.shutdown()
         if cluster is not None:
@@ -546,7 +684,7 @@ def main():
     print(f"\n{out['date_utc']}, {out['machine']}, uid {out['user']}, isolation "
           f"{'/'.join(out.get('isolation', ['?']))}; two Ray nodes on 127.0.0.1 sharing the "
           f"cores; load average before/after {out['load_before'][0]:.1f}/"
-          f"{out['load_after'][0]:.1f}; warm pool {args.warm}\n")
+          f"{out['load_after'][0]:.1f}; warm pool {args.warm}; plan reuse {args.plan_reuse}\n")
     print(table(out))
     print("\nWhere the time goes:\n" + where_time_goes(out))
     g = out.get("gvisor", {})

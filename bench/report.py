@@ -22,6 +22,11 @@ RUN_BACK_TO_BACK = "nsbox.run(['true']) back to back"
 RUN_ROTATION = "nsbox.run(['true']) rotating 8 policies"
 RUN_FRESH = "nsbox.run(['true'], prewarm=False)"
 SESSION = "Session.run(['true'])"
+# The cost of reporting denials: each workload with reporting on, and + NO_DENIALS off.
+NO_DENIALS = ", --no-denial-events"
+CLI_NO_DENIALS = "nsbox exec --no-denial-events -- true"
+DENIAL_MAKE = "make -j2"
+DENIAL_PIP = "pip install of a local wheel"
 MIB = 1024  # kB
 
 
@@ -193,6 +198,19 @@ def goals(results: dict) -> list:
         text = f"{a:.0f} vs {b:.0f} ns/variable"
         rows.append((goal, text, a <= 2 * max(b, 0) if b > 0 else a <= 0))
 
+    on, off = (_p50(results, name, "denial_startup") for name in (CLI, CLI_NO_DENIALS))
+    goal = "denial reporting: `nsbox exec -- true` ≤ +0.5 ms over `--no-denial-events` (p50)"
+    if on is None or off is None:
+        rows.append((goal, "n/a", None))
+    else:
+        rows.append((goal, f"{(on - off) / 1e6:+.2f} ms ({_ms(off)} → {_ms(on)} ms)",
+                     on - off <= 0.5e6))
+    for workload in (DENIAL_MAKE, DENIAL_PIP):
+        ratio_row(f"denial reporting: `{workload}` in the workspace ≤ 1.05× "
+                  f"`--no-denial-events` (median wall time)",
+                  _p50(results, workload, "denial_builds"),
+                  _p50(results, workload + NO_DENIALS, "denial_builds"), 1.05)
+
     big = results.get("big_request") or {}
     for launch in ("nsbox.run", "Session.run"):
         if launch in big:
@@ -242,6 +260,9 @@ def markdown(results: dict) -> str:
                   + f"; the benchmark process (library cases) runs in `{install['cwd']}`, "
                   f"sys.path[0] `{install['sys_path0']}`.", ""]
     rows = goals(results)
+    if results.get("only"):  # one section measured: the other goals are not in question
+        rows = [row for row in rows if row[2] is not None]
+        lines += [f"Only the `{results['only']}` section was measured (`--only`).", ""]
     lines += ["### Goals", "", "| goal | measured | met |", "|---|---|---|"]
     for goal, measured, met in rows:
         verdict = "not measured" if met is None else ("met" if met else "**missed**")
@@ -371,9 +392,38 @@ def markdown(results: dict) -> str:
             by.setdefault(proc["comm"], []).append(proc["kb"])
         lines.append("With all open, by process name (count, MiB): " + ", ".join(
             f"{name} ({len(kbs)}, {sum(kbs) / MIB:.1f})" for name, kbs in sorted(by.items())))
+    lines += denial_table(results)
     if results.get("notes"):
         lines += ["", "Notes:"] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def denial_table(results: dict) -> list:
+    """Markdown lines: each denial-cost case, reporting on against off."""
+    cases = (results.get("denial_startup") or []) + (results.get("denial_builds") or [])
+    if not cases:
+        return []
+    events = results.get("denial_events") or {}
+    lines = ["", "Cost of reporting denials (reporting on, the default, against "
+             "`--no-denial-events`, interleaved; a build starts from clean each run; events: "
+             "what one more run with reporting on reported):", "",
+             "| case | runs | p50 ms | min ms | max ms | × off p50 | events |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for case in cases:
+        samples = case["samples_ns"]
+        if not samples:
+            continue
+        name = case["name"]
+        section = "denial_startup" if case in (results.get("denial_startup") or []) else \
+            "denial_builds"
+        off = None if name.endswith(NO_DENIALS) or name == CLI_NO_DENIALS else _p50(
+            results, CLI_NO_DENIALS if name == CLI else name + NO_DENIALS, section)
+        ratio = _ratio(percentile(samples, 50), off)
+        label = name + (f" ({case['note']})" if case["note"] else "")
+        lines.append(f"| {label} | {len(samples)} | {_ms(percentile(samples, 50))} | "
+                     f"{_ms(min(samples))} | {_ms(max(samples))} | "
+                     f"{'' if ratio is None else f'{ratio:.3f}×'} | {events.get(name, '')} |")
+    return lines
 
 
 def write(results: dict, text: str, directory: str, plot_python: str = None) -> list:
@@ -415,6 +465,8 @@ def plot(results: dict, path: str) -> str:
     except ImportError:
         return "matplotlib is not installed (pip install 'nsbox[bench]')"
     cases = [c for c in results["cases"] if c["samples_ns"]]
+    if not cases:
+        return "no latency cases in this run"
     fig, axes = plt.subplots(1, 4, figsize=(22, 0.5 * len(cases) + 3),
                              gridspec_kw={"width_ratios": [2, 1, 1, 1]})
     dist = axes[0]

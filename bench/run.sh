@@ -84,8 +84,12 @@ as_user=(runuser -u "$BENCH_USER" -- env -u PYTHONPATH -C /tmp HOME="$USER_HOME"
 set +e
 # Idle Session memory: the user's sessions, their PSS read here as root (nsbox's helper
 # processes are not dumpable, so the user cannot read their smaps_rollup).
-quick=0
-for arg in "$@"; do [ "$arg" = --quick ] && quick=1; done
+quick=0 only=0
+for arg in "$@"; do
+  [ "$arg" = --quick ] && quick=1
+  case $arg in --only*) only=1 ;; esac  # one section (bench.py --only): no memory
+done
+[ "$only" = 1 ] ||
 "$VENV/bin/python" "$STAGE/bench/session_memory.py" measure --sessions $((quick ? 4 : 8)) \
   --out "$OUT/memory.json" -- "${as_user[@]}" "$VENV/bin/python" "$STAGE/bench/session_memory.py" hold ||
   echo "bench: the root-side memory measurement failed; bench.py will try its own" >&2

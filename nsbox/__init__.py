@@ -16,6 +16,7 @@ _LAZY = {
     "set_prewarm": "nsbox.api",
     "Popen": "nsbox.api",
     "Session": "nsbox.api",
+    "image": "nsbox.api",
     "Result": "nsbox.api",
     "PIPE": "nsbox.api",
     "STDOUT": "nsbox.api",

@@ -32,7 +32,9 @@ appends the reason to the captured stderr.
 import os
 import select
 import signal as _signals
+import threading
 import time
+import weakref
 
 from nsbox import errors, trace
 from nsbox.errors import SandboxError, SetupFailed
@@ -76,6 +78,9 @@ class Result(Record):
     # mode, target), kept as run `run_id` for `nsbox apply` (None: nothing changed)
     changes: tuple = ()
     run_id: str | None = None
+    # what the sandbox's walls stopped (policy.denials.Denial records, deduplicated with a
+    # count): filesystem writes, seccomp-denied calls, allowlist refusals, the limit hit
+    denials: tuple = ()
 
     def check_returncode(self) -> None:
         if self.returncode:
@@ -87,7 +92,7 @@ class Result(Record):
 
 def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
         timeout: float | None = None, capture_output: bool = True,
-        max_output: int | None = None, prewarm: bool = True) -> Result:
+        max_output: int | None = None, prewarm: bool = True, on_denial=None) -> Result:
     """Run one command in a fresh sandbox and wait for it.
 
     policy None is the default policy with the current directory as workspace.
@@ -101,9 +106,14 @@ def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
     background, and the next run with the same resolved policy execs its command
     there (see set_prewarm); prewarm=False builds this run's sandbox from scratch
     and leaves no spare.
+
+    on_denial(denial): called with each policy.denials.Denial as the sandbox's walls stop
+    something (a write outside the writable roots, a call the seccomp profile denies),
+    the first time each distinct operation happens; Result.denials has them all with
+    counts, with the allowlist's refusals and the limit that ended the command.
     """
-    proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None, input,
-                          capture_output, prewarm=prewarm)
+    proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env, on_denial=on_denial),
+                          None, input, capture_output, prewarm=prewarm)
     result = _finish_sync(proc, input, timeout, max_output)
     proc._keep_spare()
     return result
@@ -111,10 +121,11 @@ def run(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
 
 async def run_async(args, *, policy=None, cwd=None, env=None, input: bytes | None = None,
                     timeout: float | None = None, capture_output: bool = True,
-                    max_output: int | None = None, prewarm: bool = True) -> Result:
+                    max_output: int | None = None, prewarm: bool = True,
+                    on_denial=None) -> Result:
     """run() for asyncio: waits in the event loop, no thread per command. Cancelling kills."""
-    proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env), None, input,
-                          capture_output, started=False, prewarm=prewarm)
+    proc = _popen_for_run(args, dict(policy=policy, cwd=cwd, env=env, on_denial=on_denial),
+                          None, input, capture_output, started=False, prewarm=prewarm)
     result = await _finish_async(proc, input, timeout, max_output)
     proc._keep_spare()
     return result
@@ -163,7 +174,8 @@ class Popen:
     """
 
     def __init__(self, args, *, policy=None, cwd=None, env=None, stdin=None, stdout=None,
-                 stderr=None, _session=None, _started=True, _prewarm=False, _extra_env=None):
+                 stderr=None, on_denial=None, _session=None, _started=True, _prewarm=False,
+                 _extra_env=None):
         if isinstance(args, (str, bytes)):
             args = [args]
         self.args = tuple(args)
@@ -174,6 +186,11 @@ class Popen:
         self.exec_error = None  # why the command could not be executed (returncode 126/127)
         self.network_blocked = ()  # network "allowlist": requests the proxy refused
         self.limit_hit = None  # the resource limit that ended the command (see Result)
+        self.denials = ()  # see Result.denials; known once the command has exited
+        self._events = []  # the supervisor's denial events, as they arrive
+        self._denial_lines = None  # launch.denial_watch.Collector, from the first line on
+        self._on_denial = on_denial if on_denial is not None or _session is None \
+            else _session._on_denial
         self.changes = ()  # see Result.changes; known once the command has exited
         self.run_id = None  # see Result.run_id; known once the command has exited
         self.duration_s = None
@@ -197,12 +214,25 @@ class Popen:
             if _session is None:
                 if self._spare_key is not None:
                     # Async callers don't wait for a spare still being built.
-                    self._status = spares.pool().start(self._spare_key, plan, child_fds,
-                                                       wait=_started)
+                    taken = spares.pool().start(self._spare_key, plan, child_fds,
+                                                wait=_started, renew=_renew(plan))
+                    if taken is not None:
+                        self._status, built_from = taken
+                        if plan.git_layers:  # what the spare's git layers hold is this run's
+                            from nsbox.plan import gitsync
+
+                            self._plan = gitsync.taken_over(plan, built_from)
                 if self._status is None:
                     self._status = _submit_one_shot(plan, child_fds)
             else:
-                self._status = _session._submit(self.args, cwd, env, child_fds, _extra_env)
+                with _session._lock:  # before it starts: Session._idle must see it
+                    _session._commands.add(self)
+                try:
+                    self._status = _session._submit(self.args, cwd, env, child_fds, _extra_env)
+                except BaseException:
+                    with _session._lock:
+                        _session._commands.discard(self)
+                    raise
         except BaseException:
             for fd in ours:
                 if fd is not None:
@@ -277,7 +307,7 @@ class Popen:
         if self._spare_key is None:
             return
         try:
-            spares.pool().replenish(self._spare_key, self._plan)
+            spares.pool().replenish(self._spare_key, self._plan, _renew(self._plan))
         except (SandboxError, OSError):
             pass  # only an optimisation: the next run starts fresh and reports any problem
 
@@ -295,6 +325,8 @@ class Popen:
             self.network_blocked = tuple(Refusal(**item) for item in report.get("blocked", ()))
         elif tag == wire.LIMIT:
             self.limit_hit = wire.parse_limit_report(record)
+        elif tag == wire.DENIALS:
+            self._take_denial_line(record[1:])
         elif tag == wire.EXITED:
             self._started = True
             self.returncode, self.signal = wire.parse_exited(record)
@@ -304,11 +336,35 @@ class Popen:
                 self.exec_error = errorpipe.describe(failure, self.args[0])
             self.duration_s = time.monotonic() - self._began
             self.changes = self._review_changes()
+            if self._session is None:
+                _drop_rootfs_layer(self._plan)
             if self._session is not None:
                 self.network_blocked = self._session._refusals_since(self._began)
+                self._events = self._session._denials_since(self._began)
+                if self._on_denial is not None:
+                    for denial in self._events:
+                        self._on_denial(denial)
+            elif self._denial_lines is not None:
+                self._events = self._denial_lines.result()[0]
+            self.denials = self._gather_denials()
         elif not record:
             raise SandboxError("the sandbox ended without reporting its exit status "
                                "(was the nsbox fork server killed?)")
+
+    def _take_denial_line(self, line: bytes) -> None:
+        """One line of the sandbox's denial supervisor; on_denial for a new event."""
+        if self._denial_lines is None:
+            from nsbox.launch import denial_watch
+
+            self._denial_lines = denial_watch.Collector(self._on_denial)
+        self._denial_lines.feed(line + b"\n")
+
+    def _gather_denials(self) -> tuple:
+        if not (self._events or self.network_blocked or self.limit_hit):
+            return ()
+        from nsbox.policy import denials
+
+        return denials.gather(self.network_blocked, self.limit_hit, self._events)
 
     def _review_changes(self) -> tuple:
         if self._session is not None:
@@ -318,6 +374,14 @@ class Popen:
         from nsbox.plan import watch
 
         found = watch.review(self._plan.watch)[0]
+        if self._plan.git_layers:  # the git dirs' changes, applied now; found: the refused
+            from nsbox.plan import gitsync
+
+            held = gitsync.Held(self._plan.git_layers)
+            if not gitsync.drop_if_unchanged(held):
+                from nsbox.plan import gitapply
+
+                found += gitapply.conclude(held)
         if self._plan.overlay is not None:
             from nsbox.plan import overlay
 
@@ -332,6 +396,8 @@ class Popen:
     def _raise_setup_failure(self) -> None:
         if self._failure is None or self._failure.step == errorpipe.EXEC_STEP:
             return
+        if self._session is None:
+            _drop_rootfs_layer(self._plan)
         failure = self._failure
         self._status.close()
         for f in (self.stdin, self.stdout, self.stderr):
@@ -358,16 +424,36 @@ class Session:
     Safe to use from several threads at once. With isolation "landlock" (or
     "auto" falling back to it) there are no namespaces: the commands share a
     private TMPDIR instead of /tmp, removed at close().
+    With workspace_mode "overlay" the commands share one copy-on-write workspace:
+    changes(), diff(), snapshot(), restore(), apply(), discard() (see each).
     """
 
-    def __init__(self, policy=None, *, cwd=None, env=None):
+    def __init__(self, policy=None, *, cwd=None, env=None, on_denial=None, _plan=None):
         import threading
 
-        self._plan = _prepare(("nsbox-session",), policy, cwd, env, session=True)
+        # on_denial(denial): as for nsbox.run(), for each command's events when it ends
+        self._on_denial = on_denial
+        # _plan: one already prepared for `policy` (see session_from_template)
+        self._plan = _plan or _prepare(("nsbox-session",), policy, cwd, env, session=True)
+        self.isolation = self._plan.isolation  # full | landlock, as Result.isolation
+        # The commands' TMPDIR: /tmp, or with landlock isolation the session's private one.
+        self.tmpdir = self._plan.env.get("TMPDIR", "/tmp")
+        from nsbox.policy.landlock_rules import FS_RESOLVE_UNIX
+
+        # Landlock-only isolation before Landlock ABI 9: commands can connect to the
+        # host's named unix sockets, other sessions' included.
+        ruleset = self._plan.landlock
+        self.host_sockets_reachable = self.isolation != "full" and not (
+            ruleset is not None and ruleset.handled_fs & FS_RESOLVE_UNIX)
         self._lock = threading.Lock()
         self._query_lock = threading.Lock()  # one network query on the status socket at a time
         self._watch = self._plan.watch  # compared after each command, then renewed
         self._closed = False
+        # workspace_mode overlay: the run kept at close() (None: nothing changed)
+        self.run_id = None
+        self._commands = weakref.WeakSet()  # the Popens started here, to tell if one runs
+        self._layers_busy = None  # the thread taking a snapshot, restoring or applying
+        self._applied = {}  # path -> (inode, ctime) of what apply() wrote (see session_overlay)
         control, control_theirs = wire.socketpair()
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -375,6 +461,7 @@ class Session:
                                    [devnull, devnull, devnull, control_theirs.fileno()])
         except BaseException:
             control.close()
+            self._drop_layers()
             raise
         finally:
             os.close(devnull)
@@ -385,9 +472,15 @@ class Session:
             self._closed = True
             control.close()
             self._status.close()
+            self._drop_layers()
             if record[:1] == wire.FAILED:
                 raise _setup_error(wire.parse_failed(record))
             raise SandboxError("the session's sandbox ended before it was ready")
+        self._git = None  # git dirs copy-on-write: applied after each command (gitapply)
+        if self._plan.git_layers:
+            from nsbox.plan import gitapply
+
+            self._git = gitapply.Tracker(self._plan.git_layers)
 
     def run(self, args, *, cwd=None, env=None, input: bytes | None = None,
             timeout: float | None = None, capture_output: bool = True,
@@ -411,8 +504,183 @@ class Session:
         return Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                      _session=self, _extra_env=extra_env)
 
-    def close(self) -> None:
-        """Kill everything in the session and wait until it is gone."""
+    # --- workspace_mode "overlay": the copy-on-write workspace (plan/session_overlay.py)
+
+    def changes(self) -> tuple:
+        """What the session changed in its workspace so far: manifest entries (see
+        Result.changes) with absolute paths."""
+        from nsbox.plan import overlay
+
+        run = self._overlay_run("changes")
+        return tuple(overlay.absolute(overlay.recompute(run), run.workspace))
+
+    def diff(self, path=None) -> str:
+        """The changes as `nsbox diff` shows them: a unified diff per text file, a line
+        for anything else; `path` (absolute, or relative to the workspace): only there."""
+        from nsbox.plan import apply as applying
+        from nsbox.plan import diff_text, overlay
+
+        run = self._overlay_run("diff")
+        wanted = applying._clean(os.path.relpath(os.path.join(run.workspace, path),
+                                                 run.workspace)) if path else ""
+        lower = os.open(run.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        upper = os.open(run.upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return "".join(diff_text.entry_diff(e, lower, upper)
+                           for e in overlay.recompute(run) if applying._under(e.path, wanted))
+        finally:
+            os.close(lower)
+            os.close(upper)
+
+    def snapshot(self) -> str:
+        """Record the workspace as the session sees it now; returns an id for restore().
+        Costs a copy of what changed, not of the workspace. Needs the session idle."""
+        from nsbox.plan import session_overlay
+
+        with self._idle("snapshot") as run:
+            return session_overlay.take(run)
+
+    def restore(self, snapshot_id: str) -> None:
+        """Make the workspace what it was at snapshot(snapshot_id), while the sandbox
+        keeps running (its /tmp and environment stay). Needs the session idle."""
+        from nsbox.plan import session_overlay
+
+        with self._idle("restore", check=False) as run:  # the restore itself checks
+            try:
+                target = session_overlay.load(run, snapshot_id)
+            except LookupError as err:
+                raise SandboxError(err.args[0]) from None
+            self._rewrite(run, target)
+
+    def discard(self) -> None:
+        """Drop every change: the workspace is the real tree again. Needs the session idle."""
+        from nsbox.plan import session_overlay
+
+        with self._idle("discard", check=False) as run:
+            self._rewrite(run, session_overlay.empty())
+
+    def continue_run(self, run_id: str) -> None:
+        """Take over what kept run `run_id` (of this workspace: an earlier session's, say,
+        ended by a timeout) changed: the workspace shows it, and the run is removed.
+        Needs the session idle."""
+        from nsbox.plan import overlay, session_overlay
+
+        with self._idle("continue a run", check=False) as run:
+            try:
+                kept = session_overlay.of_kept_run(
+                    os.path.dirname(os.path.dirname(run.dir)), run_id, run.workspace)
+            except (LookupError, ValueError) as err:
+                raise SandboxError(err.args[0]) from None
+            self._rewrite(run, kept)
+            overlay.discard(overlay.Run(id=run_id, dir=kept.dir, workspace=run.workspace))
+
+    def apply(self, paths=None, include_protected=False):
+        """Write the session's changes (all, or those at or below `paths`) to the real
+        tree, as `nsbox apply` does: nothing if a real path changed meanwhile, protected
+        paths only when named in include_protected (or all with True). Returns
+        plan.apply.Outcome (applied, skipped_protected, not_applicable); raises
+        SandboxError. Needs the session idle."""
+        from nsbox.plan import apply as applying
+        from nsbox.plan import session_overlay
+
+        if isinstance(paths, str):
+            paths = [paths]
+        with self._idle("apply") as run:
+            relative = [os.path.relpath(os.path.join(run.workspace, p), run.workspace)
+                        for p in paths or ()]
+            try:
+                return session_overlay.apply_now(run, self._applied, relative,
+                                                 include_protected)
+            except applying.ApplyError as err:
+                raise SandboxError(str(err)) from None
+
+    def _overlay_run(self, what: str):
+        if self._plan.overlay is None:
+            raise SandboxError(f"Session.{what}() needs a session with workspace_mode "
+                               "\"overlay\" (Policy(workspace_mode=\"overlay\"))")
+        if self._closed:
+            raise SandboxError("the session is closed")
+        return self._plan.overlay
+
+    def _idle(self, what: str, check: bool = True):
+        """A context in which no command of this session runs or can start; it yields
+        the overlay run once the sandbox's processes were checked (`check`)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def idle():
+            run = self._overlay_run(what)
+            with self._lock:
+                running = [p for p in self._commands if p.returncode is None]
+                if self._layers_busy is not None or running:
+                    raise SandboxError(
+                        f"cannot {what} while a command of this session runs (or is not "
+                        "waited for yet): wait for it, or kill it, first")
+                self._layers_busy = threading.get_ident()
+            try:
+                if check:
+                    self._in_sandbox(what, run, "check", None)
+                yield run
+            finally:
+                with self._lock:
+                    self._layers_busy = None
+
+        return idle()
+
+    def _in_sandbox(self, what: str, run, mode: str, stream_fd) -> None:
+        """Run plan.session_overlay.RESTORER in the sandbox (mode check | restore)."""
+        import sys
+
+        from nsbox.plan import session_overlay
+
+        for python in (os.path.realpath(sys.executable), "python3"):
+            if stream_fd is not None:
+                os.lseek(stream_fd, 0, os.SEEK_SET)
+            proc = Popen([python, "-I", "-S", "-c", session_overlay.RESTORER, mode],
+                         cwd=run.workspace, stdin=DEVNULL if stream_fd is None else stream_fd,
+                         stdout=PIPE, stderr=PIPE, _session=self)
+            with self._lock:
+                self._commands.discard(proc)
+            out, err = proc.communicate()
+            if proc.exec_error is None:
+                break  # else this interpreter is out of the sandbox's reach: the next one
+        if proc.returncode == session_overlay.BUSY:
+            raise SandboxError(f"cannot {what}: processes still run in the session "
+                               f"({out.decode(errors='replace')}); wait for them or end them")
+        if proc.returncode:
+            raise SandboxError(f"{what} failed inside the sandbox (exit {proc.returncode}; "
+                               "the workspace may be partly rewritten: restore again): "
+                               f"{err.decode(errors='replace')[-2000:]}")
+
+    def _rewrite(self, run, target) -> None:
+        from nsbox.plan import overlay, session_overlay
+
+        steps = session_overlay.actions(overlay.recompute(run), target.entries)
+        if not steps:
+            return
+        import tempfile
+
+        # What the sandbox cannot read of the real tree is never sent in.
+        hidden = tuple(m.target for m in self._plan.mounts if m.kind.startswith("mask_"))
+        with tempfile.TemporaryFile(dir=run.dir) as stream:
+            session_overlay.write_stream(run, steps, target, stream, hidden)
+            stream.flush()
+            self._in_sandbox("restore", run, "restore", stream.fileno())
+
+    def _drop_layers(self) -> None:
+        """A session that never started keeps no overlay run."""
+        if self._plan.overlay is not None:
+            from nsbox.plan import overlay
+
+            try:
+                overlay.discard(self._plan.overlay)
+            except OSError:
+                pass
+
+    def close(self, keep_changes: bool = True) -> None:
+        """Kill everything in the session and wait until it is gone. workspace_mode
+        "overlay": what it changed is kept as run `run_id` (None: nothing changed), as a
+        one-shot run's is (`nsbox changes`, `nsbox apply`), unless keep_changes is False."""
         with self._lock:
             if self._closed:
                 return
@@ -429,6 +697,20 @@ class Session:
                 if not record or record[:1] == wire.EXITED:
                     break
             self._status.close()
+        if self._git is not None:  # the sandbox is gone: a last apply, then its git layers go
+            self._git.close()
+        _drop_rootfs_layer(self._plan)  # the session's writable root lived as long as it
+        if self._plan.overlay is not None:  # the sandbox is gone: its upper layer is still
+            from nsbox.plan import overlay, session_overlay
+
+            session_overlay.remove_all(self._plan.overlay)
+            if not keep_changes:
+                self._drop_layers()
+                return
+            try:
+                self.run_id = overlay.conclude(overlay.Held(self._plan.overlay))[1]
+            except OSError:  # kept: `nsbox changes RUN` reads its upper layer again
+                self.run_id = self._plan.overlay.id
 
     def __enter__(self):
         return self
@@ -461,6 +743,31 @@ class Session:
                 pass
         return ()
 
+    def _denials_since(self, since: float) -> tuple:
+        """What the walls stopped from `since` (time.monotonic()) on: policy.denials.Denial
+        records with the repeats counted. Commands running at the same time share these."""
+        if self._plan.denial_watch is None:
+            return ()
+        import json
+
+        from nsbox.policy import denials
+
+        with self._query_lock:
+            if self._closed:
+                return ()
+            try:
+                wire.send(self._status, wire.denials_query(since))
+                while _readable(self._status, 10):
+                    record = self._status.recv(wire.MAX_RECORD)
+                    if record[:1] == wire.DENIALS:
+                        found = json.loads(record[1:]).get("since", ())
+                        return tuple(denials.from_dict(item) for item in found)
+                    if not record or record[:1] == wire.EXITED:
+                        break  # the session has ended
+            except (OSError, ValueError):
+                pass
+        return ()
+
     def _review_changes(self) -> tuple:
         """What changed since the last command ended (background processes included)."""
         if self._watch is None:
@@ -469,6 +776,8 @@ class Session:
 
         with self._lock:
             changes, self._watch = watch.review(self._watch)
+        if self._git is not None:  # what the git dirs' apply left out
+            changes += self._git.apply()
         return changes
 
     def _submit(self, args, cwd, env, fds, extra_env=None):
@@ -496,6 +805,9 @@ class Session:
             with self._lock:
                 if self._closed:
                     raise SandboxError("the session is closed")
+                if self._layers_busy not in (None, threading.get_ident()):
+                    raise SandboxError("the session is taking a snapshot, restoring one or "
+                                       "applying its changes: start the command after that")
                 wire.send_request(self._control, record, [theirs.fileno(), *fds])
         except OSError as err:
             ours.close()
@@ -507,9 +819,74 @@ class Session:
 
 # --- starting ----------------------------------------------------------------------
 
+def image(name: str, args=(), *, policy=None):
+    """An image imported with `nsbox image import` as the library's inputs: (policy
+    with rootfs set to the image's root, the command, the working directory or None),
+    its OCI config applied as `nsbox exec --image NAME` applies it (Entrypoint + args,
+    or + Cmd when args is empty; Env under the policy's extra_env; WorkingDir; User
+    root -> root_inside). Pass them on: run(args, policy=policy, cwd=cwd)."""
+    from nsbox.errors import PolicyError
+    from nsbox.plan import images
+    from nsbox.policy import image_config
+    from nsbox.policy.model import Policy
+
+    found = images.find(name)
+    policy = (policy or Policy()).with_changes(rootfs=found["root"])
+    try:
+        applied = image_config.apply(image_config.config_of(found["config"]), tuple(args))
+    except ValueError as err:
+        raise PolicyError(f"image {name!r}: {err}") from None
+    policy = policy.with_changes(extra_env=applied.env + policy.extra_env,
+                                 root_inside=policy.root_inside or applied.root_inside)
+    return policy, list(applied.argv), applied.cwd
+
+
+def _drop_rootfs_layer(plan) -> None:
+    """rootfs_writable: remove the sandbox's own layer once nothing runs on it."""
+    if plan is not None and plan.rootfs_layer is not None:
+        from nsbox.plan import container
+
+        container.remove_layer(plan.rootfs_layer)
+
+
+def _renew(plan):
+    """What gives each spare for `plan` parts of its own (spares.Pool.replenish)."""
+    if not plan.git_layers:
+        return None
+    from nsbox.plan import gitsync
+
+    return gitsync.for_spare
+
+
 def _prepare(args, policy, cwd, env, session=False):
     """The launch plan, or PolicyError / UnsupportedKernel before anything starts."""
     return prepare.prepare(args, policy, cwd, env, session=session, host=_host_facts(policy))
+
+
+def session_template(policy, max_age: float):
+    """A session plan for `policy` (its workspace a new empty directory) that sessions
+    in other new empty directories beside it can reuse for `max_age` seconds, or None
+    when such a plan cannot be moved (see nsbox.plan.reuse)."""
+    from nsbox.plan import reuse
+
+    return reuse.template(policy, _host_facts(policy), max_age)
+
+
+def session_from_template(template, policy, max_age: float):
+    """Session(policy) on `template`'s plan moved to policy.workspace, or None when the
+    template is too old or a host path it holds changed (then start one afresh)."""
+    from nsbox.plan import reuse
+
+    if not reuse.fresh(template, max_age):
+        return None
+    return Session(policy, _plan=reuse.moved(template, policy, policy.workspace))
+
+
+def isolation_for(policy) -> str:
+    """The isolation `policy` gets on this host: "full" or "landlock" (what "auto" picks)."""
+    if policy is None or policy.isolation != "auto":
+        return "full" if policy is None else policy.isolation
+    return "landlock" if _host_facts(policy).userns_blocker else "full"
 
 
 def _host_facts(policy):
@@ -776,5 +1153,6 @@ def _result(proc: Popen, pump: _Pump) -> Result:
                   signal=proc.signal, timed_out=proc.timed_out, duration_s=proc.duration_s,
                   output_limited=pump.output_limited, network_blocked=proc.network_blocked,
                   limit_hit=proc.limit_hit, changes=proc.changes, run_id=proc.run_id,
+                  denials=proc.denials,
                   isolation=proc.isolation, isolation_fallback=proc.isolation_fallback,
                   isolation_missing=proc.isolation_missing)

@@ -69,6 +69,25 @@ def nsbox_cmd(*args):
     return [sys.executable, "-m", "nsbox", *args]
 
 
+GIT = shutil.which("git")
+
+
+def git(*args, cwd, check=True, env=None):
+    """Run git in `cwd` as a fixed test identity, file:// submodules allowed; its
+    CompletedProcess, output as text."""
+    return subprocess.run([GIT, "-c", "user.name=t", "-c", "user.email=t@e",
+                           "-c", "protocol.file.allow=always", *args], cwd=cwd,
+                          check=check, capture_output=True, text=True, env=env)
+
+
+def overlay_runs(var_tmp) -> list:
+    """The overlay runs kept in the nsbox state of XDG_STATE_HOME=<var_tmp>/state."""
+    try:
+        return os.listdir(var_tmp / "state" / "nsbox" / "runs")
+    except FileNotFoundError:
+        return []
+
+
 @pytest.fixture
 def workspace(tmp_path):
     ws = tmp_path / "ws"
@@ -87,6 +106,19 @@ def var_tmp():
     os.chmod(path, 0o755)
     yield pathlib.Path(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def workspaces_dir(tmp_path, monkeypatch):
+    """tmp_path/work as tempfile's directory, where the integrations (the Inspect
+    provider, the Agents SDK client) make their workspaces: removed by pytest even if a
+    test fails, and a test can check that none is left."""
+    import tempfile
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    return work
 
 
 @pytest.fixture
@@ -219,6 +251,59 @@ def host_tcp_listener():
             raise AssertionError("the host listener accepted a connection from the sandbox")
     finally:
         srv.close()
+
+
+class LoopbackHTTPServer:
+    """An HTTP server on the host's loopback (TLS with an ssl `context`) that answers
+    every GET and remembers each as (Host header, path)."""
+
+    def __init__(self, context=None):
+        import http.server
+        import threading
+
+        self.seen = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append((self.headers.get("Host"), self.path))
+                body = f"hello {self.path}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def paths(self) -> list:
+        return [path for _, path in self.seen]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def mock_model_output(tool_call=None):
+    """Inspect's mock model's next output: the tool call (name, arguments), or "done"
+    when None. Given usage, the mock model counts no tokens (its tokenizer would be
+    downloaded)."""
+    from inspect_ai.model import ModelOutput, ModelUsage
+
+    if tool_call is None:
+        output = ModelOutput.from_content("mockllm/model", "done")
+    else:
+        output = ModelOutput.for_tool_call("mockllm/model", *tool_call)
+    output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+    return output
 
 
 def literal_host(**changes):

@@ -127,6 +127,10 @@ def _fail(message: str, code: int):
     raise typer.Exit(code)
 
 
+from nsbox.cli.image_commands import image_app  # noqa: E402 (one app per group of commands)
+
+app.add_typer(image_app, name="image")
+
 cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Package managers' caches: the nsbox-owned area sandboxes write.")
 app.add_typer(cache_app, name="cache")
@@ -357,7 +361,7 @@ def run_app(args: list) -> int:
         args = args[1:] + ["--help"]
     elif args[0] in ("--version", "-V"):
         args = ["version"] + args[1:]
-    elif args in (["policy"], ["profiles"], ["cache"]):
+    elif args in (["policy"], ["profiles"], ["cache"], ["image"]):
         args = args + ["--help"]
     try:
         # Without standalone mode, click returns a typer.Exit's code instead of raising it.

@@ -2,7 +2,6 @@
 overlay workspace kept (plan/overlay.py), and applying or dropping them (plan/apply.py).
 Each function prints its answer and returns the exit status."""
 
-import difflib
 import json
 import os
 import sys
@@ -10,11 +9,10 @@ import time
 
 from nsbox import state
 from nsbox.plan import apply as applying
-from nsbox.plan import overlay
+from nsbox.plan import diff_text, overlay
 
 NOT_FOUND = 1
 REFUSED = 1
-_TEXT_LIMIT = 4 << 20  # larger files are diffed as binaries
 
 
 def list_runs(json_output: bool = False) -> int:
@@ -42,8 +40,9 @@ def show(run_id: str, json_output: bool = False) -> int:
         return NOT_FOUND
     run, meta, entries = loaded
     if json_output:
-        print(json.dumps({"id": run.id, **{k: meta[k] for k in ("workspace", "command",
-                                                                 "started_ns", "policy_digest")},
+        # policy_digest: absent for a run whose `nsbox exec` ended before concluding it
+        shown = ("workspace", "command", "started_ns", "policy_digest")
+        print(json.dumps({"id": run.id, **{k: meta.get(k) for k in shown},
                           "changes": [e.as_dict() for e in entries]}, indent=2))
         return 0
     print(f"run {run.id} in {run.workspace}: {overlay.summary(entries)}")
@@ -89,56 +88,8 @@ def diff(run_id: str, paths=()) -> int:
     return 0
 
 
-def _diff_one(entry, lower: int, upper: int) -> str:
-    path = entry.path
-    if entry.kind == "dir" or (entry.what == "deleted" and entry.kind == "dir"):
-        return f"{entry.what} directory {path}/\n"
-    if entry.what == "mode":
-        return f"mode changed {path}: {entry.mode:o}\n"
-    if entry.kind == "symlink" and entry.what != "deleted":
-        return f"{entry.what} symlink {path} -> {entry.target}\n"
-    if entry.kind == "other":
-        return f"{entry.what} special file {path}\n"
-    old = _read(lower, path) if entry.what != "created" else b""
-    new = _read(upper, path, layer=True) if entry.what != "deleted" else b""
-    if old is None or new is None or not (_text(old) and _text(new)):
-        return f"Binary files {'a/' + path if entry.what != 'created' else '/dev/null'} and " \
-               f"{'b/' + path if entry.what != 'deleted' else '/dev/null'} differ\n"
-    lines = difflib.unified_diff(
-        old.decode().splitlines(keepends=True), new.decode().splitlines(keepends=True),
-        fromfile="/dev/null" if entry.what == "created" else f"a/{path}",
-        tofile="/dev/null" if entry.what == "deleted" else f"b/{path}")
-    text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
-                   for line in lines)
-    return text
-
-
-def _read(root: int, path: str, layer: bool = False):
-    """The bytes of a regular file below `root` (None: not one, or too large)."""
-    try:
-        fd = overlay.open_beneath(root, path, os.O_RDONLY | os.O_NONBLOCK, layer=layer)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not (info.st_mode & 0o170000 == 0o100000) or info.st_size > _TEXT_LIMIT:
-            return None
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _text(data: bytes) -> bool:
-    if b"\0" in data:
-        return False
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
+# Kept under this name for cli.review.
+_diff_one = diff_text.entry_diff
 
 
 def apply(run_id: str, paths=(), force: bool = False, include_protected=()) -> int:

@@ -48,6 +48,34 @@ OPTIONS["--workspace-mode"] = ("workspace_mode", "MODE", False,
 OPTIONS["--review"] = ("review", None, False,
                        "with --workspace-mode overlay: after the run, on a terminal, ask change "
                        "by change which to apply (y, n, d: diff, a: all remaining, q: quit)")
+OPTIONS["--quiet-denials"] = ("quiet_denials", None, False,
+                              "do not print the end-of-run line naming what the sandbox "
+                              "blocked (--json-status still lists it)")
+OPTIONS["--no-denial-events"] = ("no_denial_events", None, False,
+                                 "do not watch for blocked writes and system calls (no "
+                                 "supervisor; network and limit events are still reported); "
+                                 "policy key report_denials = false")
+OPTIONS.update({
+    "--rootfs": ("rootfs", "DIR", False,
+                 "container mode: DIR (an extracted image) is the sandbox's /, read-only; "
+                 "the workspace and writable roots are mounted at their host paths"),
+    "--rootfs-writable": ("rootfs_writable", None, False,
+                          "with --rootfs or --image: / is writable through a private "
+                          "copy-on-write layer, removed after the run (the image is unchanged)"),
+    "--rootfs-layer": ("rootfs_layer", "WHERE", False,
+                       "where --rootfs-writable keeps its layer: memory (default: a tmpfs of "
+                       "the sandbox's own, bounded by the tmp limit) | disk (nsbox's state "
+                       "directory, for larger writes)"),
+    "--root-inside": ("root_inside", None, False,
+                      "run as uid/gid 0 inside the user namespace (the caller outside; no "
+                      "capabilities), for images whose tools expect root"),
+    "--image": ("image", "NAME", False,
+                "container mode on an image imported with 'nsbox image import': its root "
+                "(as --rootfs) and its config (as --image-config)"),
+    "--image-config": ("image_config", "FILE", False,
+                       "an OCI image config (JSON): its Env, WorkingDir, User and "
+                       "Entrypoint/Cmd apply as a container runtime applies them"),
+})
 ALIASES = {"-w": "--workspace", "-C": "--cwd"}
 
 USAGE = "usage: nsbox exec [OPTIONS] [--] CMD [ARGS...]"
@@ -137,7 +165,8 @@ def help_text() -> str:
 
 # `nsbox exec` values that are not Policy settings; every other value is one, under
 # its field name (see policy.loader.merge), and must have been given on the command line.
-NOT_POLICY = ("cwd", "policy", "json_status", "setenv", "limit", "review")
+NOT_POLICY = ("cwd", "policy", "json_status", "setenv", "limit", "review", "quiet_denials",
+              "no_denial_events", "image", "image_config")
 
 
 def policy_from_options(values: dict, on_policy_file=None):
@@ -163,6 +192,8 @@ def policy_from_options(values: dict, on_policy_file=None):
     flags = {key: value for key, value in values.items() if key not in NOT_POLICY}
     if "setenv" in values:
         flags["extra_env"] = loader.parse_setenv(values["setenv"])
+    if values.get("no_denial_events"):
+        flags["report_denials"] = False
     if "limit" in values:
         from nsbox.policy.limits import parse_options
 

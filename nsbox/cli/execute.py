@@ -21,7 +21,8 @@ def run(args: list) -> int:
     if parsed.show_help:
         print(exec_args.help_text())
         return 0
-    if not parsed.command:
+    container_config = "image" in parsed.values or "image_config" in parsed.values
+    if not parsed.command and not container_config:  # an image's Cmd may give one
         sys.stderr.write(f"nsbox: no command given\n{exec_args.USAGE}\n")
         return SETUP_FAILED
     from nsbox.errors import NsboxError
@@ -43,11 +44,19 @@ def run(args: list) -> int:
     error = ""
     network = {}  # the allowlist proxy's report
     limit_hits = []  # the resource limit that ended the command, if one did
+    events = []  # what the sandbox's supervisor saw blocked (policy.denials.Denial)
     policy_file = []  # the policy file's trust decision, if a file was used
     held = None  # overlay mode: descriptors of the run's layers, taken before the launch
+    layer = None  # rootfs_writable: the sandbox's own layer, removed after the run
     reviewer = None  # --review on a terminal: the helper that asks after the run
+    git_held = None  # git dirs copy-on-write: descriptors of their layers (plan/gitsync.py)
     review = values.get("review", False)
     try:
+        image_found = None
+        if container_config:
+            from nsbox.cli import image_options
+
+            image_found = image_options.resolve_image(values)
         policy = exec_args.policy_from_options(values, on_policy_file=policy_file.append)
         if review and policy.workspace_mode != "overlay":
             sys.stderr.write("nsbox: --review needs --workspace-mode overlay (a direct "
@@ -58,11 +67,24 @@ def run(args: list) -> int:
             sys.stderr.write(f"nsbox: {decision.describe()}\n")
         if policy.preset == "full-access":
             sys.stderr.write(f"nsbox: {FULL_ACCESS_WARNING}\n")
-        plan = prepare.prepare(parsed.command, policy, cwd=values.get("cwd"),
-                               host=host_facts(policy))
+        cwd = values.get("cwd")
+        if container_config:
+            policy, parsed.command, cwd, note = image_options.apply(
+                values, policy, parsed.command, image_found)
+            if note:
+                sys.stderr.write(f"nsbox: {note}\n")
+        plan = prepare.prepare(parsed.command, policy, cwd=cwd, host=host_facts(policy))
         for line in isolation.report(plan) + limits.report(plan.limits):
             sys.stderr.write(f"nsbox: {line}\n")
         failures = []
+        if plan.rootfs_layer is not None:
+            from nsbox.plan import container
+
+            layer = container.HeldLayer(plan.rootfs_layer)
+        if plan.git_layers:
+            from nsbox.plan import gitsync
+
+            git_held = gitsync.Held(plan.git_layers)
         if plan.overlay is not None:
             from nsbox.plan import overlay
 
@@ -70,7 +92,7 @@ def run(args: list) -> int:
             if review:
                 reviewer = start_review(plan.overlay)
         code = caller.run(plan, on_limit=limit_hits.append, on_network=network.update,
-                          on_failure=failures.append)
+                          on_failure=failures.append, on_denials=events.extend)
         if failures and failures[0].step != errorpipe.EXEC_STEP:
             error = errorpipe.describe(failures[0], parsed.command[0])
     except NsboxError as err:
@@ -78,7 +100,12 @@ def run(args: list) -> int:
         if userns_blocked(err, policy):
             sys.stderr.write(f"nsbox: {USERNS_HINT}\n")
         code, error = SETUP_FAILED, str(err)
-    changes = report_changes(plan)
+    if layer is not None:
+        layer.remove()
+    denials = report_denials(network, limit_hits, events, quiet=values.get("quiet_denials"),
+                             policy=policy)
+    changes = report_changes(plan) + (report_git(git_held, plan.cwd) if git_held is not None
+                                       else ())
     kept = report_overlay(held, ran=not error) if held is not None else None
     if review and kept is not None and reviewer is None and kept[1] is not None:
         sys.stderr.write(f"nsbox: --review needs a terminal (stdin and stderr); run {kept[1]} "
@@ -88,7 +115,8 @@ def run(args: list) -> int:
             run_record.write(status_target, run_record.record(
                 parsed.command, policy, plan, started, code, error, network=network,
                 limit_hit=limit_hits[0] if limit_hits else None, changes=changes,
-                policy_file=policy_file[0] if policy_file else None, overlay=kept))
+                policy_file=policy_file[0] if policy_file else None, overlay=kept,
+                denials=denials))
         except OSError as err:
             sys.stderr.write(f"nsbox: cannot write --json-status {status_file}: {err.strerror}\n")
     if reviewer is not None:
@@ -109,6 +137,25 @@ def start_review(run):
     return reviewing.start(os.path.dirname(os.path.dirname(run.dir)))
 
 
+def report_denials(network: dict, limit_hits: list, events: list, quiet=False,
+                   policy=None) -> tuple:
+    """After the run: what the walls stopped, as one stderr line and a hint per kind
+    naming the policy knob (policy/hints.py), unless `quiet`."""
+    if not (events or network.get("blocked") or limit_hits):
+        return ()
+    from nsbox.policy import denials
+
+    found = denials.gather(network.get("blocked", ()),
+                           limit_hits[0].as_dict() if limit_hits else None, events)
+    if not quiet:
+        sys.stderr.write(denials.summary_line(found))
+        from nsbox.policy.hints import hints
+
+        for hint in hints(found, policy):
+            sys.stderr.write(f"nsbox: hint: {hint}\n")
+    return found
+
+
 def report_changes(plan) -> tuple:
     """After the run: what changed that runs later outside the sandbox, said on stderr."""
     if plan is None or plan.watch is None:
@@ -120,6 +167,21 @@ def report_changes(plan) -> tuple:
     if line:
         sys.stderr.write(f"nsbox: {line}\n")
     return changes
+
+
+def report_git(held, cwd: str) -> tuple:
+    """After the run: the git dirs' changes applied; what was refused, on one line."""
+    from nsbox.plan import gitsync
+
+    if gitsync.drop_if_unchanged(held):
+        return ()
+    from nsbox.plan import gitapply
+
+    refused = gitapply.conclude(held)
+    line = gitapply.summary(refused, cwd)
+    if line:
+        sys.stderr.write(f"nsbox: {line}\n")
+    return refused
 
 
 def report_overlay(held, ran: bool) -> tuple:

@@ -17,7 +17,7 @@ def now() -> str:
 
 def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
            network: dict | None = None, limit_hit=None, policy_file=None, changes=(),
-           overlay=None) -> dict:
+           overlay=None, denials=()) -> dict:
     """`network`: the allowlist proxy's report ({"blocked": [...], "blocked_total": N});
     `limit_hit`: the launch.limits.LimitHit that ended the command, if one did;
     `policy_file`: the policy_files.Decision about the run's policy file, if it had one;
@@ -44,6 +44,9 @@ def record(argv, policy, plan, started: str, exit_code: int, error: str = "",
         "policy_file": policy_file.as_dict() if policy_file is not None else None,
         # what changed where code runs later outside the sandbox (see plan/watch.py)
         "changes": [change.as_dict() for change in changes],
+        # what the sandbox's walls stopped, one entry per distinct operation with its count
+        # (policy.denials.Denial: wall, operation, target, rule, pid, command, count)
+        "denials": [denial.as_dict() for denial in denials],
     }
     if overlay is not None:
         # what the run changed in its copy-on-write workspace (plan/overlay.py); run_id

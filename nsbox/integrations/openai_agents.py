@@ -50,6 +50,8 @@ from agents.sandbox.util.tar_utils import (
 
 from nsbox.api import Session
 from nsbox.errors import SandboxError
+from nsbox.integrations.notes import denial_note
+from nsbox.integrations.openai_agents_pty import PtyProcesses
 from nsbox.integrations.workspaces import file_error, remove_tree
 
 __all__ = ["NsboxSandboxClient", "NsboxSandboxClientOptions", "NsboxSandboxSession",
@@ -90,6 +92,7 @@ class _Config:
     isolation: str | None
     max_output: int
     max_archive: int
+    denial_note: bool = True
 
     def policy_for(self, workspace: str):
         """The nsbox Policy of a session over `workspace`."""
@@ -113,7 +116,7 @@ class _Config:
         return policy
 
 
-class NsboxSandboxSession(BaseSandboxSession):
+class NsboxSandboxSession(PtyProcesses, BaseSandboxSession):
     """One SDK sandbox session: an nsbox Session over the manifest's root directory.
 
     Commands run as the user running the SDK (no `user=` other than that one), with
@@ -127,6 +130,7 @@ class NsboxSandboxSession(BaseSandboxSession):
         self.state = state
         self._config = config
         self._sandbox: Session | None = None
+        self._policy = None  # the sandbox's, for the denial note's hints
         self._running = False
         self._sandbox_lock = asyncio.Lock()
 
@@ -149,6 +153,7 @@ class NsboxSandboxSession(BaseSandboxSession):
                     raise WorkspaceStartError(path=root, cause=err) from err
                 policy = await asyncio.to_thread(self._config.policy_for, self.workspace)
                 self._sandbox = await asyncio.to_thread(Session, policy)
+                self._policy = policy
             return self._sandbox
 
     async def _after_start(self) -> None:
@@ -162,6 +167,7 @@ class NsboxSandboxSession(BaseSandboxSession):
 
     async def _close_sandbox(self) -> None:
         self._running = False
+        await self.pty_terminate_all()
         async with self._sandbox_lock:
             sandbox, self._sandbox = self._sandbox, None
         if sandbox is not None:
@@ -203,6 +209,10 @@ class NsboxSandboxSession(BaseSandboxSession):
         if result.output_limited:
             stderr += (f"\nnsbox: the command's output passed {self._config.max_output} bytes; "
                        "it was killed and its output cut there\n").encode()
+        if self._config.denial_note and result.denials:
+            if stderr and not stderr.endswith(b"\n"):
+                stderr += b"\n"
+            stderr += denial_note(result.denials, self._policy).encode()
         return ExecResult(stdout=result.stdout, stderr=stderr, exit_code=result.returncode)
 
     # -- files
@@ -308,7 +318,9 @@ class NsboxSandboxClient(BaseSandboxClient[NsboxSandboxClientOptions | None]):
     workspace is replaced by the session's. isolation: "auto" by default, so sessions
     work where user namespaces are blocked (Landlock only); None keeps the policy's.
     max_output: bytes per stream of one command before it is killed and its output cut.
-    max_archive: bytes of a persisted workspace.
+    max_archive: bytes of a persisted workspace. denial_note: when the sandbox blocked
+    something, end the command's stderr with `[nsbox] blocked by policy: ...` and a hint
+    line per kind of denial.
     """
 
     backend_id = BACKEND_ID
@@ -316,9 +328,9 @@ class NsboxSandboxClient(BaseSandboxClient[NsboxSandboxClientOptions | None]):
 
     def __init__(self, *, policy=None, isolation: str | None = "auto",
                  max_output: int = DEFAULT_MAX_OUTPUT, max_archive: int = DEFAULT_MAX_ARCHIVE,
-                 instrumentation: Instrumentation | None = None,
+                 denial_note: bool = True, instrumentation: Instrumentation | None = None,
                  dependencies: Dependencies | None = None) -> None:
-        self._config = _Config(policy, isolation, max_output, max_archive)
+        self._config = _Config(policy, isolation, max_output, max_archive, denial_note)
         self._instrumentation = instrumentation or Instrumentation()
         self._dependencies = dependencies
 

@@ -123,13 +123,23 @@ def mount_tmpfs(target: str, mode: int = 0o755, size: int = 0, flags: int = MS_N
 
 
 def mount_overlay(target: str, lower: str, upper: str, work: str,
-                  flags: int = MS_NOSUID | MS_NODEV) -> None:
+                  flags: int = MS_NOSUID | MS_NODEV, volatile: bool = False) -> None:
     """An overlayfs at `target`: `lower` read-only below, writes in `upper`. userxattr
     keeps overlayfs's own marks in user.overlay.* xattrs, which is what lets a user
     namespace mount it (Linux >= 5.11). Paths with ',' or ':' break the option string:
     pass /proc/self/fd/N names."""
+    # volatile: no sync of the upper layer's filesystem at unmount (tens of ms on a busy
+    # disk), for a layer that is thrown away; it cannot be mounted again after a crash.
     _ffi.mount("overlay", target, "overlay", flags,
-               f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+               f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
+               + (",volatile" if volatile else ""))
+
+
+def mount_overlay_readonly(target: str, lowers: tuple,
+                           flags: int = MS_RDONLY | MS_NOSUID | MS_NODEV) -> None:
+    """A read-only overlayfs of `lowers`, topmost first (no upper layer: nothing can be
+    written). Pass /proc/self/fd/N names, as for mount_overlay."""
+    _ffi.mount("overlay", target, "overlay", flags, f"lowerdir={':'.join(lowers)},userxattr")
 
 
 def mount_proc(target: str) -> None:
@@ -139,6 +149,11 @@ def mount_proc(target: str) -> None:
 def mount_devpts(target: str) -> None:
     _ffi.mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=620")
+
+
+def sync_filesystem(fd: int) -> None:
+    """syncfs(2): write back what the filesystem holding `fd` has in memory."""
+    _ffi.syscall("syncfs", fd, detail=f"fd {fd}")
 
 
 def pivot_into(new_root: str) -> None:

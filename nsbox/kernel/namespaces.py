@@ -36,8 +36,9 @@ def unshare(flags: int) -> None:
         raise
 
 
-def write_id_maps(uid: int, gid: int) -> None:
-    """Map the caller's own uid/gid to the same ids inside (setgroups denied first)."""
+def write_id_maps(uid: int, gid: int, as_root: bool = False) -> None:
+    """Map the caller's own uid/gid to the same ids inside, or to 0 with `as_root`
+    (setgroups denied first). Only that one id is mapped either way."""
     # A non-dumpable process's /proc/self files belong to root: an unprivileged
     # caller is dumpable for these three writes only.
     dumpable = proc.is_dumpable()
@@ -48,9 +49,9 @@ def write_id_maps(uid: int, gid: int) -> None:
         with open("/proc/self/setgroups", "w") as f:
             f.write("deny")
         with open("/proc/self/uid_map", "w") as f:
-            f.write(f"{uid} {uid} 1")
+            f.write(f"{0 if as_root else uid} {uid} 1")
         with open("/proc/self/gid_map", "w") as f:
-            f.write(f"{gid} {gid} 1")
+            f.write(f"{0 if as_root else gid} {gid} 1")
     finally:
         if not dumpable:
             proc.set_dumpable(False)

@@ -29,8 +29,42 @@ def unknown_syscalls(names) -> list:
             if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) == _NR_SCMP_ERROR]
 
 
-def compile_bpf(profile) -> bytes:
-    """The profile as a native-architecture-only BPF program, ready for seccomp(2)."""
+def compile_bpf(profile, report=None):
+    """The profile as a native-architecture-only BPF program, ready for seccomp(2).
+
+    report: the reporting variant, for a supervisor holding the filter's listener:
+    ((syscall name, condition), ...) of the write-intent calls to notify, a condition
+    being ("always",), ("flags", index of open flags: any write flag set), ("nonzero",
+    index) or ("equals", index, value), and every call the profile denies with one errno (not ENOSYS: that one means
+    "fall back", as for clone3) is notified instead of failed. Returns (program,
+    {number: (name, errno)}) then: errno 0 marks a write-intent call, to be continued.
+    """
+    if report is None:
+        return _compile(profile, None)
+    table = {}
+    return _compile(profile, (report, table)), table
+
+
+_WRITE_FLAGS = (0o1, 0o2, 0o100, 0o1000)  # O_WRONLY, O_RDWR, O_CREAT, O_TRUNC
+
+
+def _reportable(profile, write_names) -> dict:
+    """name -> errno for the calls whose every denying rule returns the same errno."""
+    errnos, other = {}, set()
+    for rule in profile.rules:
+        if rule.action == "SCMP_ACT_ALLOW":
+            continue
+        for name in rule.names:
+            if rule.action == "SCMP_ACT_ERRNO":
+                errnos.setdefault(name, set()).add(profile.errno_for(rule))
+            else:
+                other.add(name)
+    return {name: next(iter(found)) for name, found in errnos.items()
+            if len(found) == 1 and errno.ENOSYS not in found and name not in other
+            and name not in write_names}
+
+
+def _compile(profile, report) -> bytes:
     default_errno = profile.default_errno_ret
     default = _action(profile.default_action,
                       errno.EPERM if default_errno is None else default_errno)
@@ -42,6 +76,12 @@ def compile_bpf(profile) -> bytes:
         sfilter.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)  # binary tree: libseccomp >= 2.5
     except OSError:
         pass
+    reportable, table = {}, None
+    if report is not None:
+        write_intent, table = report
+        reportable = _reportable(profile, {name for name, _ in write_intent})
+        if profile.default_action == "SCMP_ACT_ALLOW":
+            _notify_write_intent(sfilter, profile, write_intent, table)
     for rule in profile.rules:
         action = _action(rule.action, profile.errno_for(rule))
         if action == default:
@@ -51,8 +91,12 @@ def compile_bpf(profile) -> bytes:
             number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
             if number == _NR_SCMP_ERROR:
                 raise ValueError(f"unknown syscall {name!r}")
+            rule_action = action
+            if name in reportable and rule.action == "SCMP_ACT_ERRNO":
+                rule_action = pyseccomp.NOTIFY
+                table[number] = (name, reportable[name])
             try:
-                sfilter.add_rule(action, number, *checks)
+                sfilter.add_rule(rule_action, number, *checks)
             except OSError as err:
                 raise ValueError(f"libseccomp rejected the rule for {name!r} "
                                  f"(line {rule.line}): {err.strerror}") from None
@@ -60,6 +104,32 @@ def compile_bpf(profile) -> bytes:
         sfilter.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _notify_write_intent(sfilter, profile, write_intent, table: dict) -> None:
+    """Notify the write-intent calls the profile leaves allowed (opens only with a write
+    flag set: any of them, as separate rules ORed together)."""
+    touched = {name for rule in profile.rules if rule.action != "SCMP_ACT_ALLOW"
+               for name in rule.names}
+    for name, condition in write_intent:
+        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        if number == _NR_SCMP_ERROR or name in touched:
+            continue  # not on this architecture, or the profile decides it
+        kind = condition[0]
+        if kind == "always":
+            sfilter.add_rule(pyseccomp.NOTIFY, number)
+        elif kind == "flags":
+            for bit in _WRITE_FLAGS:
+                sfilter.add_rule(pyseccomp.NOTIFY, number,
+                                 pyseccomp.Arg(condition[1], pyseccomp.MASKED_EQ, bit, bit))
+        elif kind == "nonzero":
+            sfilter.add_rule(pyseccomp.NOTIFY, number, pyseccomp.Arg(condition[1], pyseccomp.NE, 0))
+        elif kind == "equals":
+            sfilter.add_rule(pyseccomp.NOTIFY, number,
+                             pyseccomp.Arg(condition[1], pyseccomp.EQ, condition[2]))
+        else:
+            raise ValueError(f"unknown notification condition {condition!r}")
+        table[number] = (name, 0)
 
 
 def _operands(check) -> tuple:

@@ -7,6 +7,7 @@ command and kills whatever the command leaves behind (launch.scope). The library
 caller is nsbox.service.relay, which uses the same steps.
 """
 
+import os
 import sys
 import time
 
@@ -15,12 +16,13 @@ from nsbox.launch import errorpipe, limits, pid1, rootfs, sequence
 from nsbox.plan.types import LANDLOCK
 
 
-def run(plan, on_limit=None, on_network=None, on_failure=None) -> int:
+def run(plan, on_limit=None, on_network=None, on_failure=None, on_denials=None) -> int:
     """Start the sandbox, wait for it, return the exit code. The caller must be single-threaded.
 
     `on_limit(hit)` is called with the limits.LimitHit when a resource limit ended the
     command (for run records); `on_network(report)` with the allowlist proxy's report;
-    `on_failure(failure)` with the errorpipe.Failure when the command never ran.
+    `on_failure(failure)` with the errorpipe.Failure when the command never ran;
+    `on_denials(events)` with what the denial supervisor saw blocked (policy.denials.Denial).
     """
     trace.mark("launch")
     if plan.isolation == LANDLOCK:
@@ -50,6 +52,10 @@ def run(plan, on_limit=None, on_network=None, on_failure=None) -> int:
         timed_out = _wall_expired(deadline, code)
         trace.mark("exited")
     finally:
+        if channel is not None and channel.denials is not None:
+            events = _denials(channel.denials.events_r)
+            if on_denials is not None and events:
+                on_denials(events)
         if net_proxy is not None:
             report = net_proxy.stop(channel.proxy)
             if on_network is not None:
@@ -81,6 +87,24 @@ def _run_landlock_only(plan, on_limit, on_failure) -> int:
         if problem:
             sys.stderr.write(f"nsbox: {problem}\n")
     return _conclude(plan, code, failure, hit, on_limit, on_failure)
+
+
+def _denials(events_r: int) -> tuple:
+    """What PID 1's denial supervisor reported; the pipe is closed here."""
+    try:
+        first = os.read(events_r, 1 << 16)
+    except BlockingIOError:
+        first = b""
+    if not first:  # the usual case: nothing was blocked
+        os.close(events_r)
+        return ()
+    from nsbox.launch import denial_watch
+
+    collector = denial_watch.Collector()
+    collector.feed(first)
+    collector.feed(denial_watch.drain(events_r))
+    os.close(events_r)
+    return collector.result()[0]
 
 
 def _wall_expired(deadline, code: int) -> bool:

@@ -30,12 +30,22 @@ def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
     sources = {s.source: _grab_writable(s.source, use_mount_api)
                for s in steps if s.kind == "bind_rw"}
     layers = {s.target: _grab_layers(s) for s in steps if s.kind == "overlay"}
+    # A protection on a path the sandbox cannot reach (a nested repository in another
+    # user's private directory, which this namespace's root may not enter either):
+    # the command cannot reach it, so there is nothing to protect there.
+    unreachable = {s.target for s in steps if s.kind in _PROTECTIONS
+                   and (layers.get(s.target, ()) is None or not _reachable(s.target))}
+    shown = {s.target: _grab_readonly(s.source, use_mount_api)
+             for s in steps if s.kind == "bind_ro_from"}
+    images = {s.target: _grab_image(s, use_mount_api) for s in steps if s.kind == "root_image"}
     masks = _empty_files_dir() if any(s.kind == "mask_file" for s in steps) else None
     masked = 0
     shm_from = {s.source for s in steps if s.kind == "dev" and s.source}
     shm = None  # O_PATH fd of the directory /dev/shm shows
     for step in steps:
         target = STAGE + step.target if step.target != "/" else STAGE
+        if step.target in unreachable and step.kind in _PROTECTIONS:
+            continue
         if step.kind == "root_readonly":
             _attach_root(readonly=True, use_mount_api=use_mount_api)
         elif step.kind == "root_writable":
@@ -49,9 +59,19 @@ def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
         elif step.kind == "bind_rw":
             os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
             _attach_writable(sources[step.source], target, use_mount_api)
+        elif step.kind == "bind_ro_from":
+            os.makedirs(target, exist_ok=True)  # the plan allows that only in a private dir
+            _attach_readonly(shown[step.target], target, use_mount_api)
         elif step.kind == "overlay":
             os.makedirs(target, exist_ok=True)  # only ever needed on our own tmpfs
-            _mount_overlay(target, layers[step.target])
+            fds = layers[step.target]
+            if len(fds) == 1:
+                fds = _memory_layer(fds[0], step)
+            _mount_overlay(target, fds, step.volatile)
+            for rel, mode in step.dirs:  # a writable image root: mount points in its layer
+                _make_dir(f"{target}/{rel}", mode)
+        elif step.kind == "root_image":
+            _attach_image(images[step.target], step, use_mount_api)
         elif step.kind == "bind_new":
             os.makedirs(target, exist_ok=True)
             mounts.bind(STAGE + step.source, target)
@@ -147,16 +167,103 @@ def _grab_writable(path: str, use_mount_api: bool) -> int:
     return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
-def _grab_layers(step) -> tuple:
+def _grab_image(step, use_mount_api: bool) -> int:
+    """An image root, taken before anything is stacked on STAGE (it may lie under it):
+    with nothing to add, a read-only clone of its mount tree; else an O_PATH fd."""
+    if use_mount_api and not step.dirs:
+        tree = mounts.clone_tree(step.source)
+        mounts.set_attrs_recursive(
+            tree, mounts.MOUNT_ATTR_RDONLY | mounts.MOUNT_ATTR_NOSUID | mounts.MOUNT_ATTR_NODEV,
+            what=repr(step.source))
+        return tree
+    return os.open(step.source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _attach_image(fd: int, step, use_mount_api: bool) -> None:
+    """The image, read-only, as the new root. Mount points it lacks (step.dirs) are made
+    in a small tmpfs laid over it as the upper of two read-only overlay layers: the
+    image itself is never written. step.mode: the image root's mode, which the top
+    layer's root shows."""
+    if not step.dirs:
+        if use_mount_api:
+            mounts.attach(fd, STAGE, what="the rootfs")
+        else:
+            mounts.bind(f"/proc/self/fd/{fd}", STAGE)
+            mounts.remount_readonly_recursive(STAGE)
+        os.close(fd)
+        return
+    mounts.mount_tmpfs(STAGE, mode=0o700, size=1 << 20)
+    os.mkdir(f"{STAGE}/scaffold")
+    os.chmod(f"{STAGE}/scaffold", step.mode)
+    for rel, mode in step.dirs:
+        _make_dir(f"{STAGE}/scaffold/{rel}", mode)
+    scaffold = os.open(f"{STAGE}/scaffold", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    mounts.mount_overlay_readonly(STAGE, (f"/proc/self/fd/{scaffold}", f"/proc/self/fd/{fd}"))
+    os.close(scaffold)
+    os.close(fd)
+
+
+def _make_dir(path: str, mode: int) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)  # mkdir's mode would pass through the umask
+
+
+def _grab_readonly(path: str, use_mount_api: bool) -> int:
+    """Like _grab_writable, and read-only (with the mount API, before it is attached)."""
+    tree = _grab_writable(path, use_mount_api)
+    if use_mount_api:
+        mounts.set_attrs_recursive(tree, mounts.MOUNT_ATTR_RDONLY, what=repr(path))
+    return tree
+
+
+def _attach_readonly(fd: int, target: str, use_mount_api: bool) -> None:
+    _attach_writable(fd, target, use_mount_api)
+    if not use_mount_api:
+        mounts.remount_readonly_recursive(target)
+
+
+_PROTECTIONS = ("pin", "bind_ro", "mask_dir", "mask_file", "overlay")
+
+
+def _reachable(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except PermissionError:
+        return False
+    except OSError:
+        pass  # missing: the step itself says so
+    return True
+
+
+def _grab_layers(step):
     """O_PATH fds of an overlay's lower, upper and work directories, taken (like the
-    writable trees) before anything is stacked on STAGE."""
+    writable trees) before anything is stacked on STAGE; without an upper path, only
+    the lower one (the layer is made in memory, _memory_layer). None when a git dir's
+    lower layer is out of the sandbox's reach (see build_and_enter)."""
+    if step.upper and step.target != "/" and not _reachable(step.source):
+        return None
     return tuple(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                 for path in (step.source, step.upper, step.work))
+                 for path in (step.source, step.upper, step.work) if path)
 
 
-def _mount_overlay(target: str, fds: tuple) -> None:
+def _memory_layer(lower: int, step) -> tuple:
+    """(lower, upper, work) fds with the upper and work directories in a tmpfs of this
+    sandbox's own (bounded by step.size), mounted on STAGE and covered by the overlay
+    mounted there next: it goes when the sandbox does."""
+    mounts.mount_tmpfs(STAGE, mode=0o700, size=step.size)
+    os.mkdir(f"{STAGE}/upper")
+    os.chmod(f"{STAGE}/upper", step.mode)  # what / shows
+    os.mkdir(f"{STAGE}/work", 0o700)
+    return (lower,) + tuple(os.open(f"{STAGE}/{name}", os.O_PATH | os.O_DIRECTORY
+                                    | os.O_CLOEXEC) for name in ("upper", "work"))
+
+
+def _mount_overlay(target: str, fds: tuple, volatile: bool = False) -> None:
     lower, upper, work = (f"/proc/self/fd/{fd}" for fd in fds)
-    mounts.mount_overlay(target, lower, upper, work)
+    mounts.mount_overlay(target, lower, upper, work, volatile=volatile)
     for fd in fds:
         os.close(fd)
 

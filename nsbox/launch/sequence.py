@@ -38,6 +38,8 @@ class Channel:
         self.proxy = None
         # rootfs.host_terminal() of `nsbox exec`: shown as /dev/console.
         self.console = None
+        # launch.denial_channel.Channel when the plan reports denials (made by fork_init).
+        self.denials = None
 
 
 def enter_namespaces(plan) -> None:
@@ -46,7 +48,7 @@ def enter_namespaces(plan) -> None:
     namespaces.unshare(plan.ns_flags)
     # Id maps before any mount: mounting needs capabilities the map makes valid.
     trace.mark("id maps")
-    namespaces.write_id_maps(plan.uid, plan.gid)
+    namespaces.write_id_maps(plan.uid, plan.gid, as_root=plan.policy.root_inside)
 
 
 def fork_init(plan, channel: Channel) -> int:
@@ -56,6 +58,10 @@ def fork_init(plan, channel: Channel) -> int:
         # A caller that did not create the limits' cgroup itself gets it here:
         # PID 1 must never start outside it. The caller removes it (limits.finish).
         channel.limits = limits.start(plan.limits)
+    if plan.denial_watch is not None and channel.denials is None:
+        from nsbox.launch import denial_channel
+
+        channel.denials = denial_channel.Channel()
     proc.set_dumpable(False)  # PID 1 and all it forks, from birth: see forkserver
     pid = os.fork()
     if pid == 0:
@@ -63,6 +69,8 @@ def fork_init(plan, channel: Channel) -> int:
             _init_main(plan, channel)
         finally:
             os._exit(errorpipe.SETUP_FAILED)
+    if channel.denials is not None:
+        channel.denials.caller_side()
     os.close(channel.error_w)
     os.close(channel.lifeline_r)
     if channel.proxy is not None:
@@ -76,6 +84,8 @@ def _init_main(plan, channel: Channel) -> None:
     try:
         os.close(channel.lifeline_w)
         os.close(channel.error_r)
+        if channel.denials is not None:
+            channel.denials.sandbox_side()
         # Into the limits' cgroup before anything runs (or forks) in the sandbox.
         limits.join(channel.limits)
         step = "parent-death signal"
@@ -84,6 +94,8 @@ def _init_main(plan, channel: Channel) -> None:
             os._exit(errorpipe.SETUP_FAILED)  # the caller died before we could watch it
         step = "mounts"
         trace.mark("mounts")
+        if plan.own_mount_ns:  # before any mount: the caller's view stays the host's
+            namespaces.unshare(namespaces.CLONE_NEWNS)
         rootfs.build_and_enter(plan.mounts, plan.use_mount_api, channel.console)
         step = "hostname"
         trace.mark("hostname")
@@ -111,13 +123,27 @@ def _init_main(plan, channel: Channel) -> None:
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     os.close(channel.error_w)
-    os._exit(pid1.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS,
-                            resume_stopped=channel.serve is not None))
+    report_denials = None
+    if channel.denials is not None:
+        from nsbox.launch import denial_channel
+
+        # After the last fork: PID 1 has a second thread from here on.
+        report_denials = denial_channel.start_supervisor(
+            plan.denial_watch, channel.denials, plan.policy.seccomp,
+            session=channel.serve is not None)
+    code = pid1.supervise(command_pid, FORWARDED_SIGNALS, WATCHED_SIGNALS,
+                          resume_stopped=channel.serve is not None)
+    if report_denials is not None:
+        report_denials()
+    os._exit(code)
 
 
 def _command_main(plan, channel: Channel) -> None:
     trace.mark("command start")
-    restrict_command(plan, channel.error_w, own_files=channel.serve is None)
+    if channel.denials is not None:
+        channel.denials.command_side()
+    restrict_command(plan, channel.error_w, own_files=channel.serve is None,
+                     report_to=channel.denials)
     if channel.serve is not None:
         os.close(channel.error_w)  # EOF: the session is ready
         os._exit(channel.serve(plan))
@@ -127,9 +153,10 @@ def _command_main(plan, channel: Channel) -> None:
 
 
 def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent=None,
-                     own_files: bool = True) -> None:
+                     own_files: bool = True, report_to=None) -> None:
     """The command process's own steps, in order; a failure is reported and ends it (125).
-    own_files: grant landlock.add_own_files() (not for a session's server)."""
+    own_files: grant landlock.add_own_files() (not for a session's server).
+    report_to: the denial_channel.Channel to PID 1, which gets the filter's listener."""
     step = ["signals"]
     try:
         pid1.reset_signals(WATCHED_SIGNALS)
@@ -139,7 +166,7 @@ def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent
         proc.cloexec_from(3)
         step[0] = "rlimits"
         limits.apply_rlimits(plan.limits)
-        confine(plan, step, drop_caps, expected_parent, own_files)
+        confine(plan, step, drop_caps, expected_parent, own_files, report_to)
         trace.mark("exec")
     except BaseException as err:
         errorpipe.report(error_w, step[0], err)
@@ -147,7 +174,7 @@ def restrict_command(plan, error_w: int, drop_caps: bool = True, expected_parent
 
 
 def confine(plan, step: list, drop_caps: bool = True, expected_parent=None,
-            own_files: bool = False) -> None:
+            own_files: bool = False, report_to=None) -> None:
     """The restrictions every process in the sandbox takes last, in order (the command,
     and the network forwarder); step[0] names the one under way, for the failure record."""
     if drop_caps:
@@ -165,7 +192,15 @@ def confine(plan, step: list, drop_caps: bool = True, expected_parent=None,
         trace.mark("landlock")
         landlock.restrict_self(plan.landlock, own_files=own_files)
     # seccomp last: everything before it may use calls the filter denies.
-    if plan.seccomp_bpf is not None:
+    if report_to is not None:
+        # The reporting variant of the same profile; its listener goes to PID 1 at once.
+        step[0] = "seccomp"
+        trace.mark("seccomp load")
+        from nsbox.launch import denial_channel
+
+        denial_channel.send_listener(report_to, seccomp.load_filter(
+            plan.denial_watch.program, listener=True))
+    elif plan.seccomp_bpf is not None:
         step[0] = "seccomp"
         trace.mark("seccomp load")
         seccomp.load_filter(plan.seccomp_bpf)

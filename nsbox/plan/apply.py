@@ -153,27 +153,33 @@ def apply(run: overlay.Run, entries, force: bool = False, started_ns: int = 0) -
                 lines = "\n".join(f"  {c.path}: {c.why}" for c in found)
                 raise ApplyError(f"not applied: the real workspace changed where the run did:"
                                  f"\n{lines}\npass --force to apply over these changes")
-        applied, not_applicable = [], []
-        for entry in entries:
-            if entry.kind == "other" and entry.what != "deleted":
-                not_applicable.append((entry.path, "a FIFO, socket or device node"))
-                continue
-            _apply_one(workspace_fd, upper_fd, entry)
-            applied.append(entry)
-        # New directories' modes last, deepest first: a directory the command made
-        # unwritable (or 000) still had its content written into it.
-        for entry in reversed(applied):
-            if entry.kind == "dir" and entry.what != "deleted":
-                parent_rel, name = os.path.split(entry.path)
-                parent = overlay.open_beneath(workspace_fd, parent_rel)
-                try:
-                    _chmod(parent, name, entry)
-                finally:
-                    os.close(parent)
-        return applied, not_applicable
+        return write_entries(workspace_fd, upper_fd, entries)
     finally:
         os.close(workspace_fd)
         os.close(upper_fd)
+
+
+def write_entries(workspace_fd: int, upper_fd: int, entries) -> tuple:
+    """Write `entries` in their order, each file atomically (also for git dirs, see
+    plan/gitapply.py): (entries applied, (path, why) of those that can't be)."""
+    applied, not_applicable = [], []
+    for entry in entries:
+        if entry.kind == "other" and entry.what != "deleted":
+            not_applicable.append((entry.path, "a FIFO, socket or device node"))
+            continue
+        _apply_one(workspace_fd, upper_fd, entry)
+        applied.append(entry)
+    # New directories' modes last, deepest first: a directory the command made
+    # unwritable (or 000) still had its content written into it.
+    for entry in sorted(applied, key=lambda e: e.path, reverse=True):
+        if entry.kind == "dir" and entry.what != "deleted":
+            parent_rel, name = os.path.split(entry.path)
+            parent = overlay.open_beneath(workspace_fd, parent_rel)
+            try:
+                _chmod(parent, name, entry)
+            finally:
+                os.close(parent)
+    return applied, not_applicable
 
 
 def _apply_one(workspace_fd: int, upper_fd: int, entry) -> None:
@@ -208,6 +214,19 @@ def _apply_one(workspace_fd: int, upper_fd: int, entry) -> None:
 def _chmod(parent: int, name: str, entry) -> None:
     """chmod without following a symlink (the real tree is not the command's, but the
     user's other programs may change it meanwhile)."""
+    try:  # fchmod on the entry itself needs no /proc (gone where `nsbox exec` applies git dirs)
+        fd = os.open(name, (_DIR if entry.kind == "dir" else os.O_RDONLY | os.O_NOFOLLOW
+                            | os.O_NONBLOCK | os.O_CLOEXEC), dir_fd=parent)
+    except PermissionError:
+        fd = None
+    if fd is not None:
+        try:
+            if not (stat.S_ISDIR if entry.kind == "dir" else stat.S_ISREG)(os.fstat(fd).st_mode):
+                raise ApplyError(f"{entry.path} is not a {entry.kind} now")
+            os.fchmod(fd, entry.mode)
+            return
+        finally:
+            os.close(fd)
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     try:
         if stat.S_ISLNK(os.fstat(fd).st_mode):

@@ -82,7 +82,9 @@ def ruleset(iso: Isolation, policy, writable: tuple, private_tmp, hidden=()):
     if iso.mode == LANDLOCK:
         tmp, devices = (private_tmp,), landlock_rules.DEVICES_HOST
     else:
-        tmp, devices = ("/tmp", "/dev/shm"), landlock_rules.DEVICES_SANDBOX
+        # The policy's private dirs are the sandbox's own tmpfs, as /tmp is.
+        tmp = ("/tmp", "/dev/shm") + tuple(os.path.normpath(p) for p in policy.private_dirs)
+        devices = landlock_rules.DEVICES_SANDBOX
     # A hidden path that does not exist has nothing to hide; skipping it keeps its
     # parent listable.
     hidden = tuple(p for p in (os.path.realpath(os.path.expanduser(h)) for h in hidden)

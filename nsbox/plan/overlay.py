@@ -18,38 +18,30 @@ took before the launch.
 """
 
 import errno
-import hashlib
-import json
 import os
 import stat
 import time
 
+from nsbox.kernel import mounts
+from nsbox.plan.layer_dirs import LayerDirs, make_upper_work, remove_tree
 from nsbox.plan.watch import Change
-from nsbox.record import Record
 
 RUNS = "runs"
 META = "meta.json"
 MANIFEST = "manifest.json"
 OPAQUE_XATTR = "user.overlay.opaque"
 WHITEOUT_XATTR = "user.overlay.whiteout"
-# Linux's CLOCK_REALTIME_COARSE: the clock most ctimes are stamped with (see next_tick).
+# Linux's CLOCK_REALTIME_COARSE: the clock ctimes are stamped with (see start_stamp).
 CLOCK_REALTIME_COARSE = 5
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Run(Record):
+class Run(LayerDirs):
     """One overlay run's directory: <state>/runs/<id>/{upper,work,meta.json,manifest.json}."""
     id: str
     dir: str
     workspace: str  # the real tree: the overlay's lower layer
-
-    @property
-    def upper(self) -> str:
-        return os.path.join(self.dir, "upper")
-
-    @property
-    def work(self) -> str:
-        return os.path.join(self.dir, "work")
+    policy: object = None  # the run's Policy: its digest is recorded once the run is kept
 
     def layers(self) -> tuple:
         """(root, upper, work), as policy.plan.mount_steps takes them."""
@@ -60,34 +52,34 @@ def runs_dir(state_dir: str) -> str:
     return os.path.join(state_dir, RUNS)
 
 
-def plan_run(state_dir: str, workspace: str) -> Run:
+def plan_run(state_dir: str, workspace: str, policy=None) -> Run:
     """A new run's name and paths; nothing is created (see create)."""
     run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
-    return Run(id=run_id, dir=os.path.join(runs_dir(state_dir), run_id), workspace=workspace)
+    return Run(id=run_id, dir=os.path.join(runs_dir(state_dir), run_id), workspace=workspace,
+               policy=policy)
 
 
-def create(run: Run, argv, policy_digest: str) -> None:
-    """Make the run's directories (0700, as the state directory) and its metadata."""
+def create(run: Run, argv, policy_digest: str = "") -> None:
+    """Make the run's directories (0700, as the state directory) and its metadata.
+    Without `policy_digest`, conclude() records the digest of run.policy, and only if
+    the run is kept: hashing a policy costs `nsbox exec` an import before the command."""
     os.makedirs(os.path.dirname(run.dir), mode=0o700, exist_ok=True)
     os.mkdir(run.dir, 0o700)
-    os.mkdir(run.work, 0o700)
-    os.mkdir(run.upper, 0o700)
-    # The upper layer's root is the workspace's root inside: give it the real one's mode.
-    os.chmod(run.upper, stat.S_IMODE(os.stat(run.workspace).st_mode))
+    make_upper_work(run, run.workspace)  # the upper layer's root is the workspace's root
     meta = {"id": run.id, "workspace": run.workspace, "command": list(argv),
-            "policy_digest": policy_digest, "started_ns": next_tick()}
-    _write_json(run.dir, META, meta)
+            "started_ns": start_stamp()}
+    if policy_digest:
+        meta["policy_digest"] = policy_digest
+    _write_small_json(run.dir, META, meta)
 
 
-def next_tick() -> int:
-    """The run's start for ctime comparisons: now, once the coarse clock has reached
-    it (a few ms at most). A file's ctime is stamped from the coarse clock, or a finer
-    one when its ctime was looked at (multigrain timestamps): a file changed before
-    this was called has an older ctime, one changed after it returns a ctime no older."""
-    start = time.time_ns()
-    while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) < start:
-        time.sleep(0.0005)
-    return start
+def start_stamp() -> int:
+    """The run's start for ctime comparisons (apply: changed since the start when
+    ctime >= it): the coarse clock now. A ctime is stamped from that clock, or from a
+    finer one (multigrain timestamps) never behind it, so a real file changed after
+    this call has a ctime no older: no change is missed. One changed in the same tick
+    just before may compare as changed too, which only asks for --force."""
+    return time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
 
 
 class Held:
@@ -119,6 +111,10 @@ def conclude(held: Held, ran: bool = True) -> tuple:
                 if entries:
                     _write_json(run_fd, MANIFEST, {"workspace": held.run.workspace,
                                                    "entries": [e.as_dict() for e in entries]})
+                    _record_digest(run_fd, held.run)
+                    # The layer is mounted volatile (syncs inside the sandbox are no-ops):
+                    # once kept, it goes to disk.
+                    mounts.sync_filesystem(run_fd)
             finally:
                 os.close(upper)
                 os.close(run_fd)
@@ -128,6 +124,22 @@ def conclude(held: Held, ran: bool = True) -> tuple:
         return tuple(absolute(entries, held.run.workspace)), held.run.id
     finally:
         held.close()
+
+
+def _record_digest(run_fd: int, run: Run) -> None:
+    """A kept run's meta gains its policy's digest (see create)."""
+    import json
+
+    if run.policy is None:
+        return
+    from nsbox.plan.prepare import policy_digest
+
+    fd = os.open(META, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=run_fd)
+    with open(fd) as f:
+        meta = json.load(f)
+    if "policy_digest" not in meta:
+        meta["policy_digest"] = policy_digest(run.policy)
+        _write_json(run_fd, META, meta)
 
 
 def absolute(entries, workspace: str) -> list:
@@ -276,6 +288,8 @@ def file_sha256(dir_fd: int, name: str, layer: bool = False) -> str:
             fd = os.open(name, flags, dir_fd=dir_fd)
         except PermissionError:
             return ""  # an unreadable real file: compared as different
+    import hashlib  # only runs that changed a file hash it
+
     try:
         digest = hashlib.sha256()
         while chunk := os.read(fd, 1 << 20):
@@ -331,14 +345,10 @@ def open_beneath(root_fd: int, rel: str, final=_DIR, layer: bool = False) -> int
 def load(state_dir: str, run_id: str) -> tuple:
     """(Run, meta, manifest entries with relative paths) of a kept run; LookupError if
     there is no such run."""
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise LookupError(f"no kept run {run_id!r}")
-    directory = os.path.join(runs_dir(state_dir), run_id)
-    try:
-        with open(os.path.join(directory, META)) as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise LookupError(f"no kept run {run_id!r}; `nsbox changes` lists them") from None
+    import json
+
+    directory, meta = load_entry(runs_dir(state_dir), run_id, META, f"no kept run {run_id!r}",
+                                 "; `nsbox changes` lists them")
     run = Run(id=run_id, dir=directory, workspace=meta["workspace"])
     try:
         with open(os.path.join(directory, MANIFEST)) as f:
@@ -346,6 +356,22 @@ def load(state_dir: str, run_id: str) -> tuple:
     except FileNotFoundError:  # the run did not end normally: read its upper layer now
         entries = recompute(run)
     return run, meta, entries
+
+
+def load_entry(top: str, name: str, filename: str, missing: str, hint: str = "") -> tuple:
+    """(directory, JSON of its `filename`) of the entry `name` of directory `top`;
+    LookupError(missing) for a name that is not a plain entry, and with `hint` added
+    when it has no such file."""
+    import json
+
+    if not name or "/" in name or name.startswith("."):
+        raise LookupError(missing)
+    directory = os.path.join(top, name)
+    try:
+        with open(os.path.join(directory, filename)) as f:
+            return directory, json.load(f)
+    except FileNotFoundError:
+        raise LookupError(missing + hint) from None
 
 
 def recompute(run: Run) -> list:
@@ -388,27 +414,30 @@ def discard(run: Run) -> None:
         os.close(parent)
 
 
-def remove_tree(parent_fd: int, name: str) -> None:
-    """Remove `name` below `parent_fd` and all it holds, never following a symlink;
-    directories without rights (a sandbox's chmod 000, overlayfs's own work/work) are
-    opened up first."""
-    info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    if not stat.S_ISDIR(info.st_mode):
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    if info.st_mode & 0o700 != 0o700:
-        os.chmod(name, 0o700, dir_fd=parent_fd)  # a directory, as lstat just said
-    fd = os.open(name, _DIR, dir_fd=parent_fd)
-    try:
-        for child in os.listdir(fd):
-            remove_tree(fd, child)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
 def _write_json(directory, name: str, data: dict) -> None:
     """A new file renamed over `name` in `directory` (a path or a directory fd)."""
+    import json
+
+    _write_text(directory, name, json.dumps(data, indent=1))
+
+
+def _write_small_json(directory, name: str, data: dict) -> None:
+    """_write_json for a flat dict of strings, ints and lists of strings, without the
+    json package (it imports re): before every overlay run, on `nsbox exec`'s path."""
+    from _json import encode_basestring_ascii as quote
+
+    def value(v):
+        if isinstance(v, str):
+            return quote(v)
+        if isinstance(v, int):
+            return str(v)
+        return "[" + ", ".join(quote(item) for item in v) + "]"
+
+    _write_text(directory, name, "{\n" + ",\n".join(
+        f" {quote(key)}: {value(v)}" for key, v in data.items()) + "\n}")
+
+
+def _write_text(directory, name: str, text: str) -> None:
     dir_fd = directory if isinstance(directory, int) else os.open(
         directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -416,7 +445,7 @@ def _write_json(directory, name: str, data: dict) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
         with open(fd, "w") as f:
-            json.dump(data, f, indent=1)
+            f.write(text)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:
         if not isinstance(directory, int):

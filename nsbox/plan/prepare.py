@@ -46,15 +46,23 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     caches.create(done.cache)
     protect.make_mount_points(done.guard.created)
     guard, roots = done.guard, done.roots
+    if done.plan.rootfs_layer is not None:
+        from nsbox.plan import container
+
+        container.create_layer(done.plan.rootfs_layer, done.plan.policy.rootfs)
     if done.plan.overlay is not None:
         from nsbox.plan import overlay
 
-        overlay.create(done.plan.overlay, done.plan.argv, policy_digest(done.plan.policy))
+        overlay.create(done.plan.overlay, done.plan.argv)  # the digest only if kept
         # The real workspace does not change in the run: its changes are the manifest's.
         guard, roots = _outside(guard, done.workspace), tuple(
             r for r in roots if r != done.workspace)
+    if guard.git_layers:  # git dirs copy-on-write: applied after the run (gitapply)
+        from nsbox.plan import gitsync
+
+        gitsync.create(guard.git_layers)
     watched = watch.start(roots, guard.watched, guard.repos, guard.undo)
-    return replace(done.plan, watch=watched)
+    return replace(done.plan, watch=watched, git_layers=guard.git_layers)
 
 
 def _outside(guard: protect.Protections, workspace: str) -> protect.Protections:
@@ -75,7 +83,10 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         raise PolicyError("no command given: nsbox exec [OPTIONS] -- CMD [ARGS...]")
     workspace = resolve_dir(policy.workspace or os.getcwd(), "workspace")
     extra = tuple(resolve_dir(p, "writable root") for p in policy.writable)
-    workdir = resolve_dir(cwd, "working directory") if cwd else workspace
+    if cwd and policy.rootfs and _in_image(cwd, (workspace,) + extra):
+        workdir = os.path.normpath(cwd)  # the image's own directory, made if it lacks it
+    else:
+        workdir = resolve_dir(cwd, "working directory") if cwd else workspace
     roots = policy_plan.writable_roots(policy, workspace, extra)
     host_env = dict(os.environ if env is None else env)
     iso = isolation.resolve(policy, host, session=session)
@@ -87,7 +98,14 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     own = own_dirs(os.environ)
     guard = protect.resolve(policy, workspace, roots, homes(host_env), create=False,
                             own=own, landlock_only=not full, envs=(os.environ, host_env))
+    if guard.repos and not getattr(policy, "rootfs", None):
+        from nsbox.plan import gitsync  # only runs with a git dir in a writable root pay
+
+        guard = gitsync.protections_with(guard, gitsync.plan(
+            guard.repos, roots, own.state, copy_on_write=full,
+            skip_under=workspace if policy.workspace_mode == "overlay" else ""))
     writable = roots + guard.extra_writable
+    parents = _hidden_parents(policy, writable)
     # The cache area is writable but no project: kept out of `roots` (no broad-root
     # check, git scan, watch or protected names there).
     cache = caches.locate(policy.cache, workspace, own)
@@ -96,14 +114,43 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         cache = None
     run = _overlay_run(policy, iso, session, own.state, workspace, roots)
     steps, ns_names, private_tmp = (), (), None
-    if full:
+    container = None
+    if policy.rootfs_writable and not policy.rootfs:
+        raise PolicyError("rootfs_writable needs a rootfs (--rootfs DIR or --image NAME)")
+    if policy.root_inside and not full and not policy.rootfs:
+        from nsbox.plan import container as container_plan
+
+        container_plan.refuse_without_namespaces(iso, "--root-inside")
+    if policy.rootfs:
+        from nsbox.plan import container as container_plan  # only container mode pays for it
+
+        if not full:
+            container_plan.refuse_without_namespaces(iso, "container mode (--rootfs or --image)")
+        container = container_plan.plan_root(
+            policy, writable, caches.with_mount(guard.steps(), cache), guard.hidden,
+            guard.denied, homes(host_env), own.state, overlay=run.layers() if run else (),
+            workdir=workdir, workspace=workspace)
+    if container is not None:
+        if policy.private_dirs or policy.read_only_binds or policy.hidden_parents:
+            raise PolicyError("private_dirs, read_only_binds and hidden_parents do not work "
+                              "with a rootfs "
+                              "(container mode) yet; remove them or the rootfs")
+        steps = container.steps
+        ns_names = tuple(policy_plan.namespaces(policy))
+    elif full:
         steps = with_test_switches(policy_plan.mount_steps(
             policy, writable,
             var_run_is_dir=os.path.isdir("/var/run") and not os.path.islink("/var/run"),
             protections=caches.with_mount(guard.steps(), cache),
-            overlay=run.layers() if run else ()))
+            overlay=run.layers() if run else (), read_only_binds=_mount_points(policy),
+            hidden_parents=tuple(p for p in parents if not any(
+                policy_plan.under(p, t) for t in policy_plan.PRIVATE_TREES))))
         ns_names = tuple(policy_plan.namespaces(policy))
     else:
+        if policy.private_dirs or policy.read_only_binds:
+            raise PolicyError("private_dirs and read_only_binds need full isolation (a mount "
+                              "namespace), and this run has landlock-only isolation; remove "
+                              "them or run where user namespaces work")
         private_tmp = isolation.private_tmp_path()
     if cache is not None:
         writable += (cache.path,)
@@ -111,8 +158,13 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     for name in ns_names:
         ns_flags |= _NS_FLAGS[name]
     # hidden: paths Landlock must make unreadable too (e.g. the policy's hidden list).
-    landlock_rules = isolation.ruleset(iso, policy, writable, private_tmp,
-                                       hidden=guard.landlock_hidden)
+    # rootfs_writable: all of / is the sandbox's own copy-on-write layer.
+    # Landlock-only: a hidden parent is denied as hidden paths are, while each writable
+    # root inside keeps its own rule.
+    landlock_hidden = guard.landlock_hidden + (tuple(parents) if not full else ())
+    landlock_rules = isolation.ruleset(
+        iso, policy, writable + (("/",) if container and policy.rootfs_writable else ()),
+        private_tmp, hidden=landlock_hidden)
     full_env = sandbox_env(policy, host_env, tmpdir=private_tmp or "/tmp")
     caches.apply_env(full_env, cache, chosen=(name for name, _ in policy.extra_env))
     if net_proxy is not None:
@@ -124,6 +176,8 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     seccomp_bpf = seccomp_filter.bpf_for(
         policy, command_writes, deny_inet=policy.network == "none" and not full,
         state_dir=own.state)
+    denial_watch = _denial_watch(policy, full, steps, landlock_rules, writable,
+                                 command_writes, own.state)
     plan = LaunchPlan(
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
         uid=os.getuid(), gid=os.getgid(), ns_flags=ns_flags, mounts=steps,
@@ -134,8 +188,35 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         isolation=iso.mode, isolation_missing=iso.missing,
         isolation_fallback=iso.fallback_reason, private_tmp=private_tmp, limits=limits_plan,
         seccomp_bpf=seccomp_bpf, net_proxy=net_proxy, writable=writable,
-        hidden=_landlock_hidden(landlock_rules, guard) if not full else (), overlay=run)
+        denial_watch=denial_watch,
+        hidden=_landlock_hidden(landlock_rules, landlock_hidden) if not full else (),
+        overlay=run,
+        rootfs_layer=container.layer if container is not None else None,
+        own_mount_ns=container is not None)
     return Compiled(plan, guard, roots, workspace, cache)
+
+
+def _denial_watch(policy: Policy, full: bool, steps, landlock_rules, writable, command_writes,
+                  state_dir: str):
+    """The reporting variant of the seccomp filter (plan/denial_rules.py), or None: only
+    with full isolation, whose PID 1 supervises it. Container mode has its own root,
+    which these rules do not describe yet."""
+    if not (policy.report_denials and full) or getattr(policy, "rootfs", None):
+        return None
+    from nsbox.plan import denial_rules
+
+    program, syscalls = seccomp_filter.bpf_for(policy, command_writes, state_dir=state_dir,
+                                               report=denial_rules.WRITE_INTENT)
+    return denial_rules.DenialWatch(
+        program, tuple(sorted((nr, name, errno) for nr, (name, errno) in syscalls.items())),
+        denial_rules.rules_for(steps, landlock_rules, writable))
+
+
+def _in_image(cwd: str, host_trees: tuple) -> bool:
+    """Container mode: an absolute cwd outside the trees bound from the host names a
+    directory of the image."""
+    return os.path.isabs(cwd) and not any(
+        policy_plan.under(os.path.normpath(cwd), t) for t in host_trees)
 
 
 def _overlay_run(policy: Policy, iso, session: bool, state_dir: str, workspace: str, roots):
@@ -149,9 +230,6 @@ def _overlay_run(policy: Policy, iso, session: bool, state_dir: str, workspace: 
             "workspace_mode overlay needs a mount namespace for the copy-on-write "
             f"workspace, which Landlock-only isolation does not have{why}. Use --isolation "
             "full on a host that allows user namespaces, or --workspace-mode direct")
-    if session:
-        raise PolicyError("workspace_mode overlay is not available for sessions yet; use "
-                          "nsbox.run or nsbox.Popen, or workspace_mode direct")
     if policy_plan.under(os.path.realpath(state_dir), workspace):
         raise PolicyError(f"workspace_mode overlay keeps a run's layers in nsbox's state "
                           f"directory {state_dir}, which lies inside the workspace: an "
@@ -159,7 +237,7 @@ def _overlay_run(policy: Policy, iso, session: bool, state_dir: str, workspace: 
                           "directory outside the workspace")
     from nsbox.plan import overlay  # only overlay runs pay for it
 
-    return overlay.plan_run(state_dir, workspace)
+    return overlay.plan_run(state_dir, workspace, policy)
 
 
 def policy_digest(policy: Policy) -> str:
@@ -173,9 +251,35 @@ def policy_digest(policy: Policy) -> str:
                    seccomp=seccomp).digest()
 
 
-def _landlock_hidden(ruleset, guard) -> tuple:
+def _landlock_hidden(ruleset, hidden) -> tuple:
     # What Landlock keeps unreadable when no mount hides it.
-    return tuple(guard.landlock_hidden) if ruleset is not None else ()
+    return tuple(hidden) if ruleset is not None else ()
+
+
+def _hidden_parents(policy: Policy, writable: tuple) -> tuple:
+    """The policy's hidden parents that exist, resolved, and the other mounts that show
+    them; one inside a writable root is refused (hiding a path there is `hidden`'s job)."""
+    found = []
+    for path in policy.hidden_parents:
+        real = os.path.realpath(path)
+        if not os.path.isdir(real):
+            continue  # nothing there to hide
+        inside = [r for r in writable if policy_plan.under(real, r) and real != r]
+        if inside:
+            raise PolicyError(f"hidden_parents: {path!r} lies inside writable root {inside[0]}; "
+                              "hide it with `hidden` instead, or choose another directory")
+        found.append(real)
+    if found:  # another mount of one (a second bind of /var/tmp) would show it too
+        from nsbox.kernel import mountinfo
+
+        try:
+            found += [alias for alias, _, _ in mountinfo.elsewhere([(p, True) for p in found])]
+        except OSError as err:
+            if not policy.best_effort:
+                raise UnsupportedKernel(f"cannot check where else hidden_parents are mounted "
+                                        f"({err}). Pass --best-effort to run without that "
+                                        "check") from None
+    return tuple(dict.fromkeys(found))
 
 
 def homes(env: dict) -> tuple:
@@ -224,6 +328,27 @@ def point_at_proxy(env: dict, policy: Policy, port: int) -> None:
     for name, value in netallow.proxy_env(port).items():
         if name not in chosen:
             env[name] = value
+
+
+def _mount_points(policy: Policy) -> tuple:
+    """The checked (host dir, path) pairs of read_only_binds. Private dirs and bind
+    targets must be real directories of the host (no link to follow while mounting),
+    or lie in a private dir, where the mount point is made."""
+    private = tuple(os.path.normpath(p) for p in policy.private_dirs)
+    for path in private:
+        if os.path.realpath(path) != path or not os.path.isdir(path):
+            raise PolicyError(f"private_dirs: {path!r} must be an existing directory (not a "
+                              "link or under one)")
+    binds = []
+    for entry in policy.read_only_binds:
+        source, _, target = entry.partition(":")
+        target = os.path.normpath(target)
+        in_private = any(policy_plan.under(target, p) and target != p for p in private)
+        if not in_private and (os.path.realpath(target) != target or not os.path.isdir(target)):
+            raise PolicyError(f"read_only_binds: {target!r} must be an existing directory (not "
+                              "a link or under one), or lie in one of private_dirs")
+        binds.append((resolve_dir(source, "read_only_binds source"), target))
+    return tuple(binds)
 
 
 def resolve_dir(path: str, what: str) -> str:

@@ -35,10 +35,17 @@ class Protections(Record):
     watched: tuple = ()  # paths compared after the run (see watch)
     repos: tuple = ()  # `.git` entries in the writable roots
     undo: tuple = ()  # git redirects that must not appear: removed after the run
+    git_layers: tuple = ()  # plan.gitsync.Layer: git dirs mounted copy-on-write
 
     def steps(self) -> tuple:
-        return policy_plan.protection_steps(self.pinned, self.readonly, self.hidden,
-                                            self.denied)
+        # Git dirs' overlays before the pins and read-only binds that go on top of them;
+        # volatile: no sync of the state directory's whole filesystem when the mount goes
+        # (tens of ms under load); the apply writes the files that count into the real dir.
+        layers = tuple(policy_plan.MountStep("overlay", la.gitdir, la.gitdir, upper=la.upper,
+                                             work=la.work, volatile=True)
+                       for la in self.git_layers if la.dir)
+        return layers + policy_plan.protection_steps(self.pinned, self.readonly, self.hidden,
+                                                     self.denied)
 
 
 class OwnDirs(Record):

@@ -13,11 +13,11 @@ from nsbox.plan import bpf_cache
 from nsbox.policy import profiles
 
 # Bump when the way a profile becomes BPF changes, to retire old cache entries.
-COMPILER_VERSION = "2"  # 2: entries carry an HMAC
+COMPILER_VERSION = "3"  # 2: entries carry an HMAC; 3: the reporting variant's table as lines
 
 
 def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False,
-            state_dir: str | None = None) -> bytes:
+            state_dir: str | None = None, report=None):
     """The BPF program for the policy's profile; PolicyError if the profile is bad, or
     is a file in a writable root whose bytes the user did not trust.
 
@@ -27,6 +27,8 @@ def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False,
     deny_inet: also fail AF_INET/AF_INET6 sockets (for runs without their own
     network namespace; an empty namespace already cuts the network and keeps
     its loopback usable).
+    report: the reporting variant (see kernel.seccomp_compile.compile_bpf and
+    plan.denial_rules): returns (program, {syscall number: (name, errno)}) then.
     """
     path = profiles.find(policy.seccomp)
     data = profiles.read(path)
@@ -42,16 +44,39 @@ def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False,
         directory = bpf_cache.usable_dir(bpf_cache.default_dir(env), writable_roots)
     if directory is not None:
         secret = cache_secret(env, state_dir)
+    # The reporting variant is another program: its own cache entry.
+    variant = () if report is None else ("report", repr(tuple(report)))
     cache_key = bpf_cache.key(COMPILER_VERSION, data, network_off, os.uname().machine,
-                              version, os.uname().release)
+                              version, os.uname().release, *variant)
     if secret is not None:
         cached = bpf_cache.load(directory, cache_key, secret)
         if cached is not None:
-            return cached
-    program = compile_profile(data, path, network_off)
+            return cached if report is None else _unpack(cached)
+    program = compile_profile(data, path, network_off, report)
     if secret is not None:
-        bpf_cache.store(directory, cache_key, program, secret)
+        bpf_cache.store(directory, cache_key,
+                        program if report is None else _pack(*program), secret)
     return program
+
+
+_LENGTH = 4  # the reporting variant's cache entry: program length, program, table
+
+
+def _pack(program: bytes, table: dict) -> bytes:
+    """The table as `nr name errno` lines: read on every launch, so no json import."""
+    lines = "\n".join(f"{nr} {name} {errno}" for nr, (name, errno) in table.items())
+    blob = len(program).to_bytes(_LENGTH, "little") + program + lines.encode()
+    return blob + b" " * (-len(blob) % 8)  # the cache holds whole BPF instructions only
+
+
+def _unpack(blob: bytes) -> tuple:
+    size = int.from_bytes(blob[:_LENGTH], "little")
+    table = {}
+    for line in blob[_LENGTH + size:].decode().split("\n"):
+        fields = line.split()
+        if len(fields) == 3:
+            table[int(fields[0])] = (fields[1], int(fields[2]))
+    return blob[_LENGTH:_LENGTH + size], table
 
 
 def cache_secret(env, state_dir: str | None = None) -> bytes | None:
@@ -84,12 +109,12 @@ def load_profile(data: bytes, source: str, network_off: bool = False):
     return profile
 
 
-def compile_profile(data: bytes, source: str, network_off: bool) -> bytes:
+def compile_profile(data: bytes, source: str, network_off: bool, report=None):
     from nsbox.policy import seccomp_profile
 
     profile = load_profile(data, source, network_off)
     try:
-        return _compiler().compile_bpf(profile)
+        return _compiler().compile_bpf(profile, report)
     except (ValueError, OSError) as err:
         raise seccomp_profile.ProfileError(source, [(0, str(err))]) from None
 

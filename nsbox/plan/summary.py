@@ -1,6 +1,8 @@
 """What a plan enforces, as reviewable data: read by the run record and `policy show`,
 so both say what the launch will do (and nothing it will not)."""
 
+import posixpath
+
 from nsbox.plan.types import LANDLOCK
 
 
@@ -24,10 +26,25 @@ def protections(plan) -> dict:
     kinds = {}
     for step in plan.mounts:
         kinds.setdefault(step.kind, []).append(step.target)
-    out.update(read_only_root=bool(kinds.get("root_readonly")), private_tmp=None,
+    # Container mode: an image is the root (root_image read-only, or an overlay of "/").
+    out.update(read_only_root=bool(kinds.get("root_readonly") or kinds.get("root_image")),
+               private_tmp=None,
                writable=kinds.get("bind_rw", []) + kinds.get("overlay", []),
                protected=kinds.get("bind_ro", []), pinned=kinds.get("pin", []),
                hidden=kinds.get("mask_dir", []) + kinds.get("mask_file", []))
     if "overlay" in kinds:  # writable inside; the real tree changes only on `nsbox apply`
         out["copy_on_write"] = kinds["overlay"]
+    # The other tmpfs mounts: the policy's private_dirs and its hidden_parents (empty
+    # but for the writable roots bound inside).
+    private_dirs = {posixpath.normpath(p) for p in plan.policy.private_dirs}
+    tmpfs = [t for t in kinds.get("tmpfs", []) if t not in ("/tmp", "/run")]
+    private = [t for t in tmpfs if t in private_dirs]
+    if private:
+        out["private_dirs"] = private
+    parents = [t for t in tmpfs if t not in private_dirs]
+    if parents:
+        out["hidden_parents"] = parents
+    shown = [f"{s.source} -> {s.target}" for s in plan.mounts if s.kind == "bind_ro_from"]
+    if shown:
+        out["read_only_binds"] = shown
     return out

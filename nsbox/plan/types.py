@@ -39,6 +39,14 @@ class LaunchPlan(Record):
     writable: tuple = ()  # the writable roots (as mounts, or as Landlock rules)
     hidden: tuple = ()  # landlock-only isolation: what Landlock keeps unreadable
     overlay: object = None  # plan.overlay.Run: the workspace is copy-on-write (overlay mode)
+    git_layers: tuple = ()  # plan.gitsync.Layer: git dirs copy-on-write, applied after the run
+    rootfs_layer: object = None  # plan.container.Layer: rootfs_writable's private upper layer
+    # PID 1 builds the root in a mount namespace of its own, so that the caller, which
+    # waits in the sandbox's namespaces, keeps the host's files (container mode).
+    own_mount_ns: bool = False
+    # plan.denial_rules.DenialWatch: the command loads this reporting variant of the seccomp
+    # filter instead and PID 1 supervises it (full isolation with report_denials only)
+    denial_watch: object = None
 
 
 class LimitsPlan:

@@ -76,7 +76,7 @@ def review(watch: Watch):
             changes.append(Change(path, "appeared"))
     after = tuple(fingerprint(p) for p in watch.paths)
     for path, old, new in zip(watch.paths, watch.before, after):
-        if old == new or path in undone:
+        if old == new or path in undone or UNREACHABLE in (old, new):
             continue
         what = "appeared" if old is None else "removed" if new is None else "changed"
         changes.append(Change(path, what))
@@ -92,10 +92,18 @@ def review(watch: Watch):
     return tuple(unique), fresh
 
 
+# A path this process may not look up: after a run the CLI is in the sandbox's user
+# namespace, where another user's private directories are closed to it, as they
+# were to the command (which therefore changed nothing there).
+UNREACHABLE = "unreachable"
+
+
 def fingerprint(path: str):
     """None if absent; else the entry's identity and times, with a directory's entries."""
     try:
         info = os.lstat(path)
+    except PermissionError:
+        return UNREACHABLE
     except OSError:
         return None
     own = (info.st_mode, info.st_ino, info.st_size, info.st_mtime_ns)
@@ -119,6 +127,13 @@ def summary(changes, cwd: str = "") -> str:
     """One stderr line, or '' when nothing changed."""
     if not changes:
         return ""
+    return ("changed where code runs later outside the sandbox: " + listing(changes, cwd)
+            + "; review before using them")
+
+
+def listing(changes, cwd: str = "", separator: str = ", ") -> str:
+    """`path (what)` of the first 8 changes, paths relative to `cwd` below it, and how
+    many more."""
     shown = []
     for change in changes[:8]:
         path = change.path
@@ -126,5 +141,4 @@ def summary(changes, cwd: str = "") -> str:
             path = path[len(cwd.rstrip("/")) + 1:]
         shown.append(f"{path} ({change.what})")
     more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
-    return ("changed where code runs later outside the sandbox: " + ", ".join(shown) + more
-            + "; review before using them")
+    return separator.join(shown) + more

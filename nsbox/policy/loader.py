@@ -15,7 +15,8 @@ from nsbox.policy.model import Policy
 ADDITIVE = ("writable", "env_keep", "hide", "unhide", "extra_env", "network_allow")
 # Keys of the [filesystem] and [env] tables -> layer keys.
 FILESYSTEM_KEYS = {"writable": "writable", "hide": "hide", "unhide": "unhide",
-                   "hidden": "hidden", "protected": "protected", "git_protected": "git_protected"}
+                   "hidden": "hidden", "protected": "protected", "git_protected": "git_protected",
+                   "private": "private_dirs", "bind_ro": "read_only_binds"}
 ENV_KEYS = {"keep": "env_keep", "set": "extra_env", "clear": "clearenv"}
 # Keys of the [network] table; `network = "MODE"` at the top level works too.
 NETWORK_KEYS = {"mode": "network", "allow": "network_allow"}

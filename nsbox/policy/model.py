@@ -23,6 +23,7 @@ ISOLATION_MODES = ("full", "landlock", "auto")
 CACHE_MODES = ("shared", "workspace", "off")
 # overlay: the workspace is a copy-on-write layer; the real tree changes only on `nsbox apply`.
 WORKSPACE_MODES = ("direct", "overlay")
+ROOTFS_LAYERS = ("memory", "disk")
 
 
 class Policy(Record):
@@ -50,6 +51,24 @@ class Policy(Record):
     limits: Limits = Limits()  # resource ceilings; a mapping such as {"memory": "512M"} works too
     cache: str | None = None  # shared | workspace | off (CACHE_MODES); None: by preset
     workspace_mode: str = "direct"  # direct | overlay (see WORKSPACE_MODES)
+    # Full isolation only: a fresh empty tmpfs at each of these paths (one per run or
+    # Session), and host directories shown read-only elsewhere ("HOST_DIR:PATH").
+    private_dirs: tuple[str, ...] = ()
+    read_only_binds: tuple[str, ...] = ()
+    # Hidden like `hidden`, except the writable roots inside them: a directory holding
+    # many sandboxes' workspaces, where each sandbox sees only its own.
+    hidden_parents: tuple[str, ...] = ()
+    # Watch for blocked writes and system calls and report them (Result.denials); off
+    # removes the supervisor (network and limit events are reported regardless).
+    report_denials: bool = True
+    # Container mode: the sandbox's / is this directory (an extracted image) instead of
+    # the host's, read-only; rootfs_writable gives it a private copy-on-write layer.
+    rootfs: str | None = None
+    rootfs_writable: bool = False
+    # Where that layer lives: memory (a tmpfs of the sandbox's own, bounded by the tmp
+    # limit) or disk (nsbox's state directory, for writes larger than memory).
+    rootfs_layer: str = "memory"
+    root_inside: bool = False  # the caller is uid/gid 0 in the user namespace (no capabilities)
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)
@@ -58,7 +77,8 @@ class Policy(Record):
         for name, default_for in _PRESET_DEFAULTS.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default_for(self.preset))
-        for name in ("writable", "hidden", "protected", "git_protected", "env_keep"):
+        for name in ("writable", "hidden", "protected", "git_protected", "env_keep",
+                     "private_dirs", "read_only_binds", "hidden_parents"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
                 raise_policy(f"{name} must be a list of strings, not {value!r}")
@@ -67,13 +87,30 @@ class Policy(Record):
         for pair in self.extra_env:
             if len(pair) != 2 or not pair[0] or "=" in pair[0]:
                 raise_policy(f"extra_env entries must be (NAME, value) pairs; got {pair!r}")
+        self._check_mount_paths()
         check_choice("network", self.network, NETWORK_MODES)
         self._check_network_allow()
         check_choice("isolation", self.isolation, ISOLATION_MODES)
         check_choice("cache", self.cache, CACHE_MODES)
         check_choice("workspace_mode", self.workspace_mode, WORKSPACE_MODES)
+        check_choice("rootfs_layer", self.rootfs_layer, ROOTFS_LAYERS)
         if not isinstance(self.limits, Limits):
             object.__setattr__(self, "limits", Limits.from_mapping(self.limits))
+
+    def _check_mount_paths(self) -> None:
+        for path in self.private_dirs:
+            if not path.startswith("/") or path.rstrip("/") in ("", "/tmp", "/run", "/dev",
+                                                               "/proc"):
+                raise_policy(f"private_dirs: {path!r} must be an absolute path other than /, "
+                             "/tmp, /run, /dev and /proc (those are private already)")
+        for path in self.hidden_parents:
+            if not path.startswith("/") or path.rstrip("/") == "":
+                raise_policy(f"hidden_parents: {path!r} must be an absolute path other than /")
+        for entry in self.read_only_binds:
+            source, _, target = entry.partition(":")
+            if not source.startswith("/") or not target.startswith("/") or ":" in target:
+                raise_policy(f"read_only_binds: {entry!r} must be HOST_DIR:PATH, two absolute "
+                             "paths without another ':'")
 
     def _check_network_allow(self) -> None:
         value = self.network_allow

@@ -16,6 +16,10 @@ class MountStep(Record):
     # dev: its shm shows a directory of the tmpfs step whose target is `source`
     # | overlay (a writable root as an overlayfs: `source` the real tree, read-only
     #   below; writes go to `upper`, with overlayfs's scratch directory `work`)
+    # | root_image (container mode: `source`, an image's root, read-only as the new root;
+    #   `dirs` are mount points it lacks, made in a tmpfs layered over it)
+    # An overlay of "/" without `upper` keeps its layer in a tmpfs of `size` (root `mode`).
+    # | bind_ro_from (the host directory `source`, read-only at `target`)
     kind: str
     target: str
     source: str = ""
@@ -23,6 +27,8 @@ class MountStep(Record):
     size: int = 0  # tmpfs size in bytes; 0: the kernel's default (half of RAM)
     upper: str = ""  # overlay only
     work: str = ""  # overlay only
+    dirs: tuple = ()  # root_image, and overlay of "/": mount points made in it
+    volatile: bool = False  # overlay: a throw-away upper layer, never synced to disk
 
 
 NAMESPACES_ALWAYS = ("user", "mount", "pid", "ipc", "uts", "cgroup")
@@ -115,12 +121,22 @@ def protection_steps(pinned: tuple = (), readonly: tuple = (), hidden: tuple = (
     return tuple(steps)
 
 
+# Room for the mount points of the writable roots inside a hidden parent, nothing more.
+HIDDEN_PARENT_SIZE = 1 << 20
+
+
 def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
-                protections: tuple = (), overlay: tuple = ()) -> tuple:
+                protections: tuple = (), overlay: tuple = (), root=None,
+                read_only_binds: tuple = (), hidden_parents: tuple = ()) -> tuple:
     """The new root, in order. Later steps mount on top of earlier ones.
-    overlay: (root, upper, work) to mount `root` copy-on-write instead of writable."""
+    overlay: (root, upper, work) to mount `root` copy-on-write instead of writable.
+    read_only_binds: resolved (host dir, path in the sandbox) pairs.
+    hidden_parents: resolved host directories shown empty but for the writable roots inside.
+    root: container mode's first step (a root_image or an overlay of "/"), else the host's."""
     steps = []
-    if policy.preset == "full-access":
+    if root is not None:
+        steps.append(root)
+    elif policy.preset == "full-access":
         steps.append(MountStep("root_writable", "/", "/"))
     else:
         steps.append(MountStep("root_readonly", "/", "/"))
@@ -133,12 +149,29 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
         steps.append(MountStep("bind_new", "/var/run", source="/run"))
     # /dev/shm is a directory of the /tmp tmpfs: the tmp limit bounds both together.
     steps.append(MountStep("dev", "/dev", source="/tmp"))
+    # Before the writable roots, as /tmp is: a root beneath one must stay visible.
+    for path in _shallowest_first(policy.private_dirs):
+        steps.append(MountStep("tmpfs", path, mode=0o1777))
+    # An empty tmpfs over each hidden parent, before the writable roots inside it, so
+    # that those are bound on top (their mount points made in the tmpfs, not on the
+    # host) and nothing else shows; after any root above it, which would cover it.
+    # Landlock keeps it read-only: it is in no writable root.
+    parents = [(p.count("/"), 0, MountStep("tmpfs", p, mode=0o755, size=HIDDEN_PARENT_SIZE))
+               for p in sorted(set(hidden_parents))]
     # Shallow roots first so a nested root is mounted on top of its parent.
-    for root in sorted(writable, key=lambda p: p.count("/")):
-        if overlay and root == overlay[0]:
-            steps.append(MountStep("overlay", root, root, upper=overlay[1], work=overlay[2]))
+    for _, _, step in sorted(parents + [(r.count("/"), 1, r) for r in writable],
+                             key=lambda layer: layer[:2]):
+        if isinstance(step, MountStep):
+            steps.append(step)
+        elif overlay and step == overlay[0]:
+            # volatile: no sync of the state directory's filesystem when the sandbox's
+            # mounts go (ms, on nsbox exec's path); a kept run is synced then (overlay.conclude).
+            steps.append(MountStep("overlay", step, step, upper=overlay[1], work=overlay[2],
+                                   volatile=True))
         else:
-            steps.append(MountStep("bind_rw", root, root))
+            steps.append(MountStep("bind_rw", step, step))
+    for source, target in sorted(read_only_binds, key=lambda b: (_depth(b[1]), b[1])):
+        steps.append(MountStep("bind_ro_from", target, source))
     steps.extend(protections)
     steps.append(MountStep("proc", "/proc"))
     return tuple(steps)

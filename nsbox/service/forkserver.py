@@ -32,6 +32,8 @@ from nsbox.service import relay, wire
 # Loaded once here so a child never imports on its way to exec (the plan's types
 # are what unpickling a request needs).
 from nsbox.launch import errorpipe, probe, sequence  # noqa: F401
+# and denial reporting's, which each sandbox's PID 1 would otherwise import anew
+from nsbox.launch import denial_channel, denial_watch  # noqa: F401
 from nsbox.plan import types  # noqa: F401
 from nsbox.policy import landlock_rules, netallow, plan as policy_plan  # noqa: F401
 from nsbox.service import session_server  # noqa: F401

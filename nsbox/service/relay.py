@@ -183,6 +183,10 @@ def _relay(top: int, channel, status, deadline, opened=None, wake_r=None,
         poller.register(wake_r, select.POLLIN)
     reaped = {}  # landlock-only: the command's wait status, if the orphan reaper got it
     started = wall_killed = False
+    feed = None
+    if channel.denials is not None:
+        feed = _DenialFeed(channel.denials.events_r, status, session=resume_stopped)
+        poller.register(feed.fd, select.POLLIN)
     while True:
         wait = None if deadline is None else max(0, (deadline - time.monotonic()) * 1000)
         events = poller.poll(wait)
@@ -196,13 +200,22 @@ def _relay(top: int, channel, status, deadline, opened=None, wake_r=None,
             elif fd == status.fileno():
                 request = status.recv(64)
                 since = wire.parse_network_query(request) if request else None
+                denials_since = wire.parse_denials_query(request) if request else None
                 if since is not None:  # a session command has ended: its refusals
                     wire.send_quietly(status, wire.network_report(_proxy_refusals(channel, since)))
+                elif denials_since is not None:  # ... and what the walls stopped
+                    if feed is not None:
+                        feed.pump()
+                    wire.send_quietly(status, wire.DENIALS + (
+                        feed.since(denials_since) if feed is not None else b'{"since": []}'))
                 elif request:
                     _kill(pidfd, wire.parse_signal(request))
                 else:  # the runner is gone: nothing may outlive it
                     poller.unregister(status)
                     _kill(pidfd, signal.SIGKILL)
+            elif feed is not None and fd == feed.fd:
+                if not feed.pump():
+                    poller.unregister(feed.fd)
             elif fd == wake_r:
                 if signal.SIGHUP in _drain(wake_r):  # the fork server died
                     _kill(pidfd, signal.SIGKILL)
@@ -221,6 +234,8 @@ def _relay(top: int, channel, status, deadline, opened=None, wake_r=None,
                         _write_quietly(stderr, f"nsbox: {problem}\n")
                 if wall_killed:
                     record = wire.exited(pid1.WALL_TIMEOUT, None)
+                if feed is not None:
+                    feed.pump()  # PID 1 is gone: its last lines are all in the pipe
                 hit = limits.finish(channel.limits, wire.parse_exited(record)[0], wall_killed)
                 if hit is not None:
                     _write_quietly(stderr, f"nsbox: {hit.message}\n")
@@ -231,6 +246,66 @@ def _relay(top: int, channel, status, deadline, opened=None, wake_r=None,
                     wire.send_quietly(status, wire.network_report(report))
                 wire.send_quietly(status, record)
                 return
+
+
+class _DenialFeed:
+    """The denial supervisor's lines (launch/denial_watch.py): passed on to a one-shot
+    runner as they come; kept with their time for a session, whose runner asks per
+    command."""
+
+    _KEPT = 4096  # a session's lines kept (the oldest go first)
+
+    def __init__(self, fd: int, status, session: bool):
+        self.fd, self.status, self.session = fd, status, session
+        self.partial = b""
+        self.timeline = []  # session: (time.monotonic(), line)
+
+    def pump(self) -> bool:
+        """Take what is in the pipe; False at its end."""
+        data, open_ = b"", True
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                open_ = False
+                break
+            data += chunk
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        now = time.monotonic()
+        for line in lines:
+            if not line:
+                continue
+            if self.session:
+                self.timeline.append((now, line))
+                del self.timeline[:-self._KEPT]
+            else:
+                wire.send_quietly(self.status, wire.DENIALS + line)
+        return open_
+
+    def since(self, since: float) -> bytes:
+        """A session command's events: new ones and repeats seen from `since` on, as
+        JSON {"since": [event with its count, ...]}."""
+        import json
+
+        first, counts = {}, {}
+        for when, line in self.timeline:
+            message = json.loads(line)
+            item = message.get("new")
+            if item is not None:
+                key = (item["wall"], item["operation"], item["target"], item["rule"])
+                first.setdefault(key, item)
+                if when >= since:
+                    counts[key] = counts.get(key, 0) + 1
+            elif when >= since:
+                for *key, count in message.get("more", ()):
+                    key = tuple(key)
+                    counts[key] = counts.get(key, 0) + count
+        events = [dict(first[key], count=count) for key, count in counts.items()
+                  if key in first]
+        return json.dumps({"since": events}).encode()
 
 
 def _drain(fd: int) -> bytes:

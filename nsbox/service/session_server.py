@@ -27,7 +27,7 @@ import os
 import select
 
 from nsbox.kernel import landlock
-from nsbox.launch import errorpipe, sequence
+from nsbox.launch import denial_channel, errorpipe, sequence
 from nsbox.policy import landlock_rules
 from nsbox.service import wire
 
@@ -211,6 +211,7 @@ def _reap(running: dict, by_reply: dict, poller) -> None:
             except KeyError:
                 pass
         if status is not None:
+            denial_channel.flush()  # the command's repeated denials reach the relay first
             wire.send_quietly(reply, wire.exited_from_status(status))
         reply.close()
 

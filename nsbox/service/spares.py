@@ -11,7 +11,10 @@ except argv, env and cwd (mounts, hidden and protected paths, Landlock rules
 with the directory listings behind them, seccomp filter, limits), and the
 identity (device, inode) of every host path its mounts and Landlock rules hold.
 Plans whose behaviour a spare would change get none: network allowlist (its
-refusal report is per sandbox) and non-default resource limits.
+refusal report is per sandbox) and non-default resource limits. Git dirs mounted
+copy-on-write (plan/gitsync.py) are the one per-run part a spare may differ in: each
+spare gets layers of its own (the caller's `renew`), and the run that takes it applies
+those.
 """
 
 from collections import OrderedDict
@@ -37,7 +40,7 @@ def key_of(plan):
     """What a spare must match, or None when a spare would change the run's behaviour."""
     if plan.net_proxy is not None or plan.private_tmp is not None or plan.isolation != "full":
         return None
-    if plan.overlay is not None:  # each overlay run has layers of its own
+    if plan.overlay is not None or plan.rootfs_layer is not None:  # each run's own layers
         return None
     limits = plan.limits
     if limits is not None:
@@ -45,13 +48,24 @@ def key_of(plan):
 
         if limits.limits != Limits() or limits.cgroups:
             return None
-    key = tuple(getattr(plan, f.name) for f in fields(plan) if f.name not in _PER_COMMAND)
+    per_command = _PER_COMMAND + (("mounts", "git_layers") if plan.git_layers else ())
+    key = tuple(getattr(plan, f.name) for f in fields(plan) if f.name not in per_command)
+    if plan.git_layers:  # each run's own layer directories: compared without them
+        key += _without_layers(plan)
     key += (None,) if limits is None else (limits.limits, limits.rlimits)
     try:
         hash(key)
     except TypeError:
         return None
     return key
+
+
+def _without_layers(plan) -> tuple:
+    """The plan's mounts and git layers with the layers' own directories left out."""
+    own = {(layer.upper, layer.work) for layer in plan.git_layers if layer.dir}
+    mounts = tuple(replace(step, upper="", work="") if (step.upper, step.work) in own
+                   else step for step in plan.mounts)
+    return mounts, tuple(layer.gitdir for layer in plan.git_layers)
 
 
 def _mounted_paths(plan) -> list:
@@ -106,11 +120,15 @@ def _pinned_identity(plan):
 class Spare:
     """The runner's ends of one spare sandbox."""
 
-    __slots__ = ("status", "control", "pins", "identity", "is_ready")
+    __slots__ = ("status", "control", "pins", "identity", "is_ready", "plan", "on_drop",
+                 "owner")
 
-    def __init__(self, status, control, pins, identity):
+    def __init__(self, status, control, pins, identity, plan=None, on_drop=None):
         self.status, self.control, self.pins, self.identity = status, control, pins, identity
         self.is_ready = None  # not known yet
+        self.plan = plan  # what it was built from (its own git layers)
+        self.on_drop = on_drop  # removes what only this spare used, if it goes unused
+        self.owner = os.getpid()
 
     def ready(self, timeout: float):
         """True once the spare waits for its command, False if it failed, None if
@@ -126,7 +144,7 @@ class Spare:
                 self.is_ready = False
         return self.is_ready
 
-    def close(self) -> None:
+    def close(self, used: bool = False) -> None:
         """Drop the spare: EOF on its status socket makes its relay kill it."""
         for sock in (self.status, self.control):
             if sock is not None:
@@ -135,6 +153,12 @@ class Spare:
         for fd in self.pins:
             os.close(fd)
         self.pins = ()
+        on_drop, self.on_drop = self.on_drop, None
+        if on_drop is not None and not used and self.owner == os.getpid():
+            try:
+                on_drop()
+            except OSError:
+                pass  # its layers are left to gitsync's sweep
 
 
 class Pool:
@@ -148,10 +172,15 @@ class Pool:
         self.enabled = True
         self.built = self.used = self.dropped = 0
         os.register_at_fork(after_in_child=self._forget)
+        import atexit
 
-    def start(self, key, plan, fds, wait: bool = True):
-        """Start `plan`'s command in a spare for `key`; its status socket, or None. The
-        spare taken is replaced at once, so the next one builds while this command runs.
+        # Spares die with this process anyway; closing them first removes their layers.
+        atexit.register(self.set_enabled, False)
+
+    def start(self, key, plan, fds, wait: bool = True, renew=None):
+        """Start `plan`'s command in a spare for `key`: (its status socket, the plan the
+        spare was built from), or None. The spare taken is replaced at once, so the next
+        one builds while this command runs. renew: see replenish.
 
         wait False: a spare still being built stays for later and None is returned.
         """
@@ -178,19 +207,22 @@ class Pool:
                 pass
             else:
                 status, spare.status = spare.status, None
-                spare.close()
+                built_from = spare.plan
+                spare.close(used=True)
                 self.used += 1
-                self._refill(key, plan)
-                return status
+                self._refill(key, plan, renew)
+                return status, built_from
         spare.close()
         self.dropped += 1
         return None
 
-    def replenish(self, key, plan) -> None:
-        """Build spares for `key` up to its depth; never waits for them to be built."""
-        self._refill(key, plan)
+    def replenish(self, key, plan, renew=None) -> None:
+        """Build spares for `key` up to its depth; never waits for them to be built.
+        renew(plan) -> (the plan for one more spare, what drops its own parts unused):
+        for plans with parts no two sandboxes may share (git layers)."""
+        self._refill(key, plan, renew)
 
-    def _refill(self, key, plan) -> None:
+    def _refill(self, key, plan, renew=None) -> None:
         while True:
             with self._lock:
                 if not self.enabled:
@@ -201,7 +233,7 @@ class Pool:
                 if len(queue) >= self._depth.get(key, 1):
                     return
             try:
-                spare = _build(plan)
+                spare = _build(*(renew(plan) if renew is not None else (plan, None)))
             except Exception:  # noqa: BLE001 - only an optimisation: the next run starts fresh
                 return
             self.built += 1
@@ -258,8 +290,13 @@ class Pool:
                 spare.close()
 
 
-def _build(plan) -> Spare:
-    identity, pins = _pinned_identity(plan)
+def _build(plan, on_drop=None) -> Spare:
+    try:
+        identity, pins = _pinned_identity(plan)
+    except BaseException:
+        if on_drop is not None:
+            on_drop()
+        raise
     control = theirs = None
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -272,12 +309,14 @@ def _build(plan) -> Spare:
             control.close()
         for fd in pins:
             os.close(fd)
+        if on_drop is not None:
+            on_drop()
         raise
     finally:
         os.close(devnull)
         if theirs is not None:
             theirs.close()
-    return Spare(status, control, pins, identity)
+    return Spare(status, control, pins, identity, plan, on_drop)
 
 
 _pool = None

@@ -19,6 +19,9 @@ NETWORK = b"N"  # + the allowlist proxy's report as JSON; just before EXITED
 READY = b"R"  # a spare sandbox, on its control socket: send the command
 PROBED = b"P"  # + why user namespaces cannot be made here (empty: they can)
 LIMIT = b"L"  # + the resource limit that ended the command, as JSON; just before EXITED
+# + one line of the denial supervisor (launch/denial_watch.py), as it comes; from a session
+# runner, + a `since` (as NETWORK's query): the session's answer is DENIALS + {"since": [...]}
+DENIALS = b"D"
 _EXIT = struct.Struct("=ii")
 _SIGNAL = struct.Struct("=i")
 _SINCE = struct.Struct("=d")
@@ -173,6 +176,18 @@ def network_query(since: float) -> bytes:
 def parse_network_query(record: bytes):
     """`since` of a network query, or None if `record` is a signal request."""
     if len(record) == 1 + _SINCE.size and record[:1] == NETWORK:
+        return _SINCE.unpack(record[1:])[0]
+    return None
+
+
+def denials_query(since: float) -> bytes:
+    """A session's runner, to its relay: what the walls stopped since `since` (monotonic)."""
+    return DENIALS + _SINCE.pack(since)
+
+
+def parse_denials_query(record: bytes):
+    """`since` of a denials query, or None."""
+    if len(record) == 1 + _SINCE.size and record[:1] == DENIALS:
         return _SINCE.unpack(record[1:])[0]
     return None
 

@@ -18,12 +18,12 @@ inspect_ai = pytest.importorskip(
 
 from inspect_ai import Task, eval as inspect_eval  # noqa: E402
 from inspect_ai.dataset import Sample  # noqa: E402
-from inspect_ai.model import ChatMessageTool, ModelOutput, ModelUsage, get_model  # noqa: E402
+from inspect_ai.model import ChatMessageTool, get_model  # noqa: E402
 from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, scorer  # noqa: E402
 from inspect_ai.solver import TaskState, generate, use_tools  # noqa: E402
 from inspect_ai.tool import bash  # noqa: E402
 from inspect_ai.util import sandbox  # noqa: E402
-from conftest import needs_landlock, pids_running  # noqa: E402
+from conftest import mock_model_output, needs_landlock, pids_running  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -47,11 +47,8 @@ def test_the_entry_point_registers_the_provider():
 
 
 @pytest.fixture
-def eval_tmp(tmp_path, monkeypatch):
+def eval_tmp(tmp_path, workspaces_dir):
     """Workspaces under tmp_path/work, so the test can see that none is left."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(work))
     return tmp_path
 
 
@@ -67,13 +64,8 @@ def scripted_model(home_probe: str, secret: str, sleep_for: str):
             f"sleep {sleep_for}",
             f"ln -s {secret} notes.txt && ln -s {secret} clobber.txt",
         ]
-        if done < len(commands):
-            output = ModelOutput.for_tool_call("mockllm/model", "bash", {"command": commands[done]})
-        else:
-            output = ModelOutput.from_content("mockllm/model", "done")
-        # Given usage, the mock model counts no tokens (its tokenizer would be downloaded).
-        output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
-        return output
+        return mock_model_output(("bash", {"command": commands[done]})
+                                 if done < len(commands) else None)
 
     return next_output
 
@@ -145,7 +137,9 @@ def test_an_eval_runs_each_sample_in_its_own_nsbox(eval_tmp):
     assert secret.read_text() == "TOPSECRET\n"
     assert pids_running("sleep", sleep_for) == []
     assert mountinfo() == mounts_before
-    assert os.listdir(eval_tmp / "work") == []
+    # Only the helper tree, unpacked once per process (removed when it exits).
+    assert [n for n in os.listdir(eval_tmp / "work")
+            if not n.startswith("nsbox-inspect-tools-")] == []
 
 
 def test_the_provider_contract_with_a_policy_file(tmp_path, monkeypatch):
@@ -214,6 +208,7 @@ def test_without_user_namespaces_the_error_says_to_set_isolation_auto(tmp_path, 
 
 def test_cli_cleanup_removes_what_a_killed_eval_left_and_nothing_else(tmp_path, monkeypatch,
                                                                       capsys):
+    from nsbox.integrations import inspect_tools
     from nsbox.integrations.inspect_sandbox import SAMPLE_PREFIX, NsboxSandboxEnvironment
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -259,10 +254,14 @@ def test_cli_cleanup_removes_what_a_killed_eval_left_and_nothing_else(tmp_path, 
     printed = capsys.readouterr().out
     assert f"removed {leftover}" in printed
     assert f"kept {running} (a running eval uses it)" in printed
-    assert printed.count("removed") == 1
+    # The killed harness's sample directory and the tools tree it unpacked (its atexit
+    # never ran); this process's own tree is kept.
+    assert printed.count("removed") == 2
+    assert f"removed {tmp_path}/{inspect_tools.TOOLS_PREFIX}" in printed
     assert not os.path.lexists(leftover)
     assert (other / "keep").read_text() == "x"
-    assert sorted(os.listdir(tmp_path)) == sorted(
+    assert sorted(n for n in os.listdir(tmp_path)
+                  if str(tmp_path / n) != inspect_tools._tree) == sorted(
         ["other", f"{SAMPLE_PREFIX}link", f"{SAMPLE_PREFIX}file"])
     # An id outside nsbox's sample directories is refused.
     asyncio.run(NsboxSandboxEnvironment.cli_cleanup(str(other)))
@@ -271,14 +270,17 @@ def test_cli_cleanup_removes_what_a_killed_eval_left_and_nothing_else(tmp_path, 
 
 
 @needs_landlock(6)  # Landlock-only isolation needs it
-def test_the_provider_under_landlock_isolation(tmp_path, monkeypatch):
+def test_the_provider_under_landlock_isolation(tmp_path, monkeypatch, var_tmp):
     from nsbox.integrations.inspect_sandbox import NsboxSandboxEnvironment
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     config = tmp_path / "policy.toml"
     config.write_text('isolation = "landlock"\n')
-    victim = tmp_path / "victim"
+    # Outside /tmp: a harness path in /tmp means the sandbox's own (its private TMPDIR).
+    victim = var_tmp / "victim"
     victim.write_text("original\n")
+    in_host_tmp = tmp_path / "host-tmp-file"
+    in_host_tmp.write_text("host\n")
 
     async def scenario():
         envs = await NsboxSandboxEnvironment.sample_init("t", str(config), {})
@@ -291,12 +293,18 @@ def test_the_provider_under_landlock_isolation(tmp_path, monkeypatch):
             assert (await box.exec(["cat", "here"])).stdout == "ws\n"
             with pytest.raises(PermissionError):
                 await box.write_file(str(victim), "pwned")
+            # /tmp paths are the sandbox's: the host's file is neither read nor written.
+            with pytest.raises(FileNotFoundError):
+                await box.read_file(str(in_host_tmp))
+            await box.write_file(str(in_host_tmp), "sandbox\n")
+            assert await box.read_file(str(in_host_tmp)) == "sandbox\n"
         finally:
             await NsboxSandboxEnvironment.sample_cleanup("t", str(config), envs, False)
         return tmpdir, box.workspace
 
     tmpdir, workspace = asyncio.run(scenario())
     assert victim.read_text() == "original\n"
+    assert in_host_tmp.read_text() == "host\n"
     assert not os.path.lexists(tmpdir)
     assert not os.path.exists(workspace)
 

@@ -5,57 +5,25 @@ HTTP and TLS) are reached under made-up names through the proxy's test
 resolver (NSBOX_TEST_RESOLVE); nothing resolves or connects anywhere else.
 """
 
-import http.server
 import json
 import os
 import shutil
 import ssl
 import sys
 import subprocess
-import threading
 import uuid
 
 import pytest
 
 import nsbox
-from conftest import LANDLOCK_ABI, assert_denied, nsbox_cmd, processes_with
+from conftest import (LANDLOCK_ABI, LoopbackHTTPServer, assert_denied, nsbox_cmd,
+                      processes_with)
 from nsbox.policy.model import Policy
 
 pytestmark = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl")),
                                 reason="needs curl and openssl (tests/setup.sh packages)")
 
 BLOCKED_DENIED = "nsbox: network: blocked GET denied.test:80 (not in allowlist)"
-
-
-class _Server:
-    """An HTTP server on the host's loopback that remembers every request line."""
-
-    def __init__(self, context=None):
-        self.seen = []
-        seen = self.seen
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                seen.append((self.headers.get("Host"), self.path))
-                body = f"hello {self.path}\n".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if context is not None:
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +43,7 @@ def servers(certificate):
     cert, key = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    plain, tls = _Server(), _Server(context)
+    plain, tls = LoopbackHTTPServer(), LoopbackHTTPServer(context)
     yield plain, tls
     plain.close()
     tls.close()

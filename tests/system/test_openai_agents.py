@@ -8,7 +8,6 @@ import json
 import os
 import pwd
 import tarfile
-import tempfile
 import uuid
 
 import pytest
@@ -61,16 +60,7 @@ async def run_agent(session, steps) -> ScriptedModel:
     return model
 
 
-@pytest.fixture
-def workspaces(tmp_path, monkeypatch):
-    """The client's workspaces go under tmp_path (removed by pytest even if a test fails)."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(work))
-    return work
-
-
-def test_an_agent_runs_commands_and_edits_files(workspaces):
+def test_an_agent_runs_commands_and_edits_files(workspaces_dir):
     first = shell("printf 'hello\\n' > notes.txt && echo written && id -u")
     edit = patch("*** Begin Patch\n*** Update File: notes.txt\n@@\n-hello\n+hello nsbox\n"
                  "*** End Patch\n")
@@ -92,13 +82,13 @@ def test_an_agent_runs_commands_and_edits_files(workspaces):
         return model, root
 
     model, root = asyncio.run(scenario())
-    assert os.path.dirname(root) == str(workspaces)
+    assert os.path.dirname(root) == str(workspaces_dir)
     out = output_of(model, first)
     assert "written" in out and str(os.getuid()) in out, out
     assert "hello nsbox" in output_of(model, last) and "kept" in output_of(model, last)
 
 
-def test_escapes_from_inside_are_denied(workspaces, var_tmp, monkeypatch):
+def test_escapes_from_inside_are_denied(workspaces_dir, var_tmp, monkeypatch):
     real_home = pwd.getpwuid(os.getuid()).pw_dir
     home_probe = os.path.join(real_home, f"nsbox-agents-{uuid.uuid4().hex}")
     fake_home = var_tmp / "home"
@@ -150,7 +140,7 @@ def test_escapes_from_inside_are_denied(workspaces, var_tmp, monkeypatch):
     assert "planted" in output_of(model, plant)
 
 
-def test_the_workspace_is_persisted_and_hydrated_through_a_snapshot(workspaces, var_tmp):
+def test_the_workspace_is_persisted_and_hydrated_through_a_snapshot(workspaces_dir, var_tmp):
     snapshots = var_tmp / "snapshots"
     manifest = Manifest(entries={"seed.txt": File(content=b"from the manifest\n")})
 
@@ -218,7 +208,7 @@ def _link(name: str, target: str):
     [_link("up", ".."), _file("up/escaped.txt", b"x")],
     [_link("abs", "/var/tmp")],
 ], ids=["dotdot", "absolute", "through-a-link", "absolute-link"])
-def test_hydrate_rejects_members_escaping_the_workspace(workspaces, members):
+def test_hydrate_rejects_members_escaping_the_workspace(workspaces_dir, members):
     async def scenario():
         client = NsboxSandboxClient()
         session = await client.create()
@@ -237,7 +227,7 @@ def test_hydrate_rejects_members_escaping_the_workspace(workspaces, members):
     assert not os.path.exists("/var/tmp/escaped.txt")
 
 
-def test_timeouts_and_output_limits(workspaces):
+def test_timeouts_and_output_limits(workspaces_dir):
     async def scenario():
         client = NsboxSandboxClient(max_output=4096)
         session = await client.create()
@@ -257,7 +247,7 @@ def test_timeouts_and_output_limits(workspaces):
     assert after.exit_code == 0 and after.stdout == b"still-alive\n"
 
 
-def test_commands_run_only_as_the_user_running_the_agent(workspaces):
+def test_commands_run_only_as_the_user_running_the_agent(workspaces_dir):
     async def scenario():
         client = NsboxSandboxClient()
         session = await client.create()
@@ -275,7 +265,7 @@ def test_commands_run_only_as_the_user_running_the_agent(workspaces):
 
 
 @needs_landlock(1)
-def test_landlock_isolation(workspaces, var_tmp):
+def test_landlock_isolation(workspaces_dir, var_tmp):
     outside = var_tmp / "outside.txt"
 
     async def scenario():

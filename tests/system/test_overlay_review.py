@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import SETUP_FAILED, nsbox_cmd
+from conftest import SETUP_FAILED, nsbox_cmd, overlay_runs
 
 CTRL_C = "\x03"
 PROMPT = b"Apply [y,n,d(diff),a(all remaining),q(quit)]? "
@@ -32,13 +32,6 @@ def ws(var_tmp):
     (path / "a").write_text("old\n")
     (path / "b").write_text("b\n")
     return path
-
-
-def runs(var_tmp) -> list:
-    try:
-        return os.listdir(var_tmp / "state" / "nsbox" / "runs")
-    except FileNotFoundError:
-        return []
 
 
 def review(env, ws, answers, script=SCRIPT, timeout=30.0):
@@ -101,7 +94,7 @@ def test_yes_no_and_quit_apply_only_what_was_chosen(env, ws, var_tmp):
     assert (ws / "c").read_text() == "c\n"  # y
     assert not (ws / "d").exists() and not (ws / ".envrc").exists()  # q; protected
     assert "applied 1 created, 1 modified, 0 deleted" in shown
-    [run_id] = runs(var_tmp)
+    [run_id] = overlay_runs(var_tmp)
     assert f"run {run_id} kept: 4 change(s) not applied" in shown
     listed = subprocess.run(nsbox_cmd("changes", run_id, "--json"), capture_output=True,
                             text=True, env=env, check=True).stdout
@@ -115,7 +108,7 @@ def test_all_remaining_applies_the_rest_but_not_protected_paths(env, ws, var_tmp
     assert not (ws / "b").exists()
     assert (ws / "d" / "f").read_text() == "f\n" and (ws / "c").exists()
     assert not (ws / ".envrc").exists()
-    assert len(runs(var_tmp)) == 1  # a and .envrc are left
+    assert len(overlay_runs(var_tmp)) == 1  # a and .envrc are left
 
 
 def test_everything_applied_removes_the_run(env, ws, var_tmp):
@@ -123,7 +116,7 @@ def test_everything_applied_removes_the_run(env, ws, var_tmp):
     assert code == 0, shown
     assert (ws / "a").read_text() == "new\n" and not (ws / "b").exists()
     assert "run " in shown and " removed" in shown
-    assert runs(var_tmp) == []
+    assert overlay_runs(var_tmp) == []
 
 
 def test_ctrl_c_at_a_question_applies_nothing(env, ws, var_tmp):
@@ -131,14 +124,14 @@ def test_ctrl_c_at_a_question_applies_nothing(env, ws, var_tmp):
     assert code == 0, shown
     assert "interrupted: nothing applied" in shown
     assert (ws / "a").read_text() == "old\n" and (ws / "b").exists()
-    assert len(runs(var_tmp)) == 1
+    assert len(overlay_runs(var_tmp)) == 1
 
 
 def test_the_command_exit_status_is_kept_and_no_changes_means_no_question(env, ws, var_tmp):
     code, shown = review(env, ws, [], script="exit 3")
     assert code == 3
     assert "no changes in the workspace" in shown and "Apply [" not in shown
-    assert runs(var_tmp) == []
+    assert overlay_runs(var_tmp) == []
 
 
 def test_without_a_terminal_the_run_is_kept_and_nothing_is_asked(env, ws, var_tmp):
@@ -147,7 +140,7 @@ def test_without_a_terminal_the_run_is_kept_and_nothing_is_asked(env, ws, var_tm
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
                           cwd=ws, timeout=60)
     assert done.returncode == 0, done.stderr
-    [run_id] = runs(var_tmp)
+    [run_id] = overlay_runs(var_tmp)
     assert f"--review needs a terminal (stdin and stderr); run {run_id} kept" in done.stderr
     assert "Apply [" not in done.stderr
     assert (ws / "a").read_text() == "old\n" and (ws / "b").exists()

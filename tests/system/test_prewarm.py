@@ -230,3 +230,35 @@ def test_rotating_over_eight_policies_keeps_a_spare_for_each(tmp_path):
             assert nsbox.run(["true"], policy=policy).returncode == 0
     after = api.prewarm_stats()
     assert after["used"] - before["used"] == 16 and after["dropped"] == before["dropped"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_workspace_runs_use_spares_each_with_its_own_git_layer(workspace):
+    """A git workspace's runs take spares too; each spare mounts a layer of its own,
+    and the run that takes it applies what its command wrote: every commit lands, on
+    top of the one before, and no layer is left once the spares are gone."""
+    ident = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+             "GIT_COMMITTER_EMAIL": "t@e"}
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    policy = Policy(workspace=str(workspace))
+    env = dict(os.environ, **ident)
+    state = os.path.join(os.environ.get("XDG_STATE_HOME")
+                         or os.path.expanduser("~/.local/state"), "nsbox", "git")
+    layers_before = set(os.listdir(state)) if os.path.isdir(state) else set()
+    before = used()
+    for i in range(4):
+        result = nsbox.run(["sh", "-c", f"echo {i} > f{i} && git add f{i} && "
+                            f"git commit -q -m c{i} && git remote add r{i} /nowhere"],
+                           policy=policy, env=env, cwd=str(workspace))
+        assert result.returncode == 0, result.stderr
+        spares.pool().wait_ready()
+    assert used() >= before + 3
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=workspace, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert log == ["c3", "c2", "c1", "c0"]
+    remotes = subprocess.run(["git", "remote"], cwd=workspace, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert remotes == ["r0", "r1", "r2", "r3"]
+    assert subprocess.run(["git", "fsck", "--strict"], cwd=workspace).returncode == 0
+    nsbox.set_prewarm(False)  # drops the spares, and with them their layers
+    assert set(os.listdir(state)) - layers_before == set()

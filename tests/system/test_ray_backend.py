@@ -133,8 +133,8 @@ def test_sandboxes_on_both_nodes_run_commands_and_files(cluster, tmp_path):
             finally:
                 if outside.exists():
                     outside.unlink()
-        # One sandbox cannot write into another's workspace or temp dir (with full
-        # isolation it cannot even see them; landlock-only leaves them readable).
+        # One sandbox cannot write into another's workspace or temp dir (nor read its
+        # workspace: test_a_sandbox_cannot_read_another_sandboxs_workspace).
         assert metas[0]["workspace"] != metas[1]["workspace"]
         get(boxes[0].exec.remote('touch "$TMPDIR/only-a"'))
         theirs = [metas[0]["workspace"]] + ([metas[0]["tmpdir"]] if cluster["blocked"] else [])
@@ -318,3 +318,166 @@ def test_importing_nsbox_does_not_import_ray():
                    if line.startswith("import time:")]
         assert modules and "nsbox" in modules, r.stderr[-2000:]
         assert not [m for m in modules if m == "ray" or m.startswith("ray.")], argv
+
+
+@needs_ray
+def test_back_to_back_sandboxes_share_a_plan_and_nothing_else(cluster):
+    """Sandboxes created back to back start on one compiled plan (full isolation): each
+    still hides what the policy hides, has its own workspace and /tmp, and a hidden file
+    replaced on the host makes the next sandbox compile its plan afresh."""
+    where = tempfile.mkdtemp(prefix="nsbox-ray-secret-", dir="/var/tmp")
+    secret = os.path.join(where, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("token-before")
+    os.chmod(where, 0o755)
+
+    @ray.remote(resources={"node_a": 1}, num_cpus=0)
+    def back_to_back(secret):
+        import nsbox
+        from nsbox.integrations.ray import SandboxRuntime
+
+        rt = SandboxRuntime()
+        policy = nsbox.Policy(clearenv=True, hidden=(secret,))
+        ids = [rt.create(policy=policy) for _ in range(3)]
+        seen = []
+        for i, sid in enumerate(ids):
+            meta = rt.get_metadata(sid)
+            read = rt.exec(sid, ["sh", "-c", f"echo started; cat {secret}"])
+            mine = rt.exec(sid, ["sh", "-c", f'echo {i} > mine && echo {i} > "$TMPDIR/mine-{i}" '
+                                             '&& ls "$TMPDIR" && pwd'])
+            seen.append((meta, read, mine))
+        others = [rt.exec(ids[0], ["ls", "-a", seen[i][0]["workspace"]]) for i in (1, 2)]
+        replacement = secret + ".new"
+        with open(replacement, "w") as f:
+            f.write("token-after")
+        os.replace(replacement, secret)
+        later = rt.create(policy=policy)
+        after = (rt.get_metadata(later),
+                 rt.exec(later, ["sh", "-c", f"echo started; cat {secret}"]))
+        rt.close()
+        return seen, others, after
+
+    try:
+        seen, others, after = get(back_to_back.remote(secret))
+        reused = [meta["plan_reused"] for meta, _, _ in seen]
+        if cluster["isolation"] == "full":
+            assert not reused[0] and any(reused[1:]), reused
+        else:  # landlock-only: a private TMPDIR each, so never a shared plan
+            assert not any(reused), reused
+        for meta, read, _ in seen + [after + (None,)]:
+            assert_denied(read, expect=("Permission denied", "No such file"),
+                          started_marker="started")
+            assert "token" not in read.stdout
+        workspaces = {meta["workspace"] for meta, _, _ in seen}
+        assert len(workspaces) == 3
+        for i, (meta, _, mine) in enumerate(seen):
+            assert mine.exit_code == 0, mine
+            assert mine.stdout.split()[-1] == meta["workspace"]
+            # its own temp dir (/tmp, or a private TMPDIR landlock-only): only its file there
+            assert f"mine-{i}" in mine.stdout.split()
+            assert not [n for n in mine.stdout.split() if n.startswith("mine-") and
+                        n != f"mine-{i}"], mine.stdout
+        if cluster["isolation"] == "full":  # another sandbox's workspace is not there
+            for listing in others:
+                assert listing.exit_code != 0 or "mine" not in listing.stdout.split(), listing
+        assert after[0]["plan_reused"] is False
+        with open(secret) as f:
+            assert f.read() == "token-after"
+        assert workspaces_left(cluster) == []
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@needs_ray
+@pytest.mark.parametrize("tmpdir_place", ["cluster-tmpdir", "var-tmp"])
+def test_a_sandbox_cannot_read_another_sandboxs_workspace(cluster, tmpdir_place):
+    """Sandboxes of one runtime keep their workspaces in one directory of $TMPDIR: each
+    sees its own and none of the others', with $TMPDIR under /tmp or elsewhere
+    (/var/tmp), in full and landlock-only isolation, on fresh and reused plans."""
+    tmpdir = cluster["tmpdir"] if tmpdir_place == "cluster-tmpdir" else tempfile.mkdtemp(
+        prefix="nsray-", dir="/var/tmp")
+    secret = f"secret-{marker()}"
+
+    @ray.remote(resources={"node_a": 1}, num_cpus=0)
+    def two_sandboxes(tmpdir, secret):
+        import os
+        import tempfile
+
+        from nsbox.integrations.ray import SandboxRuntime
+
+        before, tempfile.tempdir = tempfile.tempdir, tmpdir  # this task's $TMPDIR
+        rt = SandboxRuntime()
+        try:
+            ids = [rt.create() for _ in range(3)]  # back to back: later ones reuse a plan
+            metas = [rt.get_metadata(sid) for sid in ids]
+            a_ws = metas[0]["workspace"]
+            wrote = rt.exec(ids[0], ["sh", "-c", f"echo {secret} > secret.txt && cat secret.txt"])
+            attacks = {}
+            for i in (1, 2):
+                attacks[i] = [rt.exec(ids[i], ["sh", "-c", f"echo started; {cmd}"]) for cmd in (
+                    f"ls -a {a_ws}", f"cat {a_ws}/secret.txt", f"touch {a_ws}/from-b",
+                    f"ls -a {os.path.dirname(a_ws)}", f"ls -a {os.path.dirname(os.path.dirname(a_ws))}")]
+            own = [rt.exec(sid, ["sh", "-c", "echo mine > own.txt && cat own.txt && pwd"])
+                   for sid in ids[1:]]
+            return metas, wrote, attacks, own, os.listdir(a_ws)
+        finally:
+            rt.close()
+            tempfile.tempdir = before
+
+    try:
+        metas, wrote, attacks, own, a_files = get(two_sandboxes.remote(tmpdir, secret))
+        assert wrote.exit_code == 0 and wrote.stdout == secret + "\n", wrote
+        base = os.path.join(os.path.realpath(tmpdir), f"nsbox-ray-{os.getuid()}")
+        for meta in metas:
+            assert meta["isolation"] == cluster["isolation"], meta
+            assert meta["workspace"].startswith(base + "/"), meta
+        if cluster["isolation"] == "full":
+            assert any(meta["plan_reused"] for meta in metas[1:]), metas
+        # Full isolation shows an empty base (A's path is not there); landlock-only denies it.
+        denied = ("No such file or directory", "Permission denied")
+        for i, results in attacks.items():
+            listing, reading, writing, per_process, top = results
+            for attack in (listing, reading, writing):
+                assert_denied(attack, expect=denied, started_marker="started")
+                assert secret not in attack.stdout and "secret.txt" not in attack.stdout
+            # Above A's workspace: nothing but B's own path shows (or nothing at all).
+            for attack in (per_process, top):
+                names = set(attack.stdout.split()) - {"started", ".", ".."}
+                mine = os.path.relpath(metas[i]["workspace"], base).split("/")
+                assert names <= set(mine), (attack, mine)
+                assert os.path.basename(metas[0]["workspace"]) not in attack.stdout
+        for result, meta in zip(own, metas[1:]):
+            assert result.exit_code == 0, result
+            assert result.stdout.split() == ["mine", meta["workspace"]]
+        assert a_files == ["secret.txt"]  # B wrote nothing there
+    finally:
+        if tmpdir_place == "var-tmp":
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@needs_ray
+def test_warm_pool_hands_out_started_sandboxes_and_close_leaves_nothing(cluster):
+    @ray.remote(resources={"node_a": 1}, num_cpus=0)
+    def warm_run():
+        from nsbox.integrations.ray import SandboxRuntime
+
+        rt = SandboxRuntime(warm=2)
+        first = rt.create("host")  # names the configuration to keep warm
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(rt.backend._pool._ready) < 2:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        second = rt.create("host")
+        metas = [rt.get_metadata(sid) for sid in (first, second)]
+        rt.write_file(second, "note.txt", "warm")
+        out = (rt.exec(second, ["sh", "-c", "cat note.txt; echo; pwd"]),
+               rt.read_file(second, "note.txt"))
+        rt.close()
+        return metas, out
+
+    metas, (listing, content) = get(warm_run.remote())
+    assert metas[0]["warm_for_s"] < metas[1]["warm_for_s"], metas
+    assert metas[0]["workspace"] != metas[1]["workspace"]
+    assert listing.exit_code == 0 and listing.stdout.split() == ["warm", metas[1]["workspace"]]
+    assert content == b"warm"
+    assert workspaces_left(cluster) == []

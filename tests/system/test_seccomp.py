@@ -313,7 +313,7 @@ def test_cache_hit_imports_no_libseccomp_binding(workspace, tmp_path):
     first = subprocess.run(run, capture_output=True, env=env, timeout=60)
     assert first.stdout.split() == [b"0", b"True", b"True"], first.stderr
     entries = list((tmp_path / "cache" / "nsbox" / "seccomp").glob("*.bpf"))
-    assert len(entries) == 1
+    assert len(entries) == 2  # the profile, and its reporting variant (plan/denial_rules.py)
     second = subprocess.run(run, capture_output=True, env=env, timeout=60)
     assert second.stdout.split() == [b"0", b"False", b"False"], second.stderr
 
@@ -322,12 +322,15 @@ def test_cache_hit_imports_no_libseccomp_binding(workspace, tmp_path):
 def test_corrupt_cache_entry_is_recompiled(nsbox_exec, workspace, tmp_path):
     env = _cache_env(tmp_path / "cache")
     assert nsbox_exec(["true"], env=env).returncode == 0
-    [entry] = (tmp_path / "cache" / "nsbox" / "seccomp").glob("*.bpf")
-    good = entry.read_bytes()
-    entry.write_bytes(good[:-8])  # drop the last instruction
+    # The profile, and its reporting variant (plan/denial_rules.py): both corrupted.
+    entries = list((tmp_path / "cache" / "nsbox" / "seccomp").glob("*.bpf"))
+    assert len(entries) == 2
+    good = {entry: entry.read_bytes() for entry in entries}
+    for entry in entries:
+        entry.write_bytes(good[entry][:-8])  # drop the last instruction
     results = probe(lambda cmd, *o: nsbox_exec(cmd, *o, env=env), [("unshare", 272, [0x10000000])])
     assert results == {"unshare": errno.EPERM}
-    assert entry.read_bytes() == good
+    assert {entry: entry.read_bytes() for entry in entries} == good
 
 
 def test_cache_inside_the_workspace_is_never_used(nsbox_exec, workspace):

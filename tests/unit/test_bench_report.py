@@ -54,3 +54,30 @@ def test_overlay_goal_and_table():
     assert row[1].startswith("+0.50 ms") and row[2] is True
     text = report.markdown(results)
     assert "| 10 | 21.0 | 1.0 | 0.50 | 90.0 |" in text
+
+
+def test_denial_cost_goals_and_table():
+    def case(name, ms):
+        return {"name": name, "note": "", "samples_ns": [v * 1e6 for v in ms]}
+
+    results = {"machine": {"date": "d", "kernel": "k", "cpu": "c", "cores": 1, "python": "3",
+                           "bwrap": None, "uid": 1000},
+               "runs": 3, "warmup": 1, "baseline": report.BWRAP, "cases": [],
+               "only": "denials",
+               "denial_startup": [case(report.CLI, [10, 10.2, 10.4]),
+                                  case(report.CLI_NO_DENIALS, [9.8, 10, 10.2])],
+               "denial_builds": [case(report.DENIAL_MAKE, [1030, 1040]),
+                                 case(report.DENIAL_MAKE + report.NO_DENIALS, [1000, 1000]),
+                                 case(report.DENIAL_PIP, [1200, 1200]),
+                                 case(report.DENIAL_PIP + report.NO_DENIALS, [1000, 1000])],
+               "denial_events": {report.DENIAL_MAKE: 0, report.DENIAL_PIP: 0}}
+    rows = {r[0]: r for r in report.goals(results) if r[0].startswith("denial reporting")}
+    startup = next(r for goal, r in rows.items() if "exec -- true" in goal)
+    make = next(r for goal, r in rows.items() if report.DENIAL_MAKE in goal)
+    pip = next(r for goal, r in rows.items() if report.DENIAL_PIP in goal)
+    assert startup[1].startswith("+0.20 ms") and startup[2] is True
+    assert make[1] == "1.03×" and make[2] is True
+    assert pip[1] == "1.20×" and pip[2] is False
+    text = report.markdown(results)
+    assert "2 of 3 goals met." in text  # --only: the goals not measured are left out
+    assert f"| {report.DENIAL_MAKE} | 2 | 1035.0 | 1030.0 | 1040.0 | 1.035× | 0 |" in text

@@ -38,6 +38,9 @@ ALSO = {
     "nsbox.policy.files": {"state", "trust_store"},
     # Copying files in and out of a workspace without following its symlinks.
     "nsbox.integrations.inspect_sandbox": {"kernel"},
+    # PID 1's denial supervisor classifies with the plan's own pure rules, so that a
+    # report agrees with how the plan decides writability.
+    "nsbox.launch.denial_watch": {"plan"},  # plan.denial_rules only
 }
 
 

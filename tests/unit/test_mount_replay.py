@@ -51,7 +51,7 @@ class Recorder:
     MOUNT_FUNCS = ("make_private_recursive", "clone_tree", "set_attrs_recursive", "attach",
                    "bind", "remount_readonly", "remount_readonly_recursive", "mount_tmpfs",
                    "mount_proc", "mount_devpts", "pivot_into", "has_mount_api")
-    OS_FUNCS = ("makedirs", "mkdir", "chmod", "open", "close", "mknod", "symlink")
+    OS_FUNCS = ("makedirs", "mkdir", "chmod", "open", "close", "mknod", "symlink", "lstat")
 
     def __init__(self, monkeypatch):
         self.calls = []
@@ -364,3 +364,36 @@ def test_nothing_real_was_touched(rec):
         rootfs.os.rename
     with pytest.raises(AttributeError):
         rootfs.os.unlink
+
+
+@API
+def test_image_root_without_missing_mount_points_is_one_read_only_bind(rec, use_mount_api):
+    replay(rec, [MountStep("root_image", "/", "/images/x")], use_mount_api)
+    if use_mount_api:
+        tree = grab_fd(rec, rec.index("clone_tree", "/images/x"))
+        assert rec.index("set_attrs_recursive", tree, RO_ATTRS, what="'/images/x'") < rec.index(
+            "attach", tree, STAGE, what="the rootfs")
+    else:
+        fd = grab_fd(rec, rec.index("os.open", "/images/x", os.O_PATH | os.O_DIRECTORY
+                                    | os.O_CLOEXEC))
+        assert rec.index("bind", f"/proc/self/fd/{fd}", STAGE) < rec.index(
+            "remount_readonly_recursive", STAGE)
+    assert "mount_overlay_readonly" not in rec.names() and "os.mkdir" not in rec.names()
+
+
+def test_image_root_gets_missing_mount_points_from_a_tmpfs_layer_above_it(rec):
+    step = MountStep("root_image", "/", "/images/x", mode=0o755,
+                     dirs=(("work", 0o755), ("work/ws", 0o700)))
+    replay(rec, [step, MountStep("bind_rw", "/work/ws", "/work/ws")], True)
+    image = grab_fd(rec, rec.index("os.open", "/images/x", os.O_PATH | os.O_DIRECTORY
+                                   | os.O_CLOEXEC))
+    tmpfs = rec.index("mount_tmpfs", STAGE, mode=0o700, size=1 << 20)
+    made = rec.index("os.mkdir", f"{STAGE}/scaffold/work/ws")
+    scaffold = grab_fd(rec, rec.index("os.open", f"{STAGE}/scaffold", os.O_PATH
+                                      | os.O_DIRECTORY | os.O_CLOEXEC))
+    overlay = rec.index("mount_overlay_readonly", STAGE,
+                        (f"/proc/self/fd/{scaffold}", f"/proc/self/fd/{image}"))
+    assert tmpfs < made < overlay
+    assert rec.index("os.chmod", f"{STAGE}/scaffold/work/ws", 0o700) > made
+    # Nothing is created in the image itself: every mkdir is in the scaffold.
+    assert all(c.args[0].startswith(f"{STAGE}/scaffold") for c in rec.calls if c.name == "os.mkdir")

@@ -27,6 +27,7 @@ from ray.experimental.sandbox.exceptions import (
 from ray.experimental.sandbox.image_manager import BaseImageManager
 
 import nsbox
+from nsbox import api as nsbox_api
 from nsbox.errors import NsboxError, SandboxError as NsboxSandboxError
 from nsbox.integrations.workspaces import remove_tree
 
@@ -114,8 +115,9 @@ def check_image(image) -> None:
 class _Built:
     """A started session and what it was built from."""
 
-    def __init__(self, session, workspace, owned, policy, limits_dropped, fallback):
+    def __init__(self, session, workspace, owned, policy, limits_dropped, fallback, reused):
         self.session = session
+        self.plan_reused = reused  # started on a plan compiled for an earlier sandbox
         self.workspace = workspace
         self.owned = owned  # directories made for it (removed at delete)
         self.policy = policy
@@ -148,6 +150,7 @@ class _Box:
         self.deleting = False  # delete_sandbox under way
         self.isolation = None  # known after its first command
         self.isolation_fallback = built.isolation_fallback
+        self.plan_reused = built.plan_reused
         self.isolation_missing = ()
         self.tmpdir = None
 
@@ -171,6 +174,7 @@ class NsboxSandboxBackend(BaseSandboxBackend):
         # What isolation "auto" came to here (its probe forks: done once per process).
         self._auto = None  # (mode, why it fell back)
         self._pool = WarmPool(self, warm, warm_max_age) if warm > 0 else None
+        self._plans = SessionPlans()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -206,21 +210,24 @@ class NsboxSandboxBackend(BaseSandboxBackend):
         dropped = {}
         isolation = getattr(config, "isolation", "auto")
         auto = self._auto if isolation == "auto" else None
+        key = _pool_key(config) if owned == [workspace] else None  # a new empty workspace
         try:
-            policy = _policy(config, workspace, auto[0] if auto else isolation)
+            # Every sandbox's workspace lies under this base: each sees only its own.
+            hide = _workspaces_base()
+            policy = _policy(config, workspace, auto[0] if auto else isolation, hide)
             try:
-                session = _open_session(policy, deadline)
+                session, reused = _open_session(self._plans, key, policy, deadline)
             except SandboxCreationError as err:
                 inferred = tuple(getattr(config, "inferred_limits", ()))
                 if not inferred:
                     raise
-                policy = _policy(config, workspace, policy.isolation, without=inferred)
-                session = _open_session(policy, deadline)
+                policy = _policy(config, workspace, policy.isolation, hide, without=inferred)
+                session, reused = _open_session(self._plans, key, policy, deadline)
                 dropped = {name: str(err) for name in inferred}
         except BaseException:
             _remove_dirs(owned)
             raise
-        return _Built(session, workspace, owned, policy, dropped, auto[1] if auto else "")
+        return _Built(session, workspace, owned, policy, dropped, auto[1] if auto else "", reused)
 
     def close(self) -> None:
         """Delete every sandbox and drop the warm ones."""
@@ -290,6 +297,8 @@ class NsboxSandboxBackend(BaseSandboxBackend):
             "policy_digest": policy.digest(), "created_at": box.created,
             "expires_at": box.expires, "pid": os.getpid(),
             "warm_for_s": round(box.warm_for_s, 3),
+            # its plan was compiled for an earlier sandbox (see SessionPlans)
+            "plan_reused": box.plan_reused,
         }
 
     def get_config(self, sandbox_id: str) -> SandboxConfig:
@@ -348,9 +357,10 @@ class NsboxSandboxBackend(BaseSandboxBackend):
 
     def _run(self, box: _Box, argv, cwd=None, timeout=None, input=None):
         marker = uuid.uuid4().hex
-        env = {**os.environ, EXEC_MARKER: marker}
         try:
-            result = box.session.run(argv, cwd=cwd, env=env, timeout=timeout, input=input)
+            # env None: the session's own, filtered once when it started
+            result = box.session.run(argv, cwd=cwd, timeout=timeout, input=input,
+                                     extra_env={EXEC_MARKER: marker})
         except NsboxSandboxError as err:
             if box.status == SandboxStatus.TERMINATED:
                 raise SandboxNotFoundError(f"Sandbox ID '{box.id}' was deleted.") from None
@@ -411,14 +421,7 @@ class NsboxSandboxBackend(BaseSandboxBackend):
         with self._lock:
             if self._root is not None:
                 return self._root
-        base = os.path.join(os.path.realpath(tempfile.gettempdir()), f"nsbox-ray-{os.getuid()}")
-        try:
-            os.mkdir(base, 0o700)
-        except FileExistsError:
-            pass
-        info = os.lstat(base)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise SandboxCreationError(f"{base} is not a private directory of this user")
+        base = _workspaces_base()
         _sweep_dead_owners(base)
         own = os.path.join(base, _process_key(os.getpid()))
         with self._lock:
@@ -457,8 +460,11 @@ class WarmPool:
     takes a warm one and a background thread starts the next. Each is used once. A
     warm sandbox is a session started up to `max_age` seconds earlier, so it sees the
     host as a session of that age does; older ones are dropped. Costs, per warm
-    sandbox, its idle memory and the CPU of starting it.
+    sandbox, its idle memory and the CPU of starting it. Refills wait until creates
+    pause for SETTLE_S, so a burst's commands do not compete with starting the next.
     """
+
+    SETTLE_S = 0.05
 
     def __init__(self, backend, size: int, max_age: float):
         self._backend = backend
@@ -467,6 +473,7 @@ class WarmPool:
         self._key = None
         self._config = None
         self._ready = []  # _Built, oldest first
+        self._last_take = 0.0
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._fill, daemon=True, name="nsbox-ray-warm")
@@ -485,6 +492,7 @@ class WarmPool:
                 stale, self._ready = self._ready, []
                 self._key, self._config = key, config
             built = self._ready.pop(0) if self._ready else None
+            self._last_take = time.monotonic()
             self._cond.notify()
         for old in stale:
             old.discard()
@@ -507,6 +515,10 @@ class WarmPool:
                     self._drop_old()
                 if self._closed:
                     return
+                quiet = self._last_take + self.SETTLE_S - time.monotonic()
+                if quiet > 0:
+                    self._cond.wait(quiet)
+                    continue
                 key, config = self._key, self._config
             try:
                 built = self._backend._build(config, time.monotonic() + 60)
@@ -563,7 +575,22 @@ def _check_supported(config: SandboxConfig) -> None:
         raise SandboxCreationError("not supported by the nsbox backend: " + "; ".join(problems))
 
 
-def _policy(config: SandboxConfig, workspace: str, isolation: str, without=()):
+def _workspaces_base() -> str:
+    """The directory of every workspace this user's Ray workers make (one directory
+    per process inside), created private if missing."""
+    base = os.path.join(os.path.realpath(tempfile.gettempdir()), f"nsbox-ray-{os.getuid()}")
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(base)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SandboxCreationError(f"{base} is not a private directory of this user")
+    return base
+
+
+def _policy(config: SandboxConfig, workspace: str, isolation: str, hide: str, without=()):
+    """`hide`: the workspaces' base, hidden but for this sandbox's own workspace."""
     base = getattr(config, "policy", None) or nsbox.Policy(clearenv=True)
     wanted = {}
     memory = parse_memory_bytes(config.memory) if config.memory else None
@@ -579,29 +606,80 @@ def _policy(config: SandboxConfig, workspace: str, isolation: str, without=()):
         return base.with_changes(
             workspace=workspace, network=config.network, network_allow=allow,
             isolation=isolation, env_keep=tuple(dict.fromkeys(base.env_keep + (EXEC_MARKER,))),
-            extra_env=base.extra_env + tuple(_pairs(config.env or {})), **changes)
+            extra_env=base.extra_env + tuple(_pairs(config.env or {})),
+            hidden_parents=tuple(dict.fromkeys(base.hidden_parents + (hide,))), **changes)
     except NsboxError as err:
         raise SandboxCreationError(f"nsbox: {err}") from None
 
 
-def _open_session(policy, deadline: float):
-    """nsbox.Session(policy) within the deadline, or SandboxTimeoutError (a session
-    that turns up later is closed)."""
+class SessionPlans:
+    """Session plans compiled once per sandbox config and moved to each new sandbox's
+    workspace (nsbox.api.session_template): a plan reused up to MAX_AGE seconds after
+    it was compiled, while the host paths it holds are unchanged. Sandboxes started
+    back to back then skip reading the host (hidden paths, protected names), most of
+    a create's CPU; each still has its own namespaces, /tmp and workspace."""
+
+    MAX_AGE = 2.0  # 0: compile every sandbox's plan afresh
+    MAX_CONFIGS = 8
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._templates = {}  # key -> (template or None when not movable, when made)
+
+    def session(self, key, policy):
+        """(nsbox.Session(policy), whether its plan was compiled for an earlier sandbox),
+        on a reused plan when `key` (a config's) allows."""
+        if key is None or self.MAX_AGE <= 0:
+            return nsbox.Session(policy), False
+        key = (key, policy.isolation)
+        with self._lock:
+            made, at = self._templates.get(key, (None, None))
+        if made is not None:
+            session = _from_template(made, policy, self.MAX_AGE)
+            if session is not None:
+                return session, True
+        elif at is not None and time.monotonic() - at < self.MAX_AGE:
+            return nsbox.Session(policy), False  # recently found not movable
+        made = nsbox_api.session_template(policy, self.MAX_AGE)
+        with self._lock:
+            self._templates.pop(key, None)
+            while len(self._templates) >= self.MAX_CONFIGS:
+                self._templates.pop(next(iter(self._templates)))
+            self._templates[key] = (made, time.monotonic())
+        if made is not None:
+            session = _from_template(made, policy, self.MAX_AGE)
+            if session is not None:
+                return session, False  # compiled for this one
+        return nsbox.Session(policy), False
+
+
+def _from_template(made, policy, max_age: float):
+    """A session on `made`'s plan, or None when it is stale or not for this policy's
+    workspace (a fresh compile then decides)."""
+    try:
+        return nsbox_api.session_from_template(made, policy, max_age)
+    except ValueError:
+        return None
+
+
+def _open_session(plans: SessionPlans, key, policy, deadline: float):
+    """(session, plan reused) for `policy` within the deadline, or SandboxTimeoutError
+    (a session that turns up later is closed)."""
     box = {}
     lock = threading.Lock()
     done = threading.Event()
 
     def start():
         try:
-            session = nsbox.Session(policy)
+            started = plans.session(key, policy)
         except BaseException as err:
             box["error"] = err
         else:
             with lock:
                 if box.get("abandoned"):
-                    session.close()
+                    started[0].close()
                 else:
-                    box["session"] = session
+                    box["session"] = started
         done.set()
 
     threading.Thread(target=start, daemon=True, name="nsbox-ray-create").start()

@@ -1,0 +1,100 @@
+"""seccomp user notification: receive a blocked call, answer it, read its arguments.
+
+The ioctls on a filter's listener fd (linux/seccomp.h); fcntl.ioctl releases the GIL
+while it blocks, so a thread can wait here.
+"""
+
+import fcntl
+import os
+import struct
+
+# _IOWR('!', 0, struct seccomp_notif), _IOWR('!', 1, struct seccomp_notif_resp),
+# _IOW('!', 2, __u64)
+_NOTIF_RECV = 0xC0502100
+_NOTIF_SEND = 0xC0182101
+_NOTIF_ID_VALID = 0x40082102
+# struct seccomp_notif { u64 id; u32 pid; u32 flags; struct seccomp_data { int nr;
+#   u32 arch; u64 instruction_pointer; u64 args[6]; } }
+_NOTIF = struct.Struct("=QIIiIQ6Q")
+# struct seccomp_notif_resp { u64 id; s64 val; s32 error; u32 flags; }
+_RESP = struct.Struct("=QqiI")
+_ID = struct.Struct("=Q")
+FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+_EMPTY = bytes(_NOTIF.size)  # the kernel wants the buffer zeroed
+
+
+class Channel:
+    """A listener's receive and answer, with their buffers made once: the supervisor's
+    hot path is a receive, a lookup and an answer."""
+
+    __slots__ = ("fd", "_notif", "_resp")
+
+    def __init__(self, listener: int):
+        self.fd = listener
+        self._notif = bytearray(_NOTIF.size)
+        self._resp = bytearray(_RESP.size)
+
+    def receive(self) -> tuple:
+        """(id, pid, flags, nr, arch, instruction pointer, arg0 ... arg5); blocks."""
+        notif = self._notif
+        notif[:] = _EMPTY
+        fcntl.ioctl(self.fd, _NOTIF_RECV, notif, True)
+        return _NOTIF.unpack(notif)
+
+    def answer_continue(self, notif_id: int) -> None:
+        _RESP.pack_into(self._resp, 0, notif_id, 0, 0, FLAG_CONTINUE)
+        try:
+            fcntl.ioctl(self.fd, _NOTIF_SEND, self._resp, True)
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # ENOENT: the caller was killed (or its call interrupted) meanwhile
+
+
+def answer_error(listener: int, notif_id: int, errno: int) -> None:
+    """Fail the call with `errno`, as an ERRNO filter rule would."""
+    _send(listener, _RESP.pack(notif_id, 0, -errno, 0))
+
+
+def _send(listener: int, resp: bytes) -> None:
+    try:
+        fcntl.ioctl(listener, _NOTIF_SEND, bytearray(resp), True)
+    except (ProcessLookupError, FileNotFoundError):
+        pass  # ENOENT: the caller was killed (or its call interrupted) meanwhile
+
+
+def still_waiting(listener: int, notif_id: int) -> bool:
+    """The notification's call is still blocked: what was read from its memory is its own."""
+    try:
+        fcntl.ioctl(listener, _NOTIF_ID_VALID, bytearray(_ID.pack(notif_id)), True)
+        return True
+    except OSError:
+        return False
+
+
+def read_memory(mem_fd: int, address: int, size: int) -> bytes:
+    """Up to `size` bytes at `address` of a process, through its /proc/PID/mem fd;
+    stops at the first unreadable page."""
+    out = b""
+    while len(out) < size:
+        page_left = 4096 - (address + len(out)) % 4096
+        try:
+            chunk = os.pread(mem_fd, min(page_left, size - len(out)), address + len(out))
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def read_path(mem_fd: int, address: int, limit: int = 4096) -> bytes | None:
+    """The NUL-terminated string at `address`, None if unreadable or too long."""
+    out = b""
+    while len(out) < limit:
+        chunk = read_memory(mem_fd, address + len(out), min(256, limit - len(out)))
+        if not chunk:
+            return None
+        end = chunk.find(b"\0")
+        if end >= 0:
+            return out + chunk[:end]
+        out += chunk
+    return None

@@ -1,0 +1,112 @@
+"""The pipes of denial reporting, made by the caller before PID 1 is forked (kept
+apart from the supervisor, launch/denial_watch.py, which only PID 1 imports)."""
+
+import _socket as socket
+import os
+
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+class Channel:
+    """The sockets and pipe that link the command, PID 1 and the caller (made by the
+    caller before PID 1 is forked; every end close-on-exec)."""
+
+    def __init__(self):
+        self.listener_r, self.listener_w = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.events_r, self.events_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            import fcntl
+
+            fcntl.fcntl(self.events_w, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe: live events beyond it are dropped, the final list is cut
+
+    def caller_side(self) -> None:
+        """After PID 1 is forked: the caller keeps only the events' read end."""
+        for sock in (self.listener_r, self.listener_w):
+            sock.close()
+        os.close(self.events_w)
+
+    def sandbox_side(self) -> None:
+        os.close(self.events_r)
+
+    def command_side(self) -> None:
+        """In the command process: only the end that carries the listener to PID 1."""
+        self.listener_r.close()
+        os.close(self.events_w)
+
+
+def start_supervisor(watch, channel: Channel, profile: str, session: bool = False):
+    """In PID 1 after its last fork: the supervising thread (launch/denial_watch.py), which
+    imports its module itself, so that PID 1's main thread supervises at once (a short
+    command must not wait for that import). Returns `finish`, for PID 1's last step: it
+    reports every event with its count. A supervisor not yet made has seen nothing (it
+    answers every notification, so none was answered before it existed)."""
+    import _thread
+    import select
+
+    made = []
+
+    def run():
+        listener = _receive_listener(channel)
+        if listener is None:
+            return  # the command failed before loading its filter
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        # The supervisor's module only once there is something to answer: a command
+        # that writes nothing (or exits at once) never pays for it.
+        if not any(events & select.POLLIN for _, events in poller.poll()):
+            return  # hung up: every process under the filter is gone
+        from nsbox.launch import denial_watch
+
+        made.append(denial_watch.Supervisor(watch, channel, profile, session))
+        made[0].run(listener)
+
+    channel.listener_w.close()
+    _thread.start_new_thread(run, ())
+
+    def finish():
+        if made:
+            made[0].finish()
+
+    return finish
+
+
+def _receive_listener(channel: Channel):
+    """PID 1's end: the listener the command sent, or None if it never did."""
+    sock = channel.listener_r
+    try:
+        _, ancdata, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], "little", signed=True)
+    return None
+
+
+def send_listener(channel: Channel, listener: int) -> None:
+    """In the command process, right after loading the filter: hand the listener to
+    PID 1 and close it here."""
+    try:
+        channel.listener_w.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             listener.to_bytes(4, "little", signed=True))])
+    finally:
+        os.close(listener)
+        channel.listener_w.close()
+
+
+# The session server's "tell the repeats now": fchmod of fd -1 (EBADF) with this mode,
+# the only fchmod the reporting filter notifies (plan/denial_rules.py).
+FLUSH_MODE = 0xF1A5
+
+
+def flush() -> None:
+    try:
+        os.fchmod(-1, FLUSH_MODE)
+    except OSError:
+        pass

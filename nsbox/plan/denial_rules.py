@@ -1,0 +1,173 @@
+"""Which write the plan stops, and why: the pure half of denial reporting.
+
+The mechanism (launch/denial_watch.py): the command's seccomp filter is compiled in a
+reporting variant (kernel/seccomp_compile.py) that, besides the profile's own rules,
+notifies write-intent calls (opens with a write, create or truncate flag; mkdir, mknod,
+unlink, rmdir, rename, link, symlink, chmod, chown, truncate, utimes, setxattr and their
+*at forms) and, instead of failing them, the calls the profile denies. The sandbox's
+PID 1 holds the listener, outside the command, and answers every write-intent call
+with CONTINUE: the kernel, Landlock and the mounts decide as before, the report is a
+diagnostic that can never widen anything. A denied call is answered with the
+profile's errno, never CONTINUE. With the listener closed (PID 1 gone) the kernel fails
+every notified call with ENOSYS: closed, not open.
+
+Why one filter and not a second, small one for writes: the kernel lets a process
+tree hold one listener only, and between stacked filters ERRNO outranks USER_NOTIF,
+so a profile-denied call could never reach a separate notifying filter. The variant
+has its own cache entry (plan/bpf_cache.py). Calls the profile denies with ENOSYS
+(clone3: "fall back to clone") or with different errnos by argument stay plain
+ERRNO, unreported: they are not what a user can act on.
+
+This module: the write-intent calls and their arguments, the plan's writable roots,
+protected and hidden paths as `Rules`, and `classify`, which must agree with how the
+plan decides writability: an event for allowed work would be a bug.
+"""
+
+import posixpath
+
+from nsbox.record import Record
+
+# When a call is notified, as the seccomp compiler's conditions on its arguments:
+ALWAYS = ("always",)
+
+
+def _write_flags(index: int) -> tuple:  # an open with a write, create or truncate flag
+    return ("flags", index)
+
+
+def _path_given(index: int) -> tuple:  # not the fd form (futimens: a NULL path)
+    return ("nonzero", index)
+
+
+# The session server's "tell the repeats now" (launch/denial_channel.py): fchmod of fd
+# -1 with this mode, the only fchmod notified (calls on an open file are not reported).
+FLUSH_MODE = 0xF1A5
+
+# name -> (operation, path arguments, when notified). A path argument is (index of its
+# directory fd or None, index of the path), or ("fd", index) for a call on an open file.
+CALLS = {
+    "open": ("write", ((None, 0),), _write_flags(1)),
+    "openat": ("write", ((0, 1),), _write_flags(2)),
+    "openat2": ("write", ((0, 1),), ALWAYS),  # flags in struct open_how: read by the supervisor
+    "creat": ("write", ((None, 0),), ALWAYS),
+    "truncate": ("write", ((None, 0),), ALWAYS),
+    "mkdir": ("create", ((None, 0),), ALWAYS),
+    "mkdirat": ("create", ((0, 1),), ALWAYS),
+    "mknod": ("create", ((None, 0),), ALWAYS),
+    "mknodat": ("create", ((0, 1),), ALWAYS),
+    "link": ("create", ((None, 1),), ALWAYS),
+    "linkat": ("create", ((2, 3),), ALWAYS),
+    "symlink": ("create", ((None, 1),), ALWAYS),
+    "symlinkat": ("create", ((1, 2),), ALWAYS),
+    "unlink": ("delete", ((None, 0),), ALWAYS),
+    "unlinkat": ("delete", ((0, 1),), ALWAYS),
+    "rmdir": ("delete", ((None, 0),), ALWAYS),
+    "rename": ("rename", ((None, 0), (None, 1)), ALWAYS),
+    "renameat": ("rename", ((0, 1), (2, 3)), ALWAYS),
+    "renameat2": ("rename", ((0, 1), (2, 3)), ALWAYS),
+    "chmod": ("chmod", ((None, 0),), ALWAYS),
+    "fchmod": ("chmod", (("fd", 0),), ("equals", 1, FLUSH_MODE)),
+    "fchmodat": ("chmod", ((0, 1),), ALWAYS),
+    "fchmodat2": ("chmod", ((0, 1),), ALWAYS),
+    "chown": ("chown", ((None, 0),), ALWAYS),
+    "lchown": ("chown", ((None, 0),), ALWAYS),
+    "fchownat": ("chown", ((0, 1),), _path_given(1)),
+    "utime": ("set times", ((None, 0),), ALWAYS),
+    "utimes": ("set times", ((None, 0),), ALWAYS),
+    "futimesat": ("set times", ((0, 1),), _path_given(1)),
+    "utimensat": ("set times", ((0, 1),), _path_given(1)),
+    "setxattr": ("set xattr", ((None, 0),), ALWAYS),
+    "lsetxattr": ("set xattr", ((None, 0),), ALWAYS),
+    "removexattr": ("set xattr", ((None, 0),), ALWAYS),
+    "lremovexattr": ("set xattr", ((None, 0),), ALWAYS),
+}
+# For the seccomp compiler: ((name, condition), ...), in a stable order. Calls on an open
+# file (fchmod, fchown, futimens, fsetxattr ...) are left out: a write-intent open came
+# first, and they are most of an archive extraction's calls.
+WRITE_INTENT = tuple((name, spec[2]) for name, spec in CALLS.items())
+WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
+
+OUTSIDE = "outside the writable roots"
+# Pseudo filesystems decide per file (/dev/null, /proc/self/fd/1, ...): never reported.
+PSEUDO = ("/proc", "/dev", "/sys")
+_WRITABLE_MOUNTS = ("root_writable", "tmpfs", "bind_rw", "bind_new", "overlay", "dev")
+
+
+class Rules(Record):
+    """What the plan lets the command write, as resolved paths in the sandbox's view."""
+
+    writable: tuple = ()  # roots where writes are allowed
+    protected: tuple = ()  # read-only paths inside them
+    pinned: tuple = ()  # mount points inside them: cannot be removed or renamed
+    hidden: tuple = ()  # masked (unreadable, unwritable)
+
+
+class DenialWatch(Record):
+    """The reporting variant of a plan's seccomp filter and what its supervisor needs."""
+
+    program: bytes  # loaded in the command process with a listener
+    # ((number, name, errno), ...); errno 0: a write-intent call (CONTINUE). A tuple, not a
+    # dict: a plan is compared and hashed (service/spares.py)
+    syscalls: tuple
+    rules: Rules
+
+
+def rules_for(mounts, landlock, writable) -> Rules:
+    """The Rules of a plan: its mount steps, its Landlock ruleset (None: none) and its
+    writable roots. With Landlock, its write grants are the writable roots (a mount
+    alone does not make a path writable then); without, the writable mounts are."""
+    roots = []
+    if landlock is not None and getattr(landlock, "handled_fs", 0):
+        make_reg = 1 << 8  # FS_MAKE_REG: a directory rule granting writes beneath
+        roots = [rule.path for rule in landlock.paths if rule.access & make_reg]
+    else:
+        roots = [s.target for s in mounts if s.kind in _WRITABLE_MOUNTS]
+        if not mounts:
+            roots = list(writable)
+    protected = [s.target for s in mounts if s.kind == "bind_ro"]
+    pinned = [s.target for s in mounts if s.kind == "pin"]
+    hidden = [s.target for s in mounts if s.kind in ("mask_dir", "mask_file")]
+    return Rules(_norm(roots), _norm(protected), _norm(pinned), _norm(hidden))
+
+
+def _norm(paths) -> tuple:
+    return tuple(dict.fromkeys(posixpath.normpath(p) for p in paths))
+
+
+def classify(operation: str, path: str, rules: Rules):
+    """None when the plan allows `operation` on the resolved absolute `path` (no event),
+    else (wall, rule) naming why it is stopped."""
+    if _deepest(path, PSEUDO) is not None:
+        return None
+    hidden = _deepest(path, rules.hidden)
+    if hidden is not None:
+        return ("hidden", f"hidden path {hidden}")
+    if operation in ("delete", "rename") and path in rules.pinned:
+        return ("filesystem", f"protected path {path}")
+    root = _deepest(path, rules.writable)
+    if root is None:
+        return ("filesystem", OUTSIDE)
+    protected = _deepest(path, rules.protected)
+    if protected is not None and _depth(protected) > _depth(root):
+        return ("filesystem", f"protected path {protected}")
+    return None
+
+
+def lexically_allowed(path: str, rules: Rules) -> bool:
+    """`path` (absolute, normalized) is allowed with no symlink resolved: the
+    supervisor's fast path (the kernel decides anyway; a symlink there that leads out
+    goes unreported)."""
+    return classify("write", path, rules) is None
+
+
+def _deepest(path: str, tops):
+    found = None
+    for top in tops:
+        if path == top or path.startswith(top.rstrip("/") + "/"):
+            if found is None or len(top) > len(found):
+                found = top
+    return found
+
+
+def _depth(path: str) -> int:
+    return len(path.rstrip("/"))

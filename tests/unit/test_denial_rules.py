@@ -1,0 +1,125 @@
+"""Denial reporting's pure half: which write the plan stops and why (plan/denial_rules.py),
+the events' records and summary (policy/denials.py), and the supervisor's line format."""
+
+import pytest
+
+from nsbox.launch import denial_channel, denial_watch
+from nsbox.plan import denial_rules
+from nsbox.plan.denial_rules import OUTSIDE, Rules, classify, rules_for
+from nsbox.policy import denials
+from nsbox.policy.landlock_rules import PathRule, Ruleset
+from nsbox.policy.netallow import Refusal
+from nsbox.policy.plan import MountStep
+
+WS = "/home/u/ws"
+RULES = Rules(writable=("/tmp", WS, "/home/u/.cache/nsbox/packages", "/dev/null"),
+              protected=(f"{WS}/.git/hooks", f"{WS}/.git/config", f"{WS}/.envrc"),
+              pinned=(f"{WS}/.git",),
+              hidden=("/home/u/.ssh", f"{WS}/.env"))
+
+
+@pytest.mark.parametrize("operation, path", [
+    ("write", f"{WS}/src/main.c"), ("create", f"{WS}/build"), ("delete", f"{WS}/a.o"),
+    ("rename", f"{WS}/.git/index.lock"), ("write", f"{WS}/.git/objects/ab/cd"),
+    ("write", "/tmp/x"), ("write", "/home/u/.cache/nsbox/packages/pip/wheel"),
+    ("write", "/dev/null"), ("write", "/dev/tty"), ("write", "/dev/pts/0"),
+    ("write", "/proc/self/fd/1"), ("write", "/proc/self/attr/current"), ("write", "/sys/x"),
+    ("write", WS),
+])
+def test_allowed_work_is_no_event(operation, path):
+    assert classify(operation, path, RULES) is None
+
+
+@pytest.mark.parametrize("operation, path, expected", [
+    ("write", "/etc/passwd", ("filesystem", OUTSIDE)),
+    ("write", "/home/u/.bashrc", ("filesystem", OUTSIDE)),
+    ("create", "/home/u/ws2/x", ("filesystem", OUTSIDE)),  # a sibling, not beneath
+    ("write", f"{WS}/.git/hooks/pre-commit", ("filesystem", f"protected path {WS}/.git/hooks")),
+    ("write", f"{WS}/.git/config", ("filesystem", f"protected path {WS}/.git/config")),
+    ("delete", f"{WS}/.git", ("filesystem", f"protected path {WS}/.git")),
+    ("rename", f"{WS}/.git", ("filesystem", f"protected path {WS}/.git")),
+    ("write", "/home/u/.ssh/authorized_keys", ("hidden", "hidden path /home/u/.ssh")),
+    ("write", f"{WS}/.env", ("hidden", f"hidden path {WS}/.env")),
+])
+def test_stopped_writes_name_their_rule(operation, path, expected):
+    assert classify(operation, path, RULES) == expected
+
+
+def test_a_writable_root_beneath_a_protected_path_wins():
+    rules = Rules(writable=(WS, f"{WS}/.git/hooks/tmp"), protected=(f"{WS}/.git/hooks",))
+    assert classify("write", f"{WS}/.git/hooks/tmp/x", rules) is None
+    assert classify("write", f"{WS}/.git/hooks/x", rules) is not None
+
+
+def test_rules_follow_landlock_grants_when_landlock_confines_the_filesystem():
+    make_reg, write, read = 1 << 8, 1 << 1, 1 << 2
+    ruleset = Ruleset(abi=5, handled_fs=(1 << 16) - 1, handled_net=0, scoped=0, paths=(
+        PathRule("/", read), PathRule("/dev/null", read | write),
+        PathRule("/tmp", make_reg | write), PathRule(WS, make_reg | write)))
+    mounts = (MountStep("root_readonly", "/", "/"), MountStep("tmpfs", "/run"),
+              MountStep("bind_rw", WS, WS), MountStep("pin", f"{WS}/.git", f"{WS}/.git"),
+              MountStep("bind_ro", f"{WS}/.git/hooks", f"{WS}/.git/hooks"),
+              MountStep("mask_dir", "/root/.ssh"))
+    rules = rules_for(mounts, ruleset, (WS,))
+    assert rules == Rules(writable=("/tmp", WS), protected=(f"{WS}/.git/hooks",),
+                          pinned=(f"{WS}/.git",), hidden=("/root/.ssh",))
+    # /run is a writable mount, but Landlock does not grant it: a write there is stopped.
+    assert classify("write", "/run/x", rules) == ("filesystem", OUTSIDE)
+
+
+def test_rules_follow_the_mounts_without_landlock():
+    mounts = (MountStep("root_readonly", "/", "/"), MountStep("tmpfs", "/tmp"),
+              MountStep("bind_rw", WS, WS))
+    assert rules_for(mounts, None, (WS,)).writable == ("/tmp", WS)
+
+
+def test_every_write_intent_call_is_described():
+    for name, condition in denial_rules.WRITE_INTENT:
+        operation, paths, _ = denial_rules.CALLS[name]
+        assert operation and paths
+        assert condition[0] in ("always", "flags", "nonzero", "equals")
+    assert dict(denial_rules.WRITE_INTENT)["openat"] == ("flags", 2)
+    # Calls on an open file are not notified; fchmod only as the session's flush mark.
+    assert dict(denial_rules.WRITE_INTENT)["fchmod"] == ("equals", 1, denial_rules.FLUSH_MODE)
+    assert "fchown" not in denial_rules.CALLS and "fsetxattr" not in denial_rules.CALLS
+    assert denial_channel.FLUSH_MODE == denial_rules.FLUSH_MODE
+
+
+def test_events_from_refusals_and_limits():
+    refusal = Refusal("CONNECT", "denied.test", 443, "not in allowlist")
+    assert denials.from_refusal(refusal) == denials.Denial(
+        "network", "connect", "denied.test:443", "not in allowlist")
+    assert denials.from_refusal(refusal.as_dict()) == denials.from_refusal(refusal)
+    assert denials.from_refusal(Refusal("GET", "::1", 80, "raw IP")).target == "[::1]:80"
+    hit = {"limit": "memory", "value": "512M", "reason": "OOM", "killed": True}
+    assert denials.from_limit(hit) == denials.Denial("limit", "kill", "command (OOM)",
+                                                     "limit memory=512M")
+
+
+def test_gather_deduplicates_and_summary_names_the_first_ones():
+    write = denials.Denial("filesystem", "write", "/etc/x", OUTSIDE, 2, "sh")
+    found = denials.gather([Refusal("GET", "a.test", 80, "not in allowlist")], None,
+                           [write, write])
+    assert [d.count for d in found] == [2, 1]
+    assert denials.summary_line(found) == (
+        "nsbox: blocked 2 operations: write /etc/x (outside the writable roots) (2×); "
+        "GET a.test:80 (not in allowlist)\n")
+    assert denials.summary_line(()) == ""
+
+
+def test_the_supervisor_lines_give_the_final_counts_or_what_was_seen():
+    new = b'{"new": {"wall": "filesystem", "operation": "write", "target": "/etc/x", ' \
+          b'"rule": "r", "pid": 2, "command": "sh", "count": 1}}\n'
+    more = b'{"more": [["filesystem", "write", "/etc/x", "r", 4]]}\n'
+    live = []
+    collector = denial_watch.Collector(live.append)
+    collector.feed(new[:30])  # a line may come in pieces
+    collector.feed(new[30:] + more)
+    events, dropped = collector.result()
+    assert [(d.target, d.count, d.pid) for d in events] == [("/etc/x", 5, 2)] and dropped == 0
+    assert len(live) == 1
+    collector.feed(b'{"final": [{"wall": "filesystem", "operation": "write", "target": '
+                   b'"/etc/x", "rule": "r", "pid": 2, "command": "sh", "count": 9}], '
+                   b'"dropped": 3}\n')
+    events, dropped = collector.result()
+    assert [d.count for d in events] == [9] and dropped == 3
