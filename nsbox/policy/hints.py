@@ -76,9 +76,10 @@ def _hint(denial, policy) -> tuple:
     if wall == "filesystem":
         if "protected" in rule:
             if "/.git/" in target + "/" or "/.git/" in rule + "/":
-                return "git", (".git itself, its hooks and config stay in place and read-only "
-                               "so a command cannot plant code your next git command runs; "
-                               "[filesystem] git_protected changes the list")
+                return "git", ("git hooks and pointers stay read-only so a command cannot "
+                               "plant code your next git command runs (config changes are "
+                               "applied after the run, key by key); [filesystem] git_protected "
+                               "changes the list")
             return "protected", (f"{target} is protected (it runs later on your machine without "
                                  "asking); [filesystem] protected changes the list")
         if _in_tool_dir(target, CACHE_AREA_DIRS):
