@@ -6,7 +6,7 @@ interleaved round-robin so machine drift hits them all alike. Nothing here
 fails on timing: targets are reported, not enforced.
 
     python bench/bench.py [--quick] [--runs N] [--results DIR] [--installed VENV]
-                          [--only denials]
+                          [--only denials|image-memory]
 
 bench/run.sh runs it with a regular (non-editable) install of nsbox: the venv's
 console script (bin/nsbox) for the CLI and `import nsbox` from its site-packages
@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 
+import image_memory
 import report
 import session_memory
 import workloads
@@ -110,20 +111,22 @@ def bwrap_argv(bwrap: str, workspace: str, extra_binds=(), root: str = "/") -> l
     return argv + ["--chdir", workspace, "true"]
 
 
-def image_root(workspace: str, notes: list):
-    """A small image for container mode: the host's `true` and the libraries ldd names,
-    with the mount points both nsbox and bwrap need (bwrap cannot add them to a
-    read-only root). None, with a note, when it cannot be built."""
-    true = os.path.realpath(shutil.which("true") or "/bin/true")
+def image_root(workspace: str, notes: list, commands=("true",)):
+    """A small image for container mode: the host's `true` (and any other `commands`) in
+    /bin and the libraries ldd names, with the mount points both nsbox and bwrap need
+    (bwrap cannot add them to a read-only root). None, with a note, when it cannot be
+    built."""
     root = tempfile.mkdtemp(prefix="nsbox-bench-image-")
     try:
         os.makedirs(os.path.join(root, "bin"))
-        shutil.copy2(true, os.path.join(root, "bin", "true"))
-        libs = subprocess.run(["ldd", true], capture_output=True, text=True).stdout.split()
-        for lib in (w for w in libs if w.startswith("/") and os.path.exists(w)):
-            dest = os.path.join(root, lib.lstrip("/"))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copy2(os.path.realpath(lib), dest)
+        for command in commands:
+            binary = os.path.realpath(shutil.which(command) or f"/bin/{command}")
+            shutil.copy2(binary, os.path.join(root, "bin", command))
+            libs = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout.split()
+            for lib in (w for w in libs if w.startswith("/") and os.path.exists(w)):
+                dest = os.path.join(root, lib.lstrip("/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.copy2(os.path.realpath(lib), dest)
         for point in ("proc", "dev", "tmp", "run", workspace.lstrip("/")):
             os.makedirs(os.path.join(root, point), exist_ok=True)
         return root
@@ -638,6 +641,29 @@ def memory(args) -> tuple:
         return None, f"memory per idle session not measured: {err}"
 
 
+def measure_image_memory(results: dict, args, notes: list) -> None:
+    """Idle sandboxes held at once on one image against as many on the host root:
+    run.sh's root-side measurement when there is one, else the holder measured here."""
+    count = 4 if args.quick else image_memory.SANDBOXES
+    say(f"memory of {count} idle sandboxes on one image")
+    why = ""
+    if args.image_memory_json:
+        try:
+            with open(args.image_memory_json) as f:
+                results["image_memory"] = json.load(f)
+        except (OSError, ValueError) as err:
+            why = f"run.sh's root-side image memory measurement is missing ({err}); measured here"
+    if "image_memory" not in results:
+        holder = [sys.executable, os.path.join(HERE, "image_memory.py"), "hold"]
+        try:
+            results["image_memory"] = image_memory.measure(holder, count)
+        except Exception as err:
+            why = f"memory of sandboxes on one image not measured: {err}"
+    if why:
+        notes.append(why)
+    notes += [f"image memory: {e}" for e in (results.get("image_memory") or {}).get("errors", [])]
+
+
 def install_facts(args) -> dict:
     """Where the CLI and the library under test come from."""
     import nsbox
@@ -743,8 +769,11 @@ def parse_args(argv):
     p.add_argument("--pip-version", default="", help="the pip that made that install")
     p.add_argument("--plot-python", help="a python with matplotlib, when this one has none")
     p.add_argument("--memory-json", help="run.sh's root-side session memory measurement")
-    p.add_argument("--only", choices=["denials"],
-                   help="measure one section only (denials: the cost of reporting denials)")
+    p.add_argument("--image-memory-json",
+                   help="run.sh's root-side memory measurement of sandboxes on one image")
+    p.add_argument("--only", choices=["denials", "image-memory"],
+                   help="measure one section only (denials: the cost of reporting denials; "
+                        "image-memory: idle sandboxes on one image)")
     args = p.parse_args(argv)
     args.runs = args.runs or (30 if args.quick else 200)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 10)
@@ -784,6 +813,10 @@ def main(argv=None) -> int:
     if args.only == "denials":
         results["cases"], results["only"] = [], args.only
         measure_denials(results, script, workspace, args, notes)
+        return finish(results, notes, started, workspace, args)
+    if args.only == "image-memory":
+        results["cases"], results["only"] = [], args.only
+        measure_image_memory(results, args, notes)
         return finish(results, notes, started, workspace, args)
     say(f"host size: making directories of {args.entries} entries")
     host_base, host_dirs_made, host_made_at = host_dirs(script, args.entries)
@@ -885,6 +918,7 @@ def main(argv=None) -> int:
     results["session_memory"] = memory_result
     if why:
         notes.append(why)
+    measure_image_memory(results, args, notes)
     return finish(results, notes, started, workspace, args)
 
 

@@ -6,8 +6,9 @@
 # that venv's site-packages (bench.py --installed checks it).
 # As root: installs the peers (bubblewrap, util-linux), stages a copy of the tree the
 # test user can read, installs it, measures idle Session memory from the root side
-# (bench/session_memory.py) and runs the benchmark as that user; results are copied
-# back to bench/results/. As a user: installs into /var/tmp and runs from this tree.
+# (bench/session_memory.py) and that of many sandboxes on one image (bench/image_memory.py)
+# and runs the benchmark as that user; results are copied back to bench/results/.
+# As a user: installs into /var/tmp and runs from this tree.
 # Arguments go to bench/bench.py, e.g. `bash bench/run.sh --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,21 +85,31 @@ as_user=(runuser -u "$BENCH_USER" -- env -u PYTHONPATH -C /tmp HOME="$USER_HOME"
 set +e
 # Idle Session memory: the user's sessions, their PSS read here as root (nsbox's helper
 # processes are not dumpable, so the user cannot read their smaps_rollup).
-quick=0 only=0
+quick=0 only="" prev=""
 for arg in "$@"; do
   [ "$arg" = --quick ] && quick=1
-  case $arg in --only*) only=1 ;; esac  # one section (bench.py --only): no memory
+  case $arg in --only) only="?" ;; --only=*) only=${arg#--only=} ;; esac  # one section
+  [ "$prev" = --only ] && only=$arg
+  prev=$arg
 done
-[ "$only" = 1 ] ||
+[ -n "$only" ] ||
 "$VENV/bin/python" "$STAGE/bench/session_memory.py" measure --sessions $((quick ? 4 : 8)) \
   --out "$OUT/memory.json" -- "${as_user[@]}" "$VENV/bin/python" "$STAGE/bench/session_memory.py" hold ||
   echo "bench: the root-side memory measurement failed; bench.py will try its own" >&2
+# Idle sandboxes on one image (and on the host root, the reference), measured alike.
+if [ -z "$only" ] || [ "$only" = image-memory ]; then
+  "$VENV/bin/python" "$STAGE/bench/image_memory.py" measure --sandboxes $((quick ? 4 : 16)) \
+    --out "$OUT/image_memory.json" \
+    -- "${as_user[@]}" "$VENV/bin/python" "$STAGE/bench/image_memory.py" hold ||
+    echo "bench: the root-side image memory measurement failed; bench.py will try its own" >&2
+fi
 "${as_user[@]}" "$VENV/bin/python" "$STAGE/bench/bench.py" --results "$OUT" \
   --installed "$VENV" --pip-version "$(cat "$VENV/pip-version")" \
-  --plot-python "$PLOT/bin/python" --memory-json "$OUT/memory.json" "$@"
+  --plot-python "$PLOT/bin/python" --memory-json "$OUT/memory.json" \
+  --image-memory-json "$OUT/image_memory.json" "$@"
 rc=$?
 mkdir -p bench/results
 cp -r "$OUT"/. bench/results/
-rm -f bench/results/memory.json
+rm -f bench/results/memory.json bench/results/image_memory.json
 rm -rf "$OUT"
 exit $rc

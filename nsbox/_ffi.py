@@ -23,9 +23,9 @@ def lib():
 # on every architecture.
 _ARCH_SYSCALLS = {
     "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "seccomp": 317, "statx": 332,
-               "fcntl": 72, "syncfs": 306},
+               "fcntl": 72, "syncfs": 306, "fchmod": 91},
     "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "seccomp": 277, "statx": 291,
-                "fcntl": 25, "syncfs": 267},
+                "fcntl": 25, "syncfs": 267, "fchmod": 52},
 }
 _COMMON_SYSCALLS = {
     "open_tree": 428,

@@ -20,6 +20,15 @@ int prctl(int option, unsigned long arg2, unsigned long arg3,
 int ioctl(int fd, unsigned long request, ...);
 long syscall(long number, ...);
 
+/* sys/uio.h: the denial supervisor reads a blocked call's path argument */
+struct iovec {
+    void *iov_base;
+    size_t iov_len;
+};
+ssize_t process_vm_readv(int pid, const struct iovec *local_iov, unsigned long liovcnt,
+                         const struct iovec *remote_iov, unsigned long riovcnt,
+                         unsigned long flags);
+
 /* linux/mount.h */
 struct mount_attr {
     uint64_t attr_set;

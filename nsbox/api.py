@@ -175,7 +175,7 @@ class Popen:
 
     def __init__(self, args, *, policy=None, cwd=None, env=None, stdin=None, stdout=None,
                  stderr=None, on_denial=None, _session=None, _started=True, _prewarm=False,
-                 _extra_env=None):
+                 _extra_env=None, _python=False):
         if isinstance(args, (str, bytes)):
             args = [args]
         self.args = tuple(args)
@@ -228,7 +228,10 @@ class Popen:
                 with _session._lock:  # before it starts: Session._idle must see it
                     _session._commands.add(self)
                 try:
-                    self._status = _session._submit(self.args, cwd, env, child_fds, _extra_env)
+                    # _python: args are Python source and its arguments, for nsbox's own
+                    # work in the session (see service.session_server.run_python)
+                    self._status = _session._submit(self.args, cwd, env, child_fds, _extra_env,
+                                                    python=_python)
                 except BaseException:
                     with _session._lock:
                         _session._commands.discard(self)
@@ -340,7 +343,9 @@ class Popen:
                 _drop_rootfs_layer(self._plan)
             if self._session is not None:
                 self.network_blocked = self._session._refusals_since(self._began)
-                self._events = self._session._denials_since(self._began)
+                # Its events are asked for only if the supervisor saw any while it ran.
+                self._events = () if wire.exited_without_denials(record) \
+                    else self._session._denials_since(self._began)
                 if self._on_denial is not None:
                     for denial in self._events:
                         self._on_denial(denial)
@@ -426,6 +431,8 @@ class Session:
     private TMPDIR instead of /tmp, removed at close().
     With workspace_mode "overlay" the commands share one copy-on-write workspace:
     changes(), diff(), snapshot(), restore(), apply(), discard() (see each).
+    snapshot(), restore() and discard() cover a writable image root too when its layer
+    is on disk (Policy(rootfs_writable=True, rootfs_layer="disk")).
     """
 
     def __init__(self, policy=None, *, cwd=None, env=None, on_denial=None, _plan=None):
@@ -521,43 +528,44 @@ class Session:
         from nsbox.plan import diff_text, overlay
 
         run = self._overlay_run("diff")
-        wanted = applying._clean(os.path.relpath(os.path.join(run.workspace, path),
-                                                 run.workspace)) if path else ""
-        lower = os.open(run.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        upper = os.open(run.upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return "".join(diff_text.entry_diff(e, lower, upper)
-                           for e in overlay.recompute(run) if applying._under(e.path, wanted))
-        finally:
-            os.close(lower)
-            os.close(upper)
+        wanted = applying._clean(run.manifest_path(path)) if path else ""
+        return "".join(diff_text.run_diff(run, e)
+                       for e in overlay.recompute(run) if applying._under(e.path, wanted))
 
     def snapshot(self) -> str:
-        """Record the workspace as the session sees it now; returns an id for restore().
-        Costs a copy of what changed, not of the workspace. Needs the session idle."""
+        """Record the workspace, and a writable image root on disk (rootfs_layer "disk"),
+        as the session sees them now; returns an id for restore(). Costs a copy of what
+        changed, not of the workspace or image. Needs the session idle."""
         from nsbox.plan import session_overlay
 
-        with self._idle("snapshot") as run:
-            return session_overlay.take(run)
+        with self._idle("snapshot", layers=True) as runs:
+            snapshot_id = ""
+            for run in runs:
+                snapshot_id = session_overlay.take(run, snapshot_id)
+            return snapshot_id
 
     def restore(self, snapshot_id: str) -> None:
-        """Make the workspace what it was at snapshot(snapshot_id), while the sandbox
-        keeps running (its /tmp and environment stay). Needs the session idle."""
+        """Make the workspace (and writable image root) what it was at
+        snapshot(snapshot_id), while the sandbox keeps running (its /tmp and environment
+        stay). Needs the session idle."""
         from nsbox.plan import session_overlay
 
-        with self._idle("restore", check=False) as run:  # the restore itself checks
+        with self._idle("restore", check=False, layers=True) as runs:  # the restore checks
             try:
-                target = session_overlay.load(run, snapshot_id)
+                targets = [session_overlay.load(run, snapshot_id) for run in runs]
             except LookupError as err:
                 raise SandboxError(err.args[0]) from None
-            self._rewrite(run, target)
+            for run, target in zip(runs, targets):
+                self._rewrite(run, target)
 
     def discard(self) -> None:
-        """Drop every change: the workspace is the real tree again. Needs the session idle."""
+        """Drop every change: the workspace (and writable image root) is the real tree
+        (image) again. Needs the session idle."""
         from nsbox.plan import session_overlay
 
-        with self._idle("discard", check=False) as run:
-            self._rewrite(run, session_overlay.empty())
+        with self._idle("discard", check=False, layers=True) as runs:
+            for run in runs:
+                self._rewrite(run, session_overlay.empty())
 
     def continue_run(self, run_id: str) -> None:
         """Take over what kept run `run_id` (of this workspace: an earlier session's, say,
@@ -568,7 +576,8 @@ class Session:
         with self._idle("continue a run", check=False) as run:
             try:
                 kept = session_overlay.of_kept_run(
-                    os.path.dirname(os.path.dirname(run.dir)), run_id, run.workspace)
+                    os.path.dirname(os.path.dirname(run.dir)), run_id, run.workspace,
+                    run.roots)
             except (LookupError, ValueError) as err:
                 raise SandboxError(err.args[0]) from None
             self._rewrite(run, kept)
@@ -586,8 +595,7 @@ class Session:
         if isinstance(paths, str):
             paths = [paths]
         with self._idle("apply") as run:
-            relative = [os.path.relpath(os.path.join(run.workspace, p), run.workspace)
-                        for p in paths or ()]
+            relative = [run.manifest_path(p) for p in paths or ()]
             try:
                 return session_overlay.apply_now(run, self._applied, relative,
                                                  include_protected)
@@ -602,14 +610,32 @@ class Session:
             raise SandboxError("the session is closed")
         return self._plan.overlay
 
-    def _idle(self, what: str, check: bool = True):
+    def _layers(self, what: str) -> tuple:
+        """The overlay workspace's run and the writable image root's layer (disk)."""
+        from nsbox.plan import session_overlay
+
+        try:
+            runs = session_overlay.layers(self._plan)
+        except ValueError as err:
+            raise SandboxError(f"cannot {what}: {err}") from None
+        if not runs:
+            raise SandboxError(f"Session.{what}() needs a session with workspace_mode "
+                               "\"overlay\" (Policy(workspace_mode=\"overlay\")) or a "
+                               "writable image root (Policy(rootfs=..., rootfs_writable=True, "
+                               "rootfs_layer=\"disk\"))")
+        if self._closed:
+            raise SandboxError("the session is closed")
+        return runs
+
+    def _idle(self, what: str, check: bool = True, layers: bool = False):
         """A context in which no command of this session runs or can start; it yields
-        the overlay run once the sandbox's processes were checked (`check`)."""
+        the overlay run (`layers`: every run, see _layers) once the sandbox's processes
+        were checked (`check`)."""
         import contextlib
 
         @contextlib.contextmanager
         def idle():
-            run = self._overlay_run(what)
+            runs = self._layers(what) if layers else (self._overlay_run(what),)
             with self._lock:
                 running = [p for p in self._commands if p.returncode is None]
                 if self._layers_busy is not None or running:
@@ -619,8 +645,8 @@ class Session:
                 self._layers_busy = threading.get_ident()
             try:
                 if check:
-                    self._in_sandbox(what, run, "check", None)
-                yield run
+                    self._in_sandbox(what, runs[0], "check", None)
+                yield runs if layers else runs[0]
             finally:
                 with self._lock:
                     self._layers_busy = None
@@ -628,22 +654,18 @@ class Session:
         return idle()
 
     def _in_sandbox(self, what: str, run, mode: str, stream_fd) -> None:
-        """Run plan.session_overlay.RESTORER in the sandbox (mode check | restore)."""
-        import sys
-
+        """Run plan.session_overlay.RESTORER in the sandbox (mode check | restore), in
+        the layer's mount, by the session's server itself (the sandbox may hold no Python)."""
         from nsbox.plan import session_overlay
 
-        for python in (os.path.realpath(sys.executable), "python3"):
-            if stream_fd is not None:
-                os.lseek(stream_fd, 0, os.SEEK_SET)
-            proc = Popen([python, "-I", "-S", "-c", session_overlay.RESTORER, mode],
-                         cwd=run.workspace, stdin=DEVNULL if stream_fd is None else stream_fd,
-                         stdout=PIPE, stderr=PIPE, _session=self)
-            with self._lock:
-                self._commands.discard(proc)
-            out, err = proc.communicate()
-            if proc.exec_error is None:
-                break  # else this interpreter is out of the sandbox's reach: the next one
+        if stream_fd is not None:
+            os.lseek(stream_fd, 0, os.SEEK_SET)
+        proc = Popen([session_overlay.RESTORER, mode], cwd=session_overlay.mount_of(run),
+                     stdin=DEVNULL if stream_fd is None else stream_fd, stdout=PIPE,
+                     stderr=PIPE, _session=self, _python=True)
+        with self._lock:
+            self._commands.discard(proc)
+        out, err = proc.communicate()
         if proc.returncode == session_overlay.BUSY:
             raise SandboxError(f"cannot {what}: processes still run in the session "
                                f"({out.decode(errors='replace')}); wait for them or end them")
@@ -653,9 +675,9 @@ class Session:
                                f"{err.decode(errors='replace')[-2000:]}")
 
     def _rewrite(self, run, target) -> None:
-        from nsbox.plan import overlay, session_overlay
+        from nsbox.plan import session_overlay
 
-        steps = session_overlay.actions(overlay.recompute(run), target.entries)
+        steps = session_overlay.actions(session_overlay.manifest(run), target.entries)
         if not steps:
             return
         import tempfile
@@ -780,7 +802,7 @@ class Session:
             changes += self._git.apply()
         return changes
 
-    def _submit(self, args, cwd, env, fds, extra_env=None):
+    def _submit(self, args, cwd, env, fds, extra_env=None, python=False):
         if env is not None:
             from nsbox.plan import caches
             from nsbox.policy.env import sandbox_env
@@ -788,7 +810,9 @@ class Session:
             env = sandbox_env(self._plan.policy, env, tmpdir=self._plan.env.get("TMPDIR", "/tmp"))
             caches.carry(env, self._plan.env, (name for name, _ in self._plan.policy.extra_env))
             if self._plan.net_proxy is not None:
-                prepare.point_at_proxy(env, self._plan.policy, self._plan.net_proxy.port)
+                from nsbox.plan import proxy_settings
+
+                proxy_settings.point_at_proxy(env, self._plan.policy, self._plan.net_proxy.port)
         if extra_env:
             # The caller's explicit choice, after the filter (it applies to inherited
             # variables only): as the policy's own extra_env is.
@@ -799,7 +823,8 @@ class Session:
                     raise ValueError(f"extra_env: {name!r} is not a variable name with a string "
                                      "value (no NUL)")
                 env[name] = value
-        record = wire.encode_command(args, os.path.join(self._plan.cwd, cwd or ""), env)
+        record = wire.encode_command(args, os.path.join(self._plan.cwd, cwd or ""), env,
+                                     python=python)
         ours, theirs = wire.socketpair()
         try:
             with self._lock:

@@ -9,6 +9,10 @@ def main(argv=None) -> int:
     if args and args[0] == "exec":
         from nsbox.cli import execute
 
+        if argv is None:  # this process is the command's: see execute.collect_from_here
+            import gc
+
+            gc.disable()
         code = execute.run(args[1:])
         if argv is None:
             exit_now(code)

@@ -12,7 +12,7 @@ from nsbox.cli import execute
 from nsbox.cli import policy_show as show
 from nsbox.cli.profiles import profiles_app
 from nsbox.errors import PolicyError
-from nsbox.policy import files as policy_files
+from nsbox.policy import file_trust
 from nsbox.policy.files import WORKSPACE_FILE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -59,14 +59,14 @@ def trust(file: str = typer.Argument(None, help="default: ./.nsbox/policy.toml")
         return
     path = _file_or_default(file)
     try:
-        real, data = policy_files.read_exact(path, what="file")
+        real, data = file_trust.read_exact(path, what="file")
     except PolicyError as err:
         _fail(str(err), 2)
     try:
         if real.endswith(".json"):
             summary = "a seccomp profile; check it with `nsbox profiles check FILE`"
         else:
-            widens = policy_files.widening_keys(data, path)
+            widens = file_trust.widening_keys(data, path)
             summary = (f"it widens nsbox's defaults: {', '.join(widens)}" if widens
                        else "it only narrows nsbox's defaults")
         sha256 = trust_store.digest(data)

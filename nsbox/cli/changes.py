@@ -74,22 +74,11 @@ def diff(run_id: str, paths=()) -> int:
         return NOT_FOUND
     run, _, entries = loaded
     wanted = [applying._clean(p) for p in paths]
-    out = sys.stdout
-    lower = os.open(run.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    upper = os.open(run.upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for entry in entries:
-            if wanted and not any(applying._under(entry.path, w) for w in wanted):
-                continue
-            out.write(_diff_one(entry, lower, upper))
-    finally:
-        os.close(lower)
-        os.close(upper)
+    for entry in entries:
+        if wanted and not any(applying._under(entry.path, w) for w in wanted):
+            continue
+        sys.stdout.write(diff_text.run_diff(run, entry))
     return 0
-
-
-# Kept under this name for cli.review.
-_diff_one = diff_text.entry_diff
 
 
 def apply(run_id: str, paths=(), force: bool = False, include_protected=()) -> int:
@@ -144,7 +133,20 @@ def discard(run_ids=(), older_than: str = "") -> int:
             continue
         overlay.discard(loaded[0])
         print(f"discarded run {run_id}")
+    _sweep_all(state_dir)
     return status
+
+
+def _sweep_all(state_dir: str) -> None:
+    """The empty runs that later `nsbox exec` runs would remove (overlay.sweep) go now."""
+    try:
+        fd = os.open(overlay.runs_dir(state_dir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        overlay.sweep(fd, most=None)
+    finally:
+        os.close(fd)
 
 
 def _duration(text: str) -> int:

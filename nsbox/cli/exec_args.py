@@ -195,7 +195,7 @@ def policy_from_options(values: dict, on_policy_file=None):
     if values.get("no_denial_events"):
         flags["report_denials"] = False
     if "limit" in values:
-        from nsbox.policy.limits import parse_options
+        from nsbox.policy.limit_values import parse_options
 
         flags["limits"] = parse_options(values["limit"])
     policy, decision = policy_files.resolve(values.get("policy"), flags)

@@ -47,6 +47,7 @@ def run(args: list) -> int:
     events = []  # what the sandbox's supervisor saw blocked (policy.denials.Denial)
     policy_file = []  # the policy file's trust decision, if a file was used
     held = None  # overlay mode: descriptors of the run's layers, taken before the launch
+    starting = None  # overlay mode: what nsbox exec does while the sandbox starts
     layer = None  # rootfs_writable: the sandbox's own layer, removed after the run
     reviewer = None  # --review on a terminal: the helper that asks after the run
     git_held = None  # git dirs copy-on-write: descriptors of their layers (plan/gitsync.py)
@@ -73,7 +74,9 @@ def run(args: list) -> int:
                 values, policy, parsed.command, image_found)
             if note:
                 sys.stderr.write(f"nsbox: {note}\n")
-        plan = prepare.prepare(parsed.command, policy, cwd=cwd, host=host_facts(policy))
+        plan = prepare.prepare(parsed.command, policy, cwd=cwd, host=host_facts(policy),
+                               overlay_meta_later=True)
+        collect_from_here()  # before any fork: the reviewer's, PID 1's, the command's
         for line in isolation.report(plan) + limits.report(plan.limits):
             sys.stderr.write(f"nsbox: {line}\n")
         failures = []
@@ -89,10 +92,12 @@ def run(args: list) -> int:
             from nsbox.plan import overlay
 
             held = overlay.Held(plan.overlay)
+            starting = _OverlayStart(held, plan.argv)
             if review:
                 reviewer = start_review(plan.overlay)
         code = caller.run(plan, on_limit=limit_hits.append, on_network=network.update,
-                          on_failure=failures.append, on_denials=events.extend)
+                          on_failure=failures.append, on_denials=events.extend,
+                          while_starting=starting)
         if failures and failures[0].step != errorpipe.EXEC_STEP:
             error = errorpipe.describe(failures[0], parsed.command[0])
     except NsboxError as err:
@@ -106,7 +111,7 @@ def run(args: list) -> int:
                              policy=policy)
     changes = report_changes(plan) + (report_git(git_held, plan.cwd) if git_held is not None
                                        else ())
-    kept = report_overlay(held, ran=not error) if held is not None else None
+    kept = report_overlay(held, not error, starting) if held is not None else None
     if review and kept is not None and reviewer is None and kept[1] is not None:
         sys.stderr.write(f"nsbox: --review needs a terminal (stdin and stderr); run {kept[1]} "
                          f"kept: review it with nsbox changes {kept[1]}\n")
@@ -124,6 +129,18 @@ def run(args: list) -> int:
 
         reviewing.finish(reviewer, kept[1] if kept is not None else None)
     return code
+
+
+def collect_from_here() -> None:
+    """Start-up ran with the cyclic GC off (cli.main): it only made objects that live until
+    exit, and collecting them cost 1-2 ms. They are frozen out of later collections (which
+    also spares PID 1 and the command process copying their pages to update GC headers);
+    the long wait for the command collects as usual."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def start_review(run):
@@ -184,12 +201,35 @@ def report_git(held, cwd: str) -> tuple:
     return refused
 
 
-def report_overlay(held, ran: bool) -> tuple:
+class _OverlayStart:
+    """Overlay mode, while the sandbox starts (time nsbox exec would only wait): the
+    run's metadata is written and earlier runs' leftovers are removed."""
+
+    def __init__(self, held, argv):
+        self.held, self.argv, self.meta_written = held, argv, False
+
+    def __call__(self) -> None:
+        from nsbox.plan import overlay
+
+        try:
+            overlay.write_meta(self.held, self.argv)
+            self.meta_written = True
+        except OSError:
+            pass  # tried again after the run (report_overlay)
+        overlay.sweep(self.held.runs_fd)
+
+
+def report_overlay(held, ran: bool, starting=None) -> tuple:
     """After an overlay run: (manifest, run id or None), said in one stderr line."""
     from nsbox.plan import overlay
 
+    if ran and starting is not None and not starting.meta_written:
+        try:
+            overlay.write_meta(held, starting.argv)
+        except OSError:
+            pass
     try:
-        entries, run_id = overlay.conclude(held, ran)
+        entries, run_id = overlay.conclude(held, ran, defer_removal=True)
     except OSError as err:
         sys.stderr.write(f"nsbox: cannot read the run's changes in {held.run.dir}: {err}\n")
         return (), held.run.id

@@ -31,7 +31,7 @@ def import_(source: str = typer.Argument(..., help="an OCI image layout director
     digest and shared between images."""
     from nsbox.errors import NsboxError
     from nsbox.plan import images
-    from nsbox.policy.limits import parse_size
+    from nsbox.policy.limit_values import parse_size
 
     try:
         limit = parse_size(max_size)

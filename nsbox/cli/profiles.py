@@ -6,7 +6,7 @@ import sys
 import typer
 
 from nsbox.errors import NsboxError, PolicyError
-from nsbox.plan import seccomp_filter
+from nsbox.plan import profile_compiler
 from nsbox.policy import profiles
 
 profiles_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -41,8 +41,8 @@ def check(file: str = typer.Argument(..., help="a profile name or JSON file to c
     """Check a profile: JSON syntax, keys, actions, ops, syscall names; then compile it."""
     try:
         path = profiles.find(file)
-        seccomp_filter.compile_profile(profiles.read(path), path, network_off=False)
-        profile = seccomp_filter.load_profile(profiles.read(path), path)
+        profile_compiler.compile_profile(profiles.read(path), path, network_off=False)
+        profile = profile_compiler.load_profile(profiles.read(path), path)
     except NsboxError as err:
         sys.stderr.write(f"{err}\n")
         raise typer.Exit(1)

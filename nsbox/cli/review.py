@@ -186,15 +186,9 @@ def _ask(entry, line: str, run, stdin, out) -> str:
 
 
 def _diff(run, entry) -> str:
-    from nsbox.cli import changes
+    from nsbox.plan import diff_text
 
-    lower = os.open(run.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    upper = os.open(run.upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return changes._diff_one(entry, lower, upper)
-    finally:
-        os.close(lower)
-        os.close(upper)
+    return diff_text.run_diff(run, entry)
 
 
 def _apply(run, meta, entries, chosen, out, home: str) -> int:

@@ -135,6 +135,7 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
         super().__init__()
         self._tools = tools  # Inspect's sandbox tools, unpacked on the host (inspect_tools)
         self._editor = None  # text_editor(), answered here (inspect_editor)
+        self._shells = None  # bash_session(), answered here (inspect_bash_session)
         self.denial_note = denial_note  # see NsboxSandboxConfig
         self._policy = policy  # the session's, for exact hints
         self.workspace = workspace
@@ -143,6 +144,8 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
         self._lock = lock
 
     async def close(self) -> None:
+        if self._shells is not None:
+            await self._shells.close()
         # An overlay's changes die with the sample's directory: no run is kept for them.
         await asyncio.to_thread(self.session.close, keep_changes=False)
         remove_tree(self.root)
@@ -157,7 +160,7 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
         self._check_user(user)
         if isinstance(input, str):
             input = input.encode()
-        answered = await self._answer_here(list(cmd), input)
+        answered = await self._answer_here(list(cmd), input, timeout)
         if answered is not None:
             return answered
         env = inspect_tools.tools_env(cmd, env, self.session.tmpdir)
@@ -211,18 +214,19 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
                 f"nsbox runs commands as {pwd_name(os.getuid())!r} (the user running Inspect); "
                 f"it cannot run them as {user!r}")
 
-    async def _answer_here(self, cmd: list, input) -> ExecResult[str] | None:
+    async def _answer_here(self, cmd: list, input, timeout) -> ExecResult[str] | None:
         """The tools requests the provider answers itself (text_editor: Inspect's keeps
         its history under /tmp, beneath a / it refuses when a user namespace shows it as
-        an unmapped uid's), or, with landlock-only isolation, refuses with the reason
-        (bash_session; the tools server where other samples could reach its socket);
-        None for the others."""
+        an unmapped uid's; bash_session: on terminals made on the host), or, with
+        landlock-only isolation, refuses with the reason (the tools server where other
+        samples could reach its socket); None for the others."""
         method = inspect_tools.tools_method(cmd, input)
+        if method in inspect_tools.BASH_SESSION_METHODS:
+            return await self._answer_bash_session(input, timeout)
         if method != "text_editor":
             if self.session.isolation == "full":
                 return None
-            refused = inspect_tools.landlock_refusal(cmd, method,
-                                                     self.session.host_sockets_reachable)
+            refused = inspect_tools.landlock_refusal(cmd, self.session.host_sockets_reachable)
             if refused:
                 return ExecResult(success=False, returncode=1, stdout="", stderr=refused)
             return None
@@ -233,6 +237,22 @@ class NsboxSandboxEnvironment(SandboxEnvironment):
             self._editor = Editor(lambda argv, data: self.session.run_async(
                 argv, input=data, max_output=limit))
         answer = await self._editor.answer(input.decode() if isinstance(input, bytes) else input)
+        return ExecResult(success=True, returncode=0, stdout=answer, stderr="")
+
+    async def _answer_bash_session(self, input, timeout) -> ExecResult[str]:
+        if self._shells is None:
+            from nsbox.integrations.inspect_bash_session import BashSessions
+
+            self._shells = BashSessions(self.session, runs_as)
+        request = input.decode() if isinstance(input, bytes) else input
+        try:
+            # A shell too busy to take what is typed times out as a command would.
+            answer = await asyncio.wait_for(self._shells.answer(request), timeout)
+        except (SetupFailed, SandboxError) as err:
+            raise _unavailable(err, None) from err
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"bash_session did not answer within {timeout} seconds") \
+                from None
         return ExecResult(success=True, returncode=0, stdout=answer, stderr="")
 
     async def _run(self, cmd: list, cwd, env, input, timeout):

@@ -149,13 +149,9 @@ def in_tmpdir(path, tmpdir: str):
     return tmpdir + os.path.normpath(path)[len("/tmp"):]
 
 
-# Landlock-only isolation cannot host this soundly: without a mount namespace, the only
-# way to give a sample a terminal is to open the host's /dev/pts to it.
-_NEEDS_A_TERMINAL = ("nsbox: bash_session() needs a terminal, and without a mount namespace "
-                     "the only way to give a sample one is to open the host's /dev/pts to it "
-                     "(the user's own terminals included). It works with full isolation "
-                     "(where user namespaces are available); under landlock-only isolation "
-                     "use bash(), python() and text_editor().")
+# bash_session()'s requests, which the provider answers itself in both modes
+# (inspect_bash_session): no tools server, a terminal made on the host.
+BASH_SESSION_METHODS = ("bash_session_new_session", "bash_session")
 
 
 def tools_method(cmd: list, input) -> str | None:
@@ -174,13 +170,12 @@ _SOCKET_REACHABLE = ("nsbox: Inspect's tools server (used by exec_remote through
                      "sandbox MCP servers and the agent bridge) listens on a unix socket, and "
                      "under landlock-only isolation on this kernel (Landlock ABI before 9) "
                      "other samples' commands could connect to it and act in this sample. It "
-                     "works with full isolation; text_editor() and bash() work here.")
+                     "works with full isolation; bash(), text_editor() and bash_session() work "
+                     "here.")
 
 
-def landlock_refusal(cmd: list, method: str | None, sockets_reachable: bool) -> str | None:
+def landlock_refusal(cmd: list, sockets_reachable: bool) -> str | None:
     """Landlock-only isolation: why a tools command cannot run (None when it can)."""
-    if method and method.startswith("bash_session"):
-        return _NEEDS_A_TERMINAL
     if cmd and cmd[0] == SANDBOX_CLI and sockets_reachable:
         return _SOCKET_REACHABLE
     return None

@@ -2,8 +2,8 @@
 in the sample's nsbox Session that keep running between calls, with a terminal of
 their own (tty=True) or pipes.
 
-The terminal is a pty made here, on the host: the sandbox gets only its secondary end
-as stdin, stdout and stderr, and `setsid -c` makes it the command's controlling
+The terminal is a pty made here, on the host (host_terminal): the sandbox gets only its
+secondary end as stdin, stdout and stderr, and `setsid -c` makes it the command's controlling
 terminal (so ^C and job control work). Nothing of the host's /dev/pts is
 opened to the sandbox, so this works under landlock-only isolation too. Ending a
 process closes its terminal (a hangup for everything on it) and kills the command's
@@ -27,13 +27,9 @@ from agents.sandbox.session.pty_types import (
 )
 
 from nsbox.api import DEVNULL, PIPE
+from nsbox.integrations import host_terminal
 
 _CHUNK = 65536
-# $@ in a session of its own with stdin (the pty) as its controlling terminal, and its
-# exit status as the shell reports it (128 + N for signal N). Run as the shell's child,
-# setsid is no process group leader and need not fork (the `exit` keeps the shell from
-# exec'ing it in its place).
-_ON_TERMINAL = ["sh", "-c", 'setsid -c "$@"; exit $?', "nsbox-pty"]
 
 
 class _Process:
@@ -116,16 +112,8 @@ class PtyProcesses:
         extra_env = await self.state.manifest.environment.resolve() or None
         loop = asyncio.get_running_loop()
         if tty:
-            primary, secondary = os.openpty()
-            try:
-                proc = await asyncio.to_thread(
-                    sandbox.popen, [*_ON_TERMINAL, *argv], cwd=self.workspace,
-                    extra_env=extra_env, stdin=secondary, stdout=secondary, stderr=secondary)
-            except BaseException:
-                os.close(primary)
-                raise
-            finally:
-                os.close(secondary)
+            proc, primary = await asyncio.to_thread(
+                host_terminal.start, sandbox, argv, cwd=self.workspace, extra_env=extra_env)
             process = _Process(proc, primary)
             process.watch(loop, [primary])
         else:

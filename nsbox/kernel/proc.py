@@ -44,6 +44,15 @@ def clear_child_subreaper() -> None:
     _ffi.prctl(PR_SET_CHILD_SUBREAPER, 0, what="PR_SET_CHILD_SUBREAPER, 0")
 
 
+F_SETPIPE_SZ = 1031
+
+
+def set_pipe_size(fd: int, size: int) -> None:
+    """fcntl(F_SETPIPE_SZ) through the binding nsbox has loaded anyway (the fcntl module
+    costs an import on `nsbox exec`)."""
+    _ffi.syscall("fcntl", fd, F_SETPIPE_SZ, size, detail=f"fd {fd}, F_SETPIPE_SZ {size}")
+
+
 def cloexec_from(first_fd: int) -> None:
     """Mark every fd >= first_fd close-on-exec, so nothing the caller held leaks in."""
     _ffi.syscall("close_range", first_fd, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC,

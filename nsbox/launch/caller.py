@@ -16,17 +16,20 @@ from nsbox.launch import errorpipe, limits, pid1, rootfs, sequence
 from nsbox.plan.types import LANDLOCK
 
 
-def run(plan, on_limit=None, on_network=None, on_failure=None, on_denials=None) -> int:
+def run(plan, on_limit=None, on_network=None, on_failure=None, on_denials=None,
+        while_starting=None) -> int:
     """Start the sandbox, wait for it, return the exit code. The caller must be single-threaded.
 
     `on_limit(hit)` is called with the limits.LimitHit when a resource limit ended the
     command (for run records); `on_network(report)` with the allowlist proxy's report;
     `on_failure(failure)` with the errorpipe.Failure when the command never ran;
     `on_denials(events)` with what the denial supervisor saw blocked (policy.denials.Denial).
+    `while_starting()` is called once PID 1 is forked, while the sandbox sets itself up
+    (full isolation only): the caller's own housekeeping, in time it would spend waiting.
     """
     trace.mark("launch")
     if plan.isolation == LANDLOCK:
-        return _run_landlock_only(plan, on_limit, on_failure)
+        return _run_landlock_only(plan, on_limit, on_failure, on_denials)
     # The cgroup is made with the caller's own credentials, before the user namespace.
     active = limits.start(plan.limits)
     code, timed_out, failure = errorpipe.SETUP_FAILED, False, None
@@ -44,6 +47,8 @@ def run(plan, on_limit=None, on_network=None, on_failure=None, on_denials=None) 
         sequence.enter_namespaces(plan)
         deadline = limits.deadline(plan.limits, time.monotonic())
         init_pid = sequence.fork_init(plan, channel)
+        if while_starting is not None:
+            while_starting()
         trace.mark("wait for exec")
         failure = errorpipe.read_failure(channel.error_r)
         trace.mark("wait for exit")
@@ -66,7 +71,7 @@ def run(plan, on_limit=None, on_network=None, on_failure=None, on_denials=None) 
     return _conclude(plan, code, failure, hit, on_limit, on_failure)
 
 
-def _run_landlock_only(plan, on_limit, on_failure) -> int:
+def _run_landlock_only(plan, on_limit, on_failure, on_denials) -> int:
     from nsbox.launch import scope  # only this mode's runs pay for it
 
     pid1.watch_signals(sequence.WATCHED_SIGNALS)
@@ -76,13 +81,19 @@ def _run_landlock_only(plan, on_limit, on_failure) -> int:
         opened = scope.open_scope(plan)
         error_r, error_w = scope.error_pipe()
         deadline = limits.deadline(plan.limits, time.monotonic())
-        pid = scope.fork_command(plan, error_r, error_w, active)
+        pid = scope.fork_command(plan, error_r, error_w, active, denials=opened.denials)
+        # After the last fork: this process has a second thread from here on.
+        scope.watch_denials(opened, plan, pid)
         failure = errorpipe.read_failure(error_r)
         code = pid1.supervise(pid, sequence.FORWARDED_SIGNALS, sequence.WATCHED_SIGNALS,
                               deadline=deadline)
         timed_out = _wall_expired(deadline, code)
     finally:
         problem = scope.close_scope(opened) if opened is not None else ""
+        if opened is not None and opened.denials is not None:
+            events = _denials(opened.denials.events_r)
+            if on_denials is not None and events:
+                on_denials(events)
         hit = limits.finish(active, code, timed_out)
         if problem:
             sys.stderr.write(f"nsbox: {problem}\n")
@@ -90,7 +101,8 @@ def _run_landlock_only(plan, on_limit, on_failure) -> int:
 
 
 def _denials(events_r: int) -> tuple:
-    """What PID 1's denial supervisor reported; the pipe is closed here."""
+    """What the denial supervisor (PID 1's, or this process's) reported; the pipe is
+    closed here."""
     try:
         first = os.read(events_r, 1 << 16)
     except BlockingIOError:

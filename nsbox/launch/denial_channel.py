@@ -4,8 +4,9 @@ apart from the supervisor, launch/denial_watch.py, which only PID 1 imports)."""
 import _socket as socket
 import os
 
+from nsbox.kernel import proc
+
 _PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = 1031
 
 
 class Channel:
@@ -17,9 +18,7 @@ class Channel:
             socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.events_r, self.events_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            import fcntl
-
-            fcntl.fcntl(self.events_w, _F_SETPIPE_SZ, _PIPE_SIZE)
+            proc.set_pipe_size(self.events_w, _PIPE_SIZE)
         except OSError:
             pass  # a smaller pipe: live events beyond it are dropped, the final list is cut
 
@@ -32,6 +31,23 @@ class Channel:
     def sandbox_side(self) -> None:
         os.close(self.events_r)
 
+    @staticmethod
+    def preload(stage: str, built: bool) -> None:
+        """PID 1, called before the new root is assembled at `stage` and again once it is
+        built: when the sandbox will not see nsbox's own files (installed under /tmp, in
+        a hidden path, an image as root), import the supervisor's code while the host's
+        files are still there, rather than at the first call, which would fail."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        under_stage = here.startswith(stage.rstrip("/") + "/")
+        if built == under_stage or (built and os.path.exists(f"{stage}{here}/denial_watch.py")):
+            return  # (under the stage: imported before it was covered)
+        import json  # noqa: F401  (the supervisor's reports use it)
+        import select  # noqa: F401
+
+        from nsbox.kernel import seccomp_notify  # noqa: F401  (its _ffi: loaded by now)
+        from nsbox.launch import denial_watch  # noqa: F401
+        from nsbox.policy import denials  # noqa: F401
+
     def command_side(self) -> None:
         """In the command process: only the end that carries the listener to PID 1."""
         self.listener_r.close()
@@ -39,17 +55,25 @@ class Channel:
 
 
 def start_supervisor(watch, channel: Channel, profile: str, session: bool = False):
-    """In PID 1 after its last fork: the supervising thread (launch/denial_watch.py), which
-    imports its module itself, so that PID 1's main thread supervises at once (a short
-    command must not wait for that import). Returns `finish`, for PID 1's last step: it
+    """In PID 1 after its last fork (landlock-only: in the caller, launch/scope.py): the
+    supervising thread (launch/denial_watch.py), which imports its module itself, so
+    that the main thread supervises at once (a short command must not wait for that
+    import). Returns `finish`, for PID 1's last step: it
     reports every event with its count. A supervisor not yet made has seen nothing (it
     answers every notification, so none was answered before it existed)."""
     import _thread
     import select
 
     made = []
+    stopped = []  # why the thread ended early, if it did: the listener is closed then
 
     def run():
+        try:
+            serve()
+        except BaseException as err:
+            stopped.append(err)
+
+    def serve():
         listener = _receive_listener(channel)
         if listener is None:
             return  # the command failed before loading its filter
@@ -59,9 +83,13 @@ def start_supervisor(watch, channel: Channel, profile: str, session: bool = Fals
         # that writes nothing (or exits at once) never pays for it.
         if not any(events & select.POLLIN for _, events in poller.poll()):
             return  # hung up: every process under the filter is gone
-        from nsbox.launch import denial_watch
+        try:
+            from nsbox.launch import denial_watch
 
-        made.append(denial_watch.Supervisor(watch, channel, profile, session))
+            made.append(denial_watch.Supervisor(watch, channel, profile, session))
+        except BaseException:
+            os.close(listener)  # the command's notified calls fail (ENOSYS), never hang
+            raise
         made[0].run(listener)
 
     channel.listener_w.close()
@@ -71,6 +99,7 @@ def start_supervisor(watch, channel: Channel, profile: str, session: bool = Fals
         if made:
             made[0].finish()
 
+    finish.stopped = stopped
     return finish
 
 
@@ -100,13 +129,16 @@ def send_listener(channel: Channel, listener: int) -> None:
         channel.listener_w.close()
 
 
-# The session server's "tell the repeats now": fchmod of fd -1 (EBADF) with this mode,
-# the only fchmod the reporting filter notifies (plan/denial_rules.py).
+# The session server's "tell the repeats now": fchmod of fd -1 with this mode, the only
+# fchmod the reporting filter notifies (plan/denial_rules.py). The supervisor answers it
+# with its tally of denied calls so far, without running it.
 FLUSH_MODE = 0xF1A5
 
 
-def flush() -> None:
-    try:
-        os.fchmod(-1, FLUSH_MODE)
-    except OSError:
-        pass
+def flush():
+    """The supervisor's tally of denied calls, once it has passed on what it holds; None
+    without a supervisor (the call fails)."""
+    from nsbox.kernel import seccomp_notify
+
+    tally = seccomp_notify.fchmod_answer(-1, FLUSH_MODE)
+    return tally if tally >= 0 else None

@@ -22,8 +22,12 @@ def host_terminal():
     return None
 
 
-def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
-    """console: host_terminal()'s answer, shown as /dev/console."""
+def build_and_enter(steps, use_mount_api: bool, console=None, preload=None) -> None:
+    """console: host_terminal()'s answer, shown as /dev/console. preload(stage, built):
+    called before the new root is assembled at `stage` (covering the host's) and once
+    it is built, before pivot_root (the host's files elsewhere are still seen)."""
+    if preload is not None:
+        preload(STAGE, built=False)
     mounts.make_private_recursive()
     # Take every writable tree from the host before anything is stacked on STAGE:
     # a workspace under /tmp would otherwise resolve into the read-only copy.
@@ -94,6 +98,8 @@ def build_and_enter(steps, use_mount_api: bool, console=None) -> None:
             raise ValueError(f"unknown mount step {step.kind!r}")
     if masks is not None:
         os.close(masks)
+    if preload is not None:
+        preload(STAGE, built=True)
     trace.mark("pivot_root")
     mounts.pivot_into(STAGE)
 

@@ -6,8 +6,9 @@ TMPDIR and denies TCP; seccomp (when compiled) denies inet sockets; the caller
 is a child subreaper, so whatever the command leaves behind is re-parented to it
 and killed when the command returns.
 
-caller:   cgroup -> open_scope (subreaper, create TMPDIR) -> fork_command -> wait
-          -> close_scope (kill leftovers, remove TMPDIR) -> remove cgroup
+caller:   cgroup -> open_scope (subreaper, create TMPDIR) -> fork_command
+          -> watch_denials (the denial supervisor's thread) -> wait
+          -> close_scope (kill leftovers, final denial events, remove TMPDIR) -> remove cgroup
 command:  join the cgroup -> chdir -> fds -> rlimits -> drop capabilities (root only)
           -> no_new_privs
           -> parent-death signal -> Landlock -> seccomp -> exec (or serve a session)
@@ -22,6 +23,7 @@ import _signal as signal  # the C module: `signal` imports enum, in every relay
 import os
 import stat
 
+from nsbox.errors import SandboxError
 from nsbox.kernel import proc
 from nsbox.launch import errorpipe, limits, sequence
 
@@ -34,12 +36,15 @@ def error_pipe() -> tuple:
 class Scope:
     """What a landlock-only run changed in its caller, for close_scope to undo."""
 
-    __slots__ = ("tmp", "was_subreaper", "earlier_children")
+    __slots__ = ("tmp", "was_subreaper", "earlier_children", "denials", "finish_denials")
 
     def __init__(self, was_subreaper: bool, earlier_children: frozenset):
         self.tmp = None  # set once created: only a TMPDIR we made is ever removed
         self.was_subreaper = was_subreaper
         self.earlier_children = earlier_children
+        # denial_channel.Channel when the plan reports denials; its supervisor runs here.
+        self.denials = None
+        self.finish_denials = None  # denial_channel.start_supervisor's `finish`
 
 
 def open_scope(plan) -> Scope:
@@ -56,39 +61,82 @@ def open_scope(plan) -> Scope:
         close_scope(scope)
         raise
     scope.tmp = plan.private_tmp
+    if plan.denial_watch is not None:
+        from nsbox.launch import denial_channel
+
+        scope.denials = denial_channel.Channel()
     return scope
 
 
-def fork_command(plan, error_r: int, error_w: int, active, serve=None) -> int:
+def fork_command(plan, error_r: int, error_w: int, active, serve=None, denials=None) -> int:
     """Fork the command process (restrict, then exec, or `serve(plan)` in its place);
-    closes the error pipe's write end here."""
+    closes the error pipe's write end here. denials: the open scope's denial channel,
+    whose listener the command sends back here (then call watch_denials)."""
     parent = os.getpid()
+    if denials is not None:
+        # The command and what it forks before exec: no ptrace, no /proc/PID/mem of
+        # this process for a same-uid process without CAP_SYS_PTRACE (Landlock already
+        # keeps a confined process from tracing an unconfined one).
+        proc.set_dumpable(False)
     pid = os.fork()
     if pid == 0:
         try:
             os.close(error_r)
-            _command_main(plan, error_w, parent, active, serve)
+            if denials is not None:
+                denials.sandbox_side()
+                denials.command_side()
+            _command_main(plan, error_w, parent, active, serve, denials)
         finally:
             os._exit(errorpipe.SETUP_FAILED)
     os.close(error_w)
     return pid
 
 
+def watch_denials(scope: Scope, plan, command: int, session: bool = False) -> None:
+    """Start the denial supervisor in this process, outside the command's Landlock
+    domain, after the last fork (it is a thread). If it cannot start, the command is
+    killed and the error raised: its notified calls must never wait for nobody."""
+    if scope.denials is None:
+        return
+    from nsbox.launch import denial_channel
+
+    try:
+        scope.finish_denials = denial_channel.start_supervisor(
+            plan.denial_watch, scope.denials, plan.policy.seccomp, session=session)
+    except BaseException as err:
+        try:
+            os.kill(command, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise SandboxError(
+            f"denial reporting could not start ({err}); the command was stopped. "
+            "--no-denial-events (report_denials = false) runs without it") from None
+
+
 def close_scope(scope: Scope) -> str:
-    """Kill everything the command left behind, undo open_scope; a warning, or ""."""
+    """Kill everything the command left behind, undo open_scope; a warning, or "".
+    The denial supervisor, if any, writes its final events then (every process under
+    its filter is gone)."""
     kill_leftovers(spare=scope.earlier_children)
     if not scope.was_subreaper:
         proc.clear_child_subreaper()
-    if scope.tmp is None:
-        return ""
-    try:
-        remove_tree(scope.tmp)
-    except OSError as err:
-        return f"could not remove the sandbox's TMPDIR: {err}"
-    return ""
+    problems = []
+    if scope.finish_denials is not None:
+        finish, scope.finish_denials = scope.finish_denials, None
+        finish()
+        if finish.stopped:
+            problems.append(
+                f"denial reporting stopped during the run ({finish.stopped[0]!r}); from then "
+                "on the command's write-intent and refused system calls failed with ENOSYS")
+    if scope.tmp is not None:
+        try:
+            remove_tree(scope.tmp)
+        except OSError as err:
+            problems.append(f"could not remove the sandbox's TMPDIR: {err}")
+    return "; ".join(problems)
 
 
-def _command_main(plan, error_w: int, parent: int, active, serve) -> None:
+def _command_main(plan, error_w: int, parent: int, active, serve, denials) -> None:
     try:
         # Into the limits' cgroup before anything runs (or forks).
         limits.join(active)
@@ -97,7 +145,7 @@ def _command_main(plan, error_w: int, parent: int, active, serve) -> None:
         os._exit(errorpipe.SETUP_FAILED)
     # Without a user namespace, capabilities would be real ones on the host: only root has any.
     sequence.restrict_command(plan, error_w, drop_caps=plan.uid == 0, expected_parent=parent,
-                              own_files=serve is None)
+                              own_files=serve is None, report_to=denials)
     if serve is not None:
         os.close(error_w)  # EOF: the session is ready
         os._exit(serve(plan))

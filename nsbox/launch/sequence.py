@@ -96,7 +96,8 @@ def _init_main(plan, channel: Channel) -> None:
         trace.mark("mounts")
         if plan.own_mount_ns:  # before any mount: the caller's view stays the host's
             namespaces.unshare(namespaces.CLONE_NEWNS)
-        rootfs.build_and_enter(plan.mounts, plan.use_mount_api, channel.console)
+        rootfs.build_and_enter(plan.mounts, plan.use_mount_api, channel.console,
+                               preload=channel.denials and channel.denials.preload)
         step = "hostname"
         trace.mark("hostname")
         namespaces.set_hostname(plan.hostname)

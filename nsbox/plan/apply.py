@@ -77,7 +77,7 @@ def with_new_parents(entries, chosen) -> list:
     out = list(chosen)
     for entry in chosen:
         parent = os.path.dirname(entry.path)
-        while parent:
+        while parent and parent != "/":  # "/": above an extra root's absolute paths
             made = by_path.get(parent)
             if made is not None and made.what in ("created", "type changed") and made not in out:
                 out.append(made)
@@ -141,22 +141,44 @@ def conflicts(workspace_fd: int, entries, started_ns: int) -> list:
 
 
 def apply(run: overlay.Run, entries, force: bool = False, started_ns: int = 0) -> list:
-    """Write `entries` (from select) into the real workspace; ApplyError listing the
-    conflicts (nothing written) unless `force`. Returns the entries applied and the
-    (path, why) of those that can't be (FIFOs, sockets, devices)."""
-    workspace_fd = os.open(run.workspace, _DIR)
-    upper_fd = os.open(run.upper, _DIR)
-    try:
-        if not force:
-            found = conflicts(workspace_fd, entries, started_ns)
-            if found:
-                lines = "\n".join(f"  {c.path}: {c.why}" for c in found)
-                raise ApplyError(f"not applied: the real workspace changed where the run did:"
-                                 f"\n{lines}\npass --force to apply over these changes")
-        return write_entries(workspace_fd, upper_fd, entries)
-    finally:
-        os.close(workspace_fd)
-        os.close(upper_fd)
+    """Write `entries` (from select) into the real workspace and extra roots; ApplyError
+    listing the conflicts (nothing written) unless `force`. Returns the entries applied
+    and the (path, why) of those that can't be (FIFOs, sockets, devices)."""
+    if not force:
+        found = run_conflicts(run, entries, started_ns)
+        if found:
+            lines = "\n".join(f"  {c.path}: {c.why}" for c in found)
+            raise ApplyError(f"not applied: the real workspace changed where the run did:"
+                             f"\n{lines}\npass --force to apply over these changes")
+    applied, not_applicable = [], []
+    for part, pairs in overlay.by_root(run, entries):
+        original = {rel.path: entry for entry, rel in pairs}
+        workspace_fd = os.open(part.workspace, _DIR)
+        try:
+            upper_fd = os.open(part.upper, _DIR)
+            try:
+                done, odd = write_entries(workspace_fd, upper_fd, [rel for _, rel in pairs])
+            finally:
+                os.close(upper_fd)
+        finally:
+            os.close(workspace_fd)
+        applied += [original[e.path] for e in done]
+        not_applicable += [(original[path].path, why) for path, why in odd]
+    return applied, not_applicable
+
+
+def run_conflicts(run: overlay.Run, entries, started_ns: int) -> list:
+    """conflicts() in each of the run's roots, paths as the manifest names them."""
+    found = []
+    for part, pairs in overlay.by_root(run, entries):
+        original = {rel.path: entry for entry, rel in pairs}
+        fd = os.open(part.workspace, _DIR)
+        try:
+            found += [Conflict(original[c.path].path, c.why)
+                      for c in conflicts(fd, [rel for _, rel in pairs], started_ns)]
+        finally:
+            os.close(fd)
+    return found
 
 
 def write_entries(workspace_fd: int, upper_fd: int, entries) -> tuple:
@@ -317,7 +339,9 @@ def _changed_since(root_fd: int, path: str, info, started_ns: int, deep: bool = 
 
 
 def _clean(path: str) -> str:
-    return "/".join(p for p in path.split("/") if p and p != ".")
+    """A relative path normalised; an absolute one (an extra root's) stays absolute."""
+    return ("/" if path.startswith("/") else "") + "/".join(
+        p for p in path.split("/") if p and p != ".")
 
 
 def _under(path: str, top: str) -> bool:

@@ -4,7 +4,8 @@ A cached program is trusted as-is by the next run, so every entry carries an
 HMAC-SHA256 under a secret key kept in nsbox's state directory, which no sandbox
 can read or write: a sandbox that can write the cache (a `--writable ~/.cache`)
 cannot forge an entry a later run accepts. The cache is also never used when
-the sandboxed command could write to it, and files are written atomically.
+the sandboxed command could write to it, and files are written atomically
+(bpf_cache_write: imported only when the key or an entry is missing).
 """
 
 import os
@@ -21,7 +22,7 @@ except ImportError:
         from hashlib import sha256
 from _operator import _compare_digest as same_digest  # what hmac.compare_digest is
 
-_MAGIC = b"nsbox-bpf 2"  # 2: entries carry an HMAC; unauthenticated "1" entries are ignored
+MAGIC = b"nsbox-bpf 2"  # 2: entries carry an HMAC; unauthenticated "1" entries are ignored
 _MAX_BYTES = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
 _BLOCK = 64  # SHA-256's block size, for HMAC
 KEY_FILE = "cache.key"
@@ -63,14 +64,16 @@ def cache_secret(state_directory: str) -> bytes | None:
     """The cache's MAC key from `state_directory`, made on first use; None if unusable."""
     path = os.path.join(state_directory, KEY_FILE)
     try:
-        return _read_secret(path)
+        return read_secret(path)
     except FileNotFoundError:
-        return _make_secret(state_directory, path)
+        from nsbox.plan import bpf_cache_write  # first use only
+
+        return bpf_cache_write.make_secret(state_directory, path)
     except OSError:
         return None
 
 
-def _read_secret(path: str) -> bytes | None:
+def read_secret(path: str) -> bytes | None:
     """The key, if the file is ours, a regular file, closed to others and of the right size."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -84,39 +87,9 @@ def _read_secret(path: str) -> bytes | None:
     return data if len(data) == KEY_BYTES else None
 
 
-def _make_secret(state_directory: str, path: str) -> bytes | None:
-    """A new random key, written whole before it appears under its name (link, never
-    replace: when two runs race, both use the one that got there first)."""
-    new = os.urandom(KEY_BYTES)
-    tmp = os.path.join(state_directory, f".{KEY_FILE}.{os.urandom(8).hex()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-    except OSError:
-        return None
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        if os.write(fd, new) != KEY_BYTES:
-            return None
-        os.link(tmp, path)
-        return new
-    except FileExistsError:
-        try:
-            return _read_secret(path)
-        except OSError:
-            return None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-def _signed(cache_key: str, program: bytes) -> bytes:
-    return b"%s %s\n" % (_MAGIC, cache_key.encode()) + program
+def signed(cache_key: str, program: bytes) -> bytes:
+    """What an entry's MAC covers: its header's magic and key, and the program."""
+    return b"%s %s\n" % (MAGIC, cache_key.encode()) + program
 
 
 def load(directory: str, cache_key: str, secret: bytes) -> bytes | None:
@@ -137,35 +110,13 @@ def load(directory: str, cache_key: str, secret: bytes) -> bytes | None:
         os.close(fd)
     header, _, program = data.partition(b"\n")
     fields = header.split(b" ")
-    if len(fields) != 4 or b" ".join(fields[:2]) != _MAGIC:
+    if len(fields) != 4 or b" ".join(fields[:2]) != MAGIC:
         return None
     if fields[2].decode(errors="replace") != cache_key:
         return None
     if not program or len(program) % 8 or len(program) > _MAX_BYTES:
         return None
-    expected = hmac_sha256(secret, _signed(cache_key, program)).hex().encode()
+    expected = hmac_sha256(secret, signed(cache_key, program)).hex().encode()
     if not same_digest(expected, fields[3]):
         return None
     return program
-
-
-def store(directory: str, cache_key: str, program: bytes, secret: bytes) -> None:
-    """Write atomically (temporary file + rename); a cache we cannot write is no error."""
-    import tempfile
-
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".bpf")
-    except OSError:
-        return
-    mac = hmac_sha256(secret, _signed(cache_key, program)).hex().encode()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"%s %s %s\n" % (_MAGIC, cache_key.encode(), mac))
-            f.write(program)
-        os.replace(tmp, os.path.join(directory, cache_key + ".bpf"))
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass

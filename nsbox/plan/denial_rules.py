@@ -160,6 +160,28 @@ def lexically_allowed(path: str, rules: Rules) -> bool:
     return classify("write", path, rules) is None
 
 
+def certainly_allowed(rules: Rules):
+    """The supervisor's fast check: f(path) for an absolute `path` in bytes with no `.`,
+    `..` or empty component. True: `classify` would allow it for every operation with
+    nothing resolved (under /proc, /dev or /sys, or under a writable root and neither at
+    nor under a protected or hidden path, nor a pinned one). False means "ask classify",
+    never "denied"."""
+    def tops(paths) -> tuple:
+        return tuple(p.rstrip("/").encode(errors="surrogateescape") + b"/" for p in paths)
+
+    pseudo, roots = tops(PSEUDO), tops(rules.writable)
+    fenced = tops(rules.protected + rules.hidden)
+    exact = frozenset(p.encode(errors="surrogateescape")
+                      for p in rules.protected + rules.pinned + rules.hidden)
+
+    def allowed(path: bytes) -> bool:
+        if path.startswith(pseudo):
+            return True
+        return path.startswith(roots) and not path.startswith(fenced) and path not in exact
+
+    return allowed
+
+
 def _deepest(path: str, tops):
     found = None
     for top in tops:

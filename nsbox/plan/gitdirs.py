@@ -18,7 +18,7 @@ NESTED_DEPTH = 2
 # Dependency and tool trees: nobody runs git inside them, and they can be huge.
 SKIP_DIRS = frozenset(("node_modules", "__pycache__", ".venv", "venv", ".tox", ".nox",
                        ".mypy_cache", ".pytest_cache", ".ruff_cache", ".gradle"))
-_MAX_POINTER = 4096
+MAX_POINTER = 4096  # bytes read of a pointer file (`.git`, commondir)
 
 
 class Repo(Record):
@@ -72,14 +72,16 @@ def inspect(dotgit: str, roots: tuple) -> Repo:
         return Repo(dotgit, False, gitdirs, hooks_path=_hooks_path(gitdirs[0], dotgit))
     if not stat.S_ISREG(info.st_mode):
         raise PolicyError(f"{dotgit} is neither a directory nor a 'gitdir:' file")
-    gitdir = _pointer_target(dotgit)
+    from nsbox.plan import git_pointer  # worktrees and submodules only
+
+    gitdir = git_pointer.target(dotgit)
     if not os.path.isdir(gitdir):
         return Repo(dotgit, True, ())  # git fails there on its own; nothing to make writable
     common = _common_dir(gitdir)
     gitdirs = (common, gitdir) if common and common != gitdir else (gitdir,)
     outside = tuple(d for d in gitdirs if not _within(d, roots))
-    if outside and not (_vouched_worktree(dotgit, gitdir, common)
-                        or _vouched_submodule(dotgit, gitdir, common)):
+    if outside and not (git_pointer.vouched_worktree(dotgit, gitdir, common)
+                        or git_pointer.vouched_submodule(dotgit, gitdir, common)):
         raise PolicyError(
             f"{dotgit} points git at {outside[0]}, outside the writable roots, and git's "
             "layout does not vouch for it (no worktree or submodule there names this "
@@ -89,50 +91,16 @@ def inspect(dotgit: str, roots: tuple) -> Repo:
                 hooks_path=_hooks_path(gitdirs[0], dotgit))
 
 
-def _pointer_target(dotgit: str) -> str:
-    with open(dotgit, "rb") as f:
-        first = f.read(_MAX_POINTER).split(b"\n", 1)[0].strip()
-    if not first.startswith(b"gitdir:"):
-        raise PolicyError(f"{dotgit} is a file but not a 'gitdir:' pointer; cannot protect it")
-    target = os.fsdecode(first[7:].strip())
-    return os.path.realpath(os.path.join(os.path.dirname(dotgit), target))
-
-
 def _common_dir(gitdir: str):
     """The real path `gitdir/commondir` names, or None without one."""
     try:
         with open(os.path.join(gitdir, "commondir"), "rb") as f:
-            text = os.fsdecode(f.read(_MAX_POINTER).strip())
+            text = os.fsdecode(f.read(MAX_POINTER).strip())
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
         raise PolicyError(f"cannot read {gitdir}/commondir: {err.strerror}") from None
     return os.path.realpath(os.path.join(gitdir, text))
-
-
-def _vouched_worktree(dotgit: str, gitdir: str, common) -> bool:
-    """`git worktree add` layout: common/worktrees/NAME, whose `gitdir` file names dotgit."""
-    if common is None or os.path.dirname(gitdir) != os.path.join(common, "worktrees"):
-        return False
-    if not (os.path.isdir(os.path.join(common, "objects"))
-            and os.path.isfile(os.path.join(common, "HEAD"))):
-        return False
-    try:
-        with open(os.path.join(gitdir, "gitdir"), "rb") as f:
-            back = os.fsdecode(f.read(_MAX_POINTER).strip())
-    except OSError:
-        return False
-    return os.path.realpath(os.path.join(gitdir, back)) == os.path.realpath(dotgit)
-
-
-def _vouched_submodule(dotgit: str, gitdir: str, common) -> bool:
-    """A submodule's git dir (SUPER/.git/modules/...) whose core.worktree is this checkout."""
-    if common is not None or "/modules/" not in gitdir:
-        return False
-    worktree = config_value(os.path.join(gitdir, "config"), "core", "worktree")
-    if not worktree:
-        return False
-    return os.path.realpath(os.path.join(gitdir, worktree)) == os.path.dirname(dotgit)
 
 
 def _hooks_path(common: str, dotgit: str) -> str:

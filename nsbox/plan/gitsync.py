@@ -40,10 +40,10 @@ class Layer(LayerDirs):
         return (self.gitdir, self.upper, self.work)
 
 
-def plan(repos, roots, state_dir: str, skip_under: str = "",
+def plan(repos, roots, state_dir: str, skip_under: tuple = (),
          copy_on_write: bool = True) -> tuple:
     """The layers for the plain git dirs among `repos` (`.git` entries in the writable
-    roots); none under `skip_under` (an overlay workspace, copy-on-write already) and
+    roots); none under `skip_under` (overlaid roots, copy-on-write already) and
     none when nsbox's state directory lies in a writable root (the upper layer would
     be reachable). Nothing is created (see create). Without `copy_on_write` (no mount
     namespace) only the config files are recorded, to be checked after the run."""
@@ -56,7 +56,7 @@ def plan(repos, roots, state_dir: str, skip_under: str = "",
     started = time.time_ns() - 20_000_000  # ctimes are stamped by a coarse clock
     layers = []
     for dotgit in repos:
-        if skip_under and _under(dotgit, skip_under):
+        if any(_under(dotgit, top) for top in skip_under):
             continue
         if not _plain_gitdir(dotgit):
             continue

@@ -87,7 +87,9 @@ def report(limits_plan: LimitsPlan | None) -> list:
                      f"({policy_limits.RLIMITS[name]}), not the sandbox as a whole: {reason}")
     heap = _java_start_heap() if limits_plan.enforcement.per_process else 0
     if heap and limits.memory < heap + (128 << 20):
-        lines.append(f"note: java commits 1/64 of RAM ({policy_limits.format_size(heap)}) for "
+        from nsbox.policy.limit_values import format_size
+
+        lines.append(f"note: java commits 1/64 of RAM ({format_size(heap)}) for "
                      "its heap at start, more than this cap leaves: give it -Xms, e.g. "
                      "JAVA_TOOL_OPTIONS=-Xms16m")
     if limits_plan.enforcement.mechanism("cpu") == "rlimit":

@@ -15,6 +15,13 @@ Every walk opens one component at a time with O_NOFOLLOW, relative to descriptor
 `nsbox exec` computes the manifest after the run from inside the sandbox's mount
 namespace, where the workspace's path names the overlay, through descriptors it
 took before the launch.
+
+The policy's extra writable roots (`writable`, `--writable DIR`) are overlaid the same
+way, each with its own `roots/<n>/{upper,work}`; nsbox's cache area and the private
+/tmp are not. Manifest paths of the workspace stay relative to it; those of an extra
+root are absolute host paths, so an entry names the root it lies in. A root inside
+another overlaid root is part of that one's overlay; a root that holds the workspace
+is refused (see plan/prepare.py).
 """
 
 import errno
@@ -27,6 +34,10 @@ from nsbox.plan.layer_dirs import LayerDirs, make_upper_work, remove_tree
 from nsbox.plan.watch import Change
 
 RUNS = "runs"
+ROOTS = "roots"  # a run's extra writable roots' layers: <run>/roots/<n>/{upper,work}
+# Runs that changed nothing wait here to be removed while a later run starts (sweep):
+# removing an overlay's directories costs a journal write per directory.
+GONE = "gone"
 META = "meta.json"
 MANIFEST = "manifest.json"
 OPAQUE_XATTR = "user.overlay.opaque"
@@ -37,40 +48,105 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Run(LayerDirs):
-    """One overlay run's directory: <state>/runs/<id>/{upper,work,meta.json,manifest.json}."""
+    """One overlay run's directory: <state>/runs/<id>/{upper,work,meta.json,manifest.json},
+    and roots/<n>/{upper,work} for the n-th extra writable root."""
     id: str
     dir: str
     workspace: str  # the real tree: the overlay's lower layer
     policy: object = None  # the run's Policy: its digest is recorded once the run is kept
+    roots: tuple = ()  # the extra writable roots, overlaid too (absolute host paths)
+    started_ns: int = 0  # see start_stamp
 
     def layers(self) -> tuple:
-        """(root, upper, work), as policy.plan.mount_steps takes them."""
-        return (self.workspace, self.upper, self.work)
+        """((root, upper, work), ...) of every overlaid root, as mount_steps takes them."""
+        return tuple((part.workspace, part.upper, part.work) for _, part in self.parts())
+
+    def parts(self) -> list:
+        """(manifest prefix, Run of one root's layers): the workspace's first (prefix ''),
+        then each extra root's (prefix: its path)."""
+        return [("", self)] + [
+            (root, Run(id=self.id, dir=os.path.join(self.dir, ROOTS, str(n)), workspace=root))
+            for n, root in enumerate(self.roots)]
+
+    def locate(self, path: str) -> tuple:
+        """(prefix, Run of the root, path relative to that root) of a manifest path."""
+        if os.path.isabs(path):
+            found = [(prefix, part) for prefix, part in self.parts()[1:]
+                     if path == prefix or path.startswith(prefix + "/")]
+            if found:
+                prefix, part = max(found, key=lambda f: len(f[0]))
+                return prefix, part, os.path.relpath(path, prefix) if path != prefix else ""
+            raise ValueError(f"{path} lies in none of run {self.id}'s roots")
+        return "", self, path
+
+    def manifest_path(self, path: str) -> str:
+        """A user's path (absolute, or relative to the workspace) as the manifest names
+        it: relative inside the workspace, absolute inside an extra root."""
+        full = os.path.normpath(os.path.join(self.workspace, path))
+        if full == self.workspace or full.startswith(self.workspace.rstrip("/") + "/"):
+            return os.path.relpath(full, self.workspace) if full != self.workspace else ""
+        return full
+
+
+def by_root(run: Run, entries) -> list:
+    """(Run of one root, [(entry, the same with its path relative to that root)]) for
+    the roots the entries lie in, the workspace's first."""
+    groups = {}
+    for entry in entries:
+        prefix, part, rel = run.locate(entry.path)
+        pairs = groups.setdefault(prefix, (part, []))[1]
+        pairs.append((entry, entry if not prefix else Change(**{**entry.as_dict(),
+                                                                 "path": rel})))
+    return [groups[p] for p, _ in run.parts() if p in groups]
 
 
 def runs_dir(state_dir: str) -> str:
     return os.path.join(state_dir, RUNS)
 
 
-def plan_run(state_dir: str, workspace: str, policy=None) -> Run:
-    """A new run's name and paths; nothing is created (see create)."""
+def plan_run(state_dir: str, workspace: str, policy=None, roots: tuple = ()) -> Run:
+    """A new run's name and paths; nothing is created (see create). `roots`: the extra
+    writable roots overlaid too."""
     run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
     return Run(id=run_id, dir=os.path.join(runs_dir(state_dir), run_id), workspace=workspace,
-               policy=policy)
+               policy=policy, roots=roots, started_ns=start_stamp())
 
 
-def create(run: Run, argv, policy_digest: str = "") -> None:
-    """Make the run's directories (0700, as the state directory) and its metadata.
-    Without `policy_digest`, conclude() records the digest of run.policy, and only if
-    the run is kept: hashing a policy costs `nsbox exec` an import before the command."""
+def create(run: Run, argv, policy_digest: str = "", meta: bool = True) -> None:
+    """Make the run's directories (0700, as the state directory) and its metadata
+    (without `meta`, the caller writes it: write_meta). Without `policy_digest`,
+    conclude() records the digest of run.policy, and only if the run is kept: hashing
+    a policy costs `nsbox exec` an import before the command."""
     os.makedirs(os.path.dirname(run.dir), mode=0o700, exist_ok=True)
     os.mkdir(run.dir, 0o700)
     make_upper_work(run, run.workspace)  # the upper layer's root is the workspace's root
+    if run.roots:
+        os.mkdir(os.path.join(run.dir, ROOTS), 0o700)
+        for _, part in run.parts()[1:]:
+            os.mkdir(part.dir, 0o700)
+            make_upper_work(part, part.workspace)
+    if meta:
+        _write_small_json(run.dir, META, _meta(run, argv, policy_digest))
+
+
+def write_meta(held, argv) -> None:
+    """create()'s metadata, written later through the held descriptors (`nsbox exec`
+    writes it while the sandbox starts, when it would only wait)."""
+    run_fd = os.open(held.run.id, _DIR, dir_fd=held.runs_fd)
+    try:
+        _write_small_json(run_fd, META, _meta(held.run, argv))
+    finally:
+        os.close(run_fd)
+
+
+def _meta(run: Run, argv, policy_digest: str = "") -> dict:
     meta = {"id": run.id, "workspace": run.workspace, "command": list(argv),
-            "started_ns": start_stamp()}
+            "started_ns": run.started_ns or start_stamp()}
+    if run.roots:
+        meta["roots"] = list(run.roots)
     if policy_digest:
         meta["policy_digest"] = policy_digest
-    _write_small_json(run.dir, META, meta)
+    return meta
 
 
 def start_stamp() -> int:
@@ -90,24 +166,37 @@ class Held:
     def __init__(self, run: Run):
         self.run = run
         self.runs_fd = os.open(os.path.dirname(run.dir), _DIR)
-        self.lower_fd = os.open(run.workspace, _DIR)
+        self.lower_fds = []  # the workspace's, then each extra root's
+        try:
+            for _, part in run.parts():
+                self.lower_fds.append(os.open(part.workspace, _DIR))
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         os.close(self.runs_fd)
-        os.close(self.lower_fd)
+        for fd in self.lower_fds:
+            os.close(fd)
 
 
-def conclude(held: Held, ran: bool = True) -> tuple:
+def conclude(held: Held, ran: bool = True, defer_removal: bool = False) -> tuple:
     """After the run: (its manifest as Change records with absolute paths, the run id).
     The manifest is saved as manifest.json in the run's directory; a run that changed
-    nothing, or never ran, is removed (run id None)."""
+    nothing, or never ran, is removed (run id None); with `defer_removal` it is only
+    moved aside, for a later run's sweep()."""
     try:
         entries = []
         if ran:
             run_fd = os.open(held.run.id, _DIR, dir_fd=held.runs_fd)
-            upper = os.open("upper", _DIR, dir_fd=run_fd)
             try:
-                entries = changes(upper, held.lower_fd)
+                for (prefix, part), lower in zip(held.run.parts(), held.lower_fds):
+                    upper = os.open(os.path.relpath(part.upper, held.run.dir), _DIR,
+                                    dir_fd=run_fd)
+                    try:
+                        entries += _prefixed(changes(upper, lower), prefix)
+                    finally:
+                        os.close(upper)
                 if entries:
                     _write_json(run_fd, MANIFEST, {"workspace": held.run.workspace,
                                                    "entries": [e.as_dict() for e in entries]})
@@ -116,14 +205,48 @@ def conclude(held: Held, ran: bool = True) -> tuple:
                     # once kept, it goes to disk.
                     mounts.sync_filesystem(run_fd)
             finally:
-                os.close(upper)
                 os.close(run_fd)
         if not entries:
-            remove_tree(held.runs_fd, held.run.id)
+            if not (defer_removal and _move_aside(held.runs_fd, held.run.id)):
+                remove_tree(held.runs_fd, held.run.id)
             return (), None
         return tuple(absolute(entries, held.run.workspace)), held.run.id
     finally:
         held.close()
+
+
+def _move_aside(runs_fd: int, name: str) -> bool:
+    """Rename run `name` into <state>/gone (made if missing); False if that failed."""
+    target = f"../{GONE}/{name}"
+    try:
+        os.rename(name, target, src_dir_fd=runs_fd, dst_dir_fd=runs_fd)
+    except FileNotFoundError:
+        try:
+            os.mkdir(f"../{GONE}", 0o700, dir_fd=runs_fd)
+            os.rename(name, target, src_dir_fd=runs_fd, dst_dir_fd=runs_fd)
+        except OSError:
+            return False
+    except OSError:
+        return False
+    return True
+
+
+def sweep(runs_fd: int, most: int | None = 2) -> None:
+    """Remove up to `most` (None: all) runs moved aside by earlier runs (each run adds
+    at most one, so a backlog shrinks); best effort, as another nsbox may be sweeping
+    them too. `nsbox exec` calls it while the sandbox starts, when it would only wait."""
+    try:
+        gone = os.open(f"../{GONE}", _DIR, dir_fd=runs_fd)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(gone)[:most]:
+            try:
+                remove_tree(gone, name)
+            except OSError:
+                pass
+    finally:
+        os.close(gone)
 
 
 def _record_digest(run_fd: int, run: Run) -> None:
@@ -140,6 +263,13 @@ def _record_digest(run_fd: int, run: Run) -> None:
     if "policy_digest" not in meta:
         meta["policy_digest"] = policy_digest(run.policy)
         _write_json(run_fd, META, meta)
+
+
+def _prefixed(entries, prefix: str) -> list:
+    """An extra root's entries named by absolute path (the workspace's stay relative)."""
+    if not prefix:
+        return entries
+    return [Change(**{**e.as_dict(), "path": os.path.join(prefix, e.path)}) for e in entries]
 
 
 def absolute(entries, workspace: str) -> list:
@@ -178,7 +308,7 @@ def _walk(upper_fd: int, lower_fd, rel: str, replaces: bool, out: list) -> None:
             continue
         kind = _kind(info.st_mode)
         if kind == "dir":
-            _directory(upper_fd, lower_fd, name, path, info, below, out)
+            _directory(upper_fd, lower_fd, name, path, info, below, out, replaces)
         elif kind == "file":
             _file(upper_fd, lower_fd, name, path, info, below, out)
         elif kind == "symlink":
@@ -199,7 +329,7 @@ def _walk(upper_fd: int, lower_fd, rel: str, replaces: bool, out: list) -> None:
                                   kind=_kind(below.st_mode)))
 
 
-def _directory(upper_fd, lower_fd, name, path, info, below, out) -> None:
+def _directory(upper_fd, lower_fd, name, path, info, below, out, parent_replaces) -> None:
     mode = stat.S_IMODE(info.st_mode)
     child = open_layer(upper_fd, name, _DIR)
     lower_child = None
@@ -208,7 +338,10 @@ def _directory(upper_fd, lower_fd, name, path, info, below, out) -> None:
             if stat.S_IMODE(below.st_mode) != mode:
                 out.append(Change(path, "mode", kind="dir", mode=mode))
             lower_child = os.open(name, _DIR, dir_fd=lower_fd)
-            _walk(child, lower_child, path, _xattr(child, OPAQUE_XATTR) == b"y", out)
+            # Below an opaque directory no lower entry shows, whether or not this
+            # one (made there afresh, not over a whiteout) is marked opaque itself.
+            _walk(child, lower_child, path,
+                  parent_replaces or _xattr(child, OPAQUE_XATTR) == b"y", out)
         else:
             out.append(Change(path, _new_or_replaced(below), kind="dir", mode=mode))
             _walk(child, None, path, False, out)
@@ -349,7 +482,8 @@ def load(state_dir: str, run_id: str) -> tuple:
 
     directory, meta = load_entry(runs_dir(state_dir), run_id, META, f"no kept run {run_id!r}",
                                  "; `nsbox changes` lists them")
-    run = Run(id=run_id, dir=directory, workspace=meta["workspace"])
+    run = Run(id=run_id, dir=directory, workspace=meta["workspace"],
+              roots=tuple(meta.get("roots", ())))
     try:
         with open(os.path.join(directory, MANIFEST)) as f:
             entries = [Change(**e) for e in json.load(f)["entries"]]
@@ -375,13 +509,19 @@ def load_entry(top: str, name: str, filename: str, missing: str, hint: str = "")
 
 
 def recompute(run: Run) -> list:
-    upper = os.open(run.upper, _DIR)
-    lower = os.open(run.workspace, _DIR)
-    try:
-        return changes(upper, lower)
-    finally:
-        os.close(upper)
-        os.close(lower)
+    """The manifest read from the run's upper layers now (every root's)."""
+    out = []
+    for prefix, part in run.parts():
+        upper = os.open(part.upper, _DIR)
+        try:
+            lower = os.open(part.workspace, _DIR)
+            try:
+                out += _prefixed(changes(upper, lower), prefix)
+            finally:
+                os.close(lower)
+        finally:
+            os.close(upper)
+    return out
 
 
 def save_manifest(run: Run, entries) -> None:
@@ -424,7 +564,12 @@ def _write_json(directory, name: str, data: dict) -> None:
 def _write_small_json(directory, name: str, data: dict) -> None:
     """_write_json for a flat dict of strings, ints and lists of strings, without the
     json package (it imports re): before every overlay run, on `nsbox exec`'s path."""
-    from _json import encode_basestring_ascii as quote
+    def quote(text: str) -> str:
+        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+            return f'"{text}"'  # JSON as it is; most paths and arguments are
+        from _json import encode_basestring_ascii
+
+        return encode_basestring_ascii(text)
 
     def value(v):
         if isinstance(v, str):

@@ -12,7 +12,7 @@ from nsbox.errors import PolicyError, UnsupportedKernel
 from nsbox.kernel import namespaces
 from nsbox.plan import host as host_facts
 from nsbox.plan import caches, isolation, limits, protect, seccomp_filter, watch
-from nsbox.plan.types import FULL, LANDLOCK, LaunchPlan
+from nsbox.plan.types import FULL, LaunchPlan
 from nsbox.policy import plan as policy_plan
 from nsbox.policy.env import sandbox_env
 from nsbox.policy.limits import PROFILES_WITHOUT_NAMESPACES
@@ -37,10 +37,12 @@ class Compiled(Record):
 
 
 def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
-            env: dict | None = None, session: bool = False, host=None) -> LaunchPlan:
+            env: dict | None = None, session: bool = False, host=None,
+            overlay_meta_later: bool = False) -> LaunchPlan:
     """The plan for one command (or a session's server), with its mount points made and
     its watch started; raises PolicyError / UnsupportedKernel on bad input.
-    host: plan.host.HostFacts (probed here when None; `auto` needs its userns verdict)."""
+    host: plan.host.HostFacts (probed here when None; `auto` needs its userns verdict).
+    overlay_meta_later: the caller writes an overlay run's metadata (overlay.write_meta)."""
     done = compile_plan(argv, policy, cwd, env, session, host)
     # Last, once every check passed: nothing is created for a run that is refused.
     caches.create(done.cache)
@@ -53,10 +55,13 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     if done.plan.overlay is not None:
         from nsbox.plan import overlay
 
-        overlay.create(done.plan.overlay, done.plan.argv)  # the digest only if kept
-        # The real workspace does not change in the run: its changes are the manifest's.
-        guard, roots = _outside(guard, done.workspace), tuple(
-            r for r in roots if r != done.workspace)
+        overlay.create(done.plan.overlay, done.plan.argv,  # the digest only if kept
+                       meta=not overlay_meta_later)
+        # The real workspace and extra roots do not change in the run: their changes
+        # are the manifest's.
+        overlaid = tuple(layer[0] for layer in done.plan.overlay.layers())
+        guard, roots = _outside(guard, overlaid), tuple(
+            r for r in roots if not any(policy_plan.under(r, o) for o in overlaid))
     if guard.git_layers:  # git dirs copy-on-write: applied after the run (gitapply)
         from nsbox.plan import gitsync
 
@@ -65,9 +70,9 @@ def prepare(argv, policy: Policy | None = None, cwd: str | None = None,
     return replace(done.plan, watch=watched, git_layers=guard.git_layers)
 
 
-def _outside(guard: protect.Protections, workspace: str) -> protect.Protections:
+def _outside(guard: protect.Protections, overlaid: tuple) -> protect.Protections:
     def keep(paths):
-        return tuple(p for p in paths if not policy_plan.under(p, workspace))
+        return tuple(p for p in paths if not any(policy_plan.under(p, o) for o in overlaid))
 
     return replace(guard, watched=keep(guard.watched), repos=keep(guard.repos),
                    undo=keep(guard.undo))
@@ -94,7 +99,11 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     seccomp_filter.profiles.find(policy.seccomp)  # a bad profile name fails before anything
     limits_plan = limits.plan(policy.limits, host, policy.best_effort, namespaced=full,
                               nested_namespaces=policy.seccomp not in PROFILES_WITHOUT_NAMESPACES)
-    net_proxy = _proxy_settings(policy, iso, host_env) if policy.network == "allowlist" else None
+    net_proxy = None
+    if policy.network == "allowlist":
+        from nsbox.plan import proxy_settings
+
+        net_proxy = proxy_settings.settings(policy, iso, host_env)
     own = own_dirs(os.environ)
     guard = protect.resolve(policy, workspace, roots, homes(host_env), create=False,
                             own=own, landlock_only=not full, envs=(os.environ, host_env))
@@ -103,7 +112,7 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
 
         guard = gitsync.protections_with(guard, gitsync.plan(
             guard.repos, roots, own.state, copy_on_write=full,
-            skip_under=workspace if policy.workspace_mode == "overlay" else ""))
+            skip_under=roots if policy.workspace_mode == "overlay" else ()))
     writable = roots + guard.extra_writable
     parents = _hidden_parents(policy, writable)
     # The cache area is writable but no project: kept out of `roots` (no broad-root
@@ -113,6 +122,10 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
                        writable):
         cache = None
     run = _overlay_run(policy, iso, session, own.state, workspace, roots)
+    if run is not None:  # a root inside an overlaid one is part of that one's overlay
+        overlaid = run.layers()
+        writable = tuple(w for w in writable if w not in roots or not any(
+            policy_plan.under(w, o[0]) and w != o[0] for o in overlaid))
     steps, ns_names, private_tmp = (), (), None
     container = None
     if policy.rootfs_writable and not policy.rootfs:
@@ -157,6 +170,11 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     ns_flags = 0
     for name in ns_names:
         ns_flags |= _NS_FLAGS[name]
+    # PID 1 makes the mount namespace: the caller's view stays the host's, where its
+    # own lazy imports come from (nsbox installed under /tmp, which PID 1 covers).
+    own_mount_ns = "mount" in ns_names
+    if own_mount_ns:
+        ns_flags &= ~namespaces.CLONE_NEWNS
     # hidden: paths Landlock must make unreadable too (e.g. the policy's hidden list).
     # rootfs_writable: all of / is the sandbox's own copy-on-write layer.
     # Landlock-only: a hidden parent is denied as hidden paths are, while each writable
@@ -168,7 +186,7 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     full_env = sandbox_env(policy, host_env, tmpdir=private_tmp or "/tmp")
     caches.apply_env(full_env, cache, chosen=(name for name, _ in policy.extra_env))
     if net_proxy is not None:
-        point_at_proxy(full_env, policy, net_proxy.port)
+        proxy_settings.point_at_proxy(full_env, policy, net_proxy.port)
     # A cached filter is trusted by later runs: never cache where this command can write.
     command_writes = writable + ((private_tmp,) if private_tmp else ()) + (
         ("/",) if any(step.kind == "root_writable" for step in steps) else ())
@@ -177,7 +195,8 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         policy, command_writes, deny_inet=policy.network == "none" and not full,
         state_dir=own.state)
     denial_watch = _denial_watch(policy, full, steps, landlock_rules, writable,
-                                 command_writes, own.state)
+                                 command_writes, own.state,
+                                 landlock_hidden=() if full else landlock_hidden)
     plan = LaunchPlan(
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
         uid=os.getuid(), gid=os.getgid(), ns_flags=ns_flags, mounts=steps,
@@ -192,24 +211,31 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
         hidden=_landlock_hidden(landlock_rules, landlock_hidden) if not full else (),
         overlay=run,
         rootfs_layer=container.layer if container is not None else None,
-        own_mount_ns=container is not None)
+        own_mount_ns=own_mount_ns)
     return Compiled(plan, guard, roots, workspace, cache)
 
 
 def _denial_watch(policy: Policy, full: bool, steps, landlock_rules, writable, command_writes,
-                  state_dir: str):
-    """The reporting variant of the seccomp filter (plan/denial_rules.py), or None: only
-    with full isolation, whose PID 1 supervises it. Container mode has its own root,
-    which these rules do not describe yet."""
-    if not (policy.report_denials and full) or getattr(policy, "rootfs", None):
+                  state_dir: str, landlock_hidden=()):
+    """The reporting variant of the seccomp filter (plan/denial_rules.py), or None.
+    Full isolation: the sandbox's PID 1 supervises it; landlock-only: the caller
+    (launch/scope.py). Container mode has its own root, which these rules do not
+    describe yet. landlock_hidden: landlock-only's hidden paths (no mounts say them)."""
+    if not policy.report_denials or getattr(policy, "rootfs", None):
         return None
     from nsbox.plan import denial_rules
 
-    program, syscalls = seccomp_filter.bpf_for(policy, command_writes, state_dir=state_dir,
-                                               report=denial_rules.WRITE_INTENT)
+    program, syscalls = seccomp_filter.bpf_for(
+        policy, command_writes, state_dir=state_dir, report=denial_rules.WRITE_INTENT,
+        # As the plain filter: without a network namespace, inet sockets are denied.
+        deny_inet=policy.network == "none" and not full)
+    rules = denial_rules.rules_for(steps, landlock_rules, writable)
+    if landlock_hidden:
+        hidden = (os.path.realpath(os.path.expanduser(h)) for h in landlock_hidden)
+        rules = replace(rules, hidden=tuple(dict.fromkeys(rules.hidden + tuple(hidden))))
     return denial_rules.DenialWatch(
         program, tuple(sorted((nr, name, errno) for nr, (name, errno) in syscalls.items())),
-        denial_rules.rules_for(steps, landlock_rules, writable))
+        rules)
 
 
 def _in_image(cwd: str, host_trees: tuple) -> bool:
@@ -220,24 +246,41 @@ def _in_image(cwd: str, host_trees: tuple) -> bool:
 
 
 def _overlay_run(policy: Policy, iso, session: bool, state_dir: str, workspace: str, roots):
-    """workspace_mode overlay: the run's directories (not made yet), or None when the
-    workspace is not writable anyway."""
-    if policy.workspace_mode != "overlay" or workspace not in roots:
+    """workspace_mode overlay: the run's directories (not made yet), or None when
+    nothing is writable anyway. The workspace and the policy's extra writable roots are
+    overlaid; a root inside another is part of that one's overlay."""
+    if policy.workspace_mode != "overlay" or not roots:
         return None
+    if workspace not in roots:
+        raise PolicyError(f"workspace_mode overlay with a read-only workspace would leave the "
+                          f"writable root {roots[0]} written directly; make the workspace "
+                          "writable, or use --workspace-mode direct")
+    extra = [r for r in roots if r != workspace]
+    holding = [r for r in extra if policy_plan.under(workspace, r)]
+    if holding:
+        raise PolicyError(f"workspace_mode overlay: writable root {holding[0]} holds the "
+                          f"workspace {workspace}; the workspace's copy-on-write layer cannot "
+                          "lie inside another root's. Make that directory the workspace, or "
+                          "leave it out of --writable")
+    extra = [r for r in extra if not policy_plan.under(r, workspace) and not any(
+        policy_plan.under(r, o) and r != o for o in extra)]
     if iso.mode != FULL:
         why = f" ({iso.fallback_reason})" if iso.fallback_reason else ""
         raise UnsupportedKernel(
             "workspace_mode overlay needs a mount namespace for the copy-on-write "
             f"workspace, which Landlock-only isolation does not have{why}. Use --isolation "
             "full on a host that allows user namespaces, or --workspace-mode direct")
-    if policy_plan.under(os.path.realpath(state_dir), workspace):
-        raise PolicyError(f"workspace_mode overlay keeps a run's layers in nsbox's state "
-                          f"directory {state_dir}, which lies inside the workspace: an "
-                          "overlay cannot hold its own upper layer. Set XDG_STATE_HOME to a "
-                          "directory outside the workspace")
+    real_state = os.path.realpath(state_dir)
+    for root in [workspace] + extra:
+        if policy_plan.under(real_state, root):
+            what = "the workspace" if root == workspace else f"writable root {root}"
+            raise PolicyError(f"workspace_mode overlay keeps a run's layers in nsbox's state "
+                              f"directory {state_dir}, which lies inside {what}: an overlay "
+                              "cannot hold its own upper layer. Set XDG_STATE_HOME to a "
+                              "directory outside the workspace and writable roots")
     from nsbox.plan import overlay  # only overlay runs pay for it
 
-    return overlay.plan_run(state_dir, workspace, policy)
+    return overlay.plan_run(state_dir, workspace, policy, tuple(extra))
 
 
 def policy_digest(policy: Policy) -> str:
@@ -293,41 +336,6 @@ def own_dirs(env) -> protect.OwnDirs:
     state directory is made first so that every run hides it."""
     return protect.OwnDirs(state=state.ensure_state_dir(env), config=state.config_dir(env),
                            cache=state.cache_dir(env))
-
-
-def _proxy_settings(policy: Policy, iso, host_env: dict):
-    from nsbox.policy import netallow
-
-    if iso.mode == LANDLOCK:
-        # Without a network namespace the command's sockets are the host's: a proxy
-        # port on the host loopback would not stop it from connecting anywhere else.
-        why = f" ({iso.fallback_reason})" if iso.fallback_reason else ""
-        raise UnsupportedKernel(
-            "network 'allowlist' needs the sandbox's own network namespace, which "
-            f"Landlock-only isolation does not have{why}. Use --isolation full on a host "
-            "that allows user namespaces, or --network none")
-    overrides = ()
-    test_resolve = host_env.get("NSBOX_TEST_RESOLVE")
-    if test_resolve:
-        import sys
-
-        try:
-            overrides = netallow.parse_test_resolve(test_resolve)
-        except ValueError as err:
-            raise PolicyError(str(err)) from None
-        sys.stderr.write("nsbox: WARNING: NSBOX_TEST_RESOLVE is set: the network proxy "
-                         "resolves those names to the given addresses. Test use only.\n")
-    return netallow.ProxySettings(allow=policy.network_allow, overrides=overrides)
-
-
-def point_at_proxy(env: dict, policy: Policy, port: int) -> None:
-    """Proxy variables override the caller's (its proxy is out of reach), not --setenv."""
-    from nsbox.policy import netallow
-
-    chosen = {name for name, _ in policy.extra_env}
-    for name, value in netallow.proxy_env(port).items():
-        if name not in chosen:
-            env[name] = value
 
 
 def _mount_points(policy: Policy) -> tuple:

@@ -65,6 +65,8 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
     """
     homes = _homes(homes)
     anywhere = policy.preset == "full-access"
+    # The policy's private dirs are fresh tmpfs mounts (full isolation only).
+    private = () if landlock_only else tuple(os.path.normpath(p) for p in policy.private_dirs)
     if not anywhere and not policy.allow_broad_workspace:
         _refuse_broad(writable, homes)
     made, extra, pinned, readonly, watched, undo = [], [], [], [], [], []
@@ -122,10 +124,12 @@ def resolve(policy: Policy, workspace: str, writable: tuple, homes=(),
         extra_writable=tuple(extra), pinned=tuple(dict.fromkeys(pinned)),
         readonly=tuple(dict.fromkeys(readonly)),
         hidden=policy_plan.visible_hidden(tuple(hidden + own_hidden),
-                                          tuple(roots) if not anywhere else ("/",)),
+                                          tuple(roots) if not anywhere else ("/",),
+                                          private=private),
         created=tuple(made),
         denied=tuple(p for p, _ in hidden if not (
-            _within(p, roots) or p in read_as_empty or _within(p, policy_plan.PRIVATE_TREES))),
+            _within(p, roots) or p in read_as_empty
+            or _within(p, policy_plan.PRIVATE_TREES + private))),
         # With mounts, each hidden path is masked and the mask cannot be lifted (the
         # kernel locks the mounts a less privileged namespace inherits, and refuses a
         # bind that would show what they cover), so Landlock adds nothing there: no
@@ -186,10 +190,8 @@ def _expand(base: str, patterns: tuple, create: bool, made: list,
     for pattern in patterns:
         is_dir = pattern.endswith("/")
         path = os.path.join(base, pattern.rstrip("/")) if pattern else base
-        if any(c in pattern for c in "*?["):
-            import glob  # only for wildcard patterns: it drags in re and fnmatch
-
-            matches = sorted(glob.glob(glob.escape(base) + "/" + pattern.rstrip("/")))
+        if any(c in pattern for c in _WILDCARDS):
+            matches = sorted(_glob(base, pattern.rstrip("/")))
         elif os.path.lexists(path):
             matches = [path]
         elif is_dir and os.path.isdir(os.path.dirname(path)):
@@ -209,6 +211,57 @@ def _expand(base: str, patterns: tuple, create: bool, made: list,
                                   "re-point; replace it with what it points to")
             found.append(match)
     return found
+
+
+_WILDCARDS = "*?["
+
+
+def _glob(base: str, pattern: str) -> list:
+    """glob.glob(glob.escape(base) + "/" + pattern). The default git patterns' wildcards
+    are whole `*` components: those are matched here, step by step as glob does, since
+    glob imports re, fnmatch and contextlib (several ms on each run in a git workspace)."""
+    if any(c in base for c in _WILDCARDS) or any(
+            part != "*" and any(c in part for c in _WILDCARDS) for part in pattern.split("/")):
+        import glob
+
+        return glob.glob(glob.escape(base) + "/" + pattern)
+    return list(_star_glob(base + "/" + pattern, dironly=False))
+
+
+def _star_glob(pathname: str, dironly: bool):
+    # glob._iglob for a pattern whose wildcards are all `*` components: `*` matches the
+    # names that do not start with "." (only directories, followed, on the way down);
+    # a plain name after a wildcard only has to exist.
+    dirname, basename = os.path.split(pathname)
+    if dirname != pathname and "*" in dirname:
+        dirs = _star_glob(dirname, True)
+    else:
+        dirs = (dirname,)
+    for directory in dirs:
+        if basename == "*":
+            names = [n for n in _names(directory, dironly) if n[0] != "."]
+        elif basename:
+            names = [basename] if os.path.lexists(os.path.join(directory, basename)) else []
+        else:
+            names = [basename] if os.path.isdir(directory) else []
+        for name in names:
+            yield os.path.join(directory, name)
+
+
+def _names(directory: str, dironly: bool) -> list:
+    """The entries of `directory` (only its directories if `dironly`), as far as it lists."""
+    names = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if not dironly or entry.is_dir():
+                        names.append(entry.name)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return names
 
 
 def make_mount_points(paths) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from nsbox import state
-from nsbox.errors import PolicyError, UnsupportedKernel
+from nsbox.errors import PolicyError
 from nsbox.plan import bpf_cache
 from nsbox.policy import profiles
 
@@ -52,10 +52,14 @@ def bpf_for(policy, writable_roots, env=None, deny_inet: bool = False,
         cached = bpf_cache.load(directory, cache_key, secret)
         if cached is not None:
             return cached if report is None else _unpack(cached)
-    program = compile_profile(data, path, network_off, report)
+    from nsbox.plan import profile_compiler  # a cache miss only
+
+    program = profile_compiler.compile_profile(data, path, network_off, report)
     if secret is not None:
-        bpf_cache.store(directory, cache_key,
-                        program if report is None else _pack(*program), secret)
+        from nsbox.plan import bpf_cache_write
+
+        bpf_cache_write.store(directory, cache_key,
+                              program if report is None else _pack(*program), secret)
     return program
 
 
@@ -85,56 +89,6 @@ def cache_secret(env, state_dir: str | None = None) -> bytes | None:
         return bpf_cache.cache_secret(state_dir or state.ensure_state_dir(env))
     except PolicyError:
         return None
-
-
-def load_profile(data: bytes, source: str, network_off: bool = False):
-    """Parse and check a profile fully, unknown syscall names included."""
-    from nsbox.policy import seccomp_profile  # JSON parsing: only on a cache miss
-
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as err:
-        raise seccomp_profile.ProfileError(source, [(1, f"not UTF-8 text: {err.reason}")]) from None
-    profile = seccomp_profile.parse(text, source, os.uname().machine, kernel_version())
-    if network_off:
-        profile = profile.with_rules(seccomp_profile.network_off_rules())
-    compiler = _compiler()
-    problems = []
-    for rule in profile.rules:
-        for name in compiler.unknown_syscalls(rule.names):
-            problems.append((seccomp_profile.name_line(text, rule, name),
-                             f"unknown syscall {name!r}"))
-    if problems:
-        raise seccomp_profile.ProfileError(source, sorted(set(problems)))
-    return profile
-
-
-def compile_profile(data: bytes, source: str, network_off: bool, report=None):
-    from nsbox.policy import seccomp_profile
-
-    profile = load_profile(data, source, network_off)
-    try:
-        return _compiler().compile_bpf(profile, report)
-    except (ValueError, OSError) as err:
-        raise seccomp_profile.ProfileError(source, [(0, str(err))]) from None
-
-
-def _compiler():
-    try:
-        from nsbox.kernel import seccomp_compile
-    except (ImportError, RuntimeError, OSError) as err:
-        raise UnsupportedKernel(
-            f"cannot compile the seccomp profile: libseccomp is unavailable ({err}). "
-            "Fix: install libseccomp2 (Debian/Ubuntu) or libseccomp (Fedora)") from None
-    return seccomp_compile
-
-
-def kernel_version() -> tuple:
-    release = os.uname().release.split("-")[0].split(".")
-    try:
-        return tuple(int(p) for p in release[:2])
-    except ValueError:
-        return (0, 0)
 
 
 _UNREAD = object()

@@ -14,6 +14,12 @@ write into a new mount. So:
   paths where the current view and the snapshot's view differ: those in either
   manifest. Its cost grows with what changed, never with the workspace.
 
+A writable image root on disk (rootfs_writable, plan/container.py) is one more such
+layer (RootLayer): its tree is the image, its mount /. One snapshot id covers it and
+the workspace. Its entries at the other mounts (/proc, the workspace, masks) are not
+the layer's, and the directories those need stay. A tmpfs layer (rootfs_layer
+"memory") is out of the host's reach: no snapshots.
+
 Both, and apply, need the session idle: RESTORER first lists the sandbox's processes
 and refuses (exit BUSY) when any besides its init, the session's server and the
 network forwarder lives, so a background process cannot write while a snapshot is
@@ -37,11 +43,14 @@ BUSY = 3  # RESTORER's exit status when another process runs in the sandbox
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
-# Runs inside the sandbox with `python -I -S -c RESTORER check|restore`, its stdin the
-# op stream (see _Stream): records of a 4-byte length and a JSON list, a file's bytes
-# right after its record. Standard library only.
-RESTORER = r'''
-import json, os, stat, sys
+# Runs inside the sandbox, in a fork of the session's server (a Python process already
+# there: an image needs no interpreter of its own), with `mode` ("check" | "restore")
+# as sys.argv[1] and stdin the op stream (see _Stream): records of a 4-byte length and
+# NUL-separated fields (NUL can't occur in a path), a file's bytes right after its
+# record. A path is relative to the working directory (the layer's mount) or absolute.
+# Nothing is removed across a mount point. Only modules os has loaded already.
+RESTORER = r"""
+import os, stat, sys
 
 def others():
     mine = {1, os.getpid(), os.getppid()}
@@ -60,7 +69,7 @@ def others():
             found.append(f"pid {name} ({comm})")
     return found
 
-def remove(path):
+def remove(path, dev=None):
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -68,16 +77,20 @@ def remove(path):
     if not stat.S_ISDIR(info.st_mode):
         os.unlink(path)
         return
+    if dev is None:  # the layer's: its parent's (a mount point's differs)
+        dev = os.lstat(os.path.dirname(path) or b".").st_dev
+    if info.st_dev != dev:
+        raise OSError(16, "another mount is there: left alone", path)
     if info.st_mode & 0o700 != 0o700:
         os.chmod(path, 0o700)
     for name in os.listdir(path):
-        remove(os.path.join(path, name))
+        remove(os.path.join(path, name), dev)
     os.rmdir(path)
 
 opened = {}  # directory -> its mode, given write rights for a moment
 
 def open_parent(path):
-    parent = os.path.dirname(path) or "."
+    parent = os.path.dirname(path) or b"."
     try:
         info = os.lstat(parent)
     except FileNotFoundError:
@@ -86,23 +99,29 @@ def open_parent(path):
         opened.setdefault(parent, stat.S_IMODE(info.st_mode))
         os.chmod(parent, stat.S_IMODE(info.st_mode) | 0o700)
 
+def exactly(src, size):
+    data = src.read(size)
+    if len(data) != size:
+        raise EOFError("the op stream ended early")
+    return data
+
 def restore(src):
     later = {}  # directory -> [mode, mtime]: set last, the last one given winning
     while True:
-        op = json.loads(src.read(int.from_bytes(src.read(4), "big")))
+        op = exactly(src, int.from_bytes(exactly(src, 4), "big")).split(b"\0")
         kind = op[0]
-        if kind == "end":
+        if kind == b"end":
             break
         path = op[1]
         open_parent(path)
-        if kind == "rm":
+        if kind == b"rm":
             remove(path)
-        elif kind == "dir":
+        elif kind == b"dir":
             os.mkdir(path, 0o700)
-            later[path] = [op[2], op[3]]
-        elif kind == "file":
+            later[path] = [int(op[2]), int(op[3])]
+        elif kind == b"file":
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            left = op[4]
+            left = int(op[4])
             with open(fd, "wb") as f:
                 while left:
                     chunk = src.read(min(left, 1 << 20))
@@ -110,19 +129,19 @@ def restore(src):
                         raise EOFError(path)
                     f.write(chunk)
                     left -= len(chunk)
-            os.chmod(path, op[2])
-            os.utime(path, ns=(op[3], op[3]))
-        elif kind == "link":
+            os.chmod(path, int(op[2]))
+            os.utime(path, ns=(int(op[3]), int(op[3])))
+        elif kind == b"link":
             os.symlink(op[2], path)
-        elif kind == "fifo":
+        elif kind == b"fifo":
             os.mkfifo(path, 0o600)
-            os.chmod(path, op[2])
-        elif kind == "chmod":
+            os.chmod(path, int(op[2]))
+        elif kind == b"chmod":
             if stat.S_ISDIR(os.lstat(path).st_mode):
-                os.chmod(path, op[2] | 0o700)  # its content may change before the end
-                later.setdefault(path, [0, None])[0] = op[2]
+                os.chmod(path, int(op[2]) | 0o700)  # its content may change before the end
+                later.setdefault(path, [0, None])[0] = int(op[2])
             else:
-                os.chmod(path, op[2])
+                os.chmod(path, int(op[2]))
     for path, (mode, mtime) in reversed(later.items()):  # deepest first: modes take rights
         opened.pop(path, None)
         os.chmod(path, mode)
@@ -134,39 +153,83 @@ def restore(src):
 
 busy = others()
 if busy:
-    sys.stdout.write(", ".join(busy))
+    os.write(1, ", ".join(busy).encode())
     sys.exit(3)
 if sys.argv[1:] == ["restore"]:
-    restore(sys.stdin.buffer)
-'''
+    with open(0, "rb", closefd=False) as stream:
+        restore(stream)
+"""
+
+
+class RootLayer(overlay.Run):
+    """A writable image root's disk layer (plan/container.py) as a run whose real tree is
+    the image: the sandbox sees it at /, so its manifest paths are relative to /.
+    `skip`: paths whose entries are another mount's, not the layer's; `keep`: directories
+    that must stay (mount points' parents, the mount points the image lacks), their
+    content handled entry by entry."""
+    skip: tuple = ()
+    keep: tuple = ()
+
+
+def layers(plan) -> tuple:
+    """The runs a session's snapshots cover: its overlay workspace's, then its writable
+    image root's (disk layer). ValueError when that root's layer is a tmpfs inside the
+    sandbox."""
+    found = [plan.overlay] if plan.overlay is not None else []
+    root = next((m for m in plan.mounts if m.target == "/"), None)
+    if root is not None and root.kind == "overlay" and plan.rootfs_layer is None:
+        raise ValueError("the image root's writable layer is a tmpfs inside the sandbox "
+                         "(rootfs_layer \"memory\"), out of reach of snapshots; use "
+                         "rootfs_layer=\"disk\" (--rootfs-layer disk) to snapshot it")
+    if plan.rootfs_layer is not None:
+        mounted = {m.target.strip("/") for m in plan.mounts if m.target != "/"}
+        parents = {a for m in mounted for a in _ancestors(m)}
+        found.append(RootLayer(id=plan.rootfs_layer.id, dir=plan.rootfs_layer.dir,
+                               workspace=root.source, skip=tuple(sorted(mounted)),
+                               keep=tuple(sorted(parents | {d for d, _ in root.dirs}))))
+    return tuple(found)
+
+
+def mount_of(run: overlay.Run) -> str:
+    """Where the sandbox sees the run's tree."""
+    return "/" if isinstance(run, RootLayer) else run.workspace
+
+
+def manifest(run: overlay.Run) -> list:
+    """overlay.recompute, without a root layer's entries that are other mounts'."""
+    found = overlay.recompute(run)
+    if not isinstance(run, RootLayer):
+        return found
+    keep = set(run.keep)
+    return [e for e in found if e.path not in keep and not any(
+        e.path == s or e.path.startswith(s + "/") for s in run.skip)]
 
 
 class Snapshot:
-    """A snapshot's manifest (path -> Change, relative) and where its files are: the
-    session's blobs beside its directory, or (`upper`) a kept run's upper layer."""
+    """A snapshot's manifest (path -> Change, as the manifest names it) and where its
+    files are: the session's blobs beside its directory, or (`kept`) a kept run's upper
+    layers."""
 
-    def __init__(self, directory: str, entries: dict, mtimes: dict, upper: str = ""):
-        self.dir, self.entries, self.mtimes, self.upper = directory, entries, mtimes, upper
+    def __init__(self, directory: str, entries: dict, mtimes: dict, kept=None):
+        self.dir, self.entries, self.mtimes, self.kept = directory, entries, mtimes, kept
 
     def open_file(self, entry) -> int:
-        if not self.upper:
+        if self.kept is None:
             return os.open(os.path.join(os.path.dirname(self.dir), BLOBS, entry.sha256), _FILE)
-        root = os.open(self.upper, _DIR)
-        try:
-            return overlay.open_beneath(root, entry.path, _FILE, layer=True)
-        finally:
-            os.close(root)
+        return _open_in(self.kept, entry.path, _FILE, upper=True)
 
 
 def snapshots_dir(run: overlay.Run) -> str:
     return os.path.join(run.dir, SNAPSHOTS)
 
 
-def take(run: overlay.Run) -> str:
-    """Copy what the upper layer holds now; returns the snapshot's id. The session
-    must be idle (see the module's docstring)."""
-    entries = overlay.recompute(run)
-    snapshot_id = time.strftime("%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
+def take(run: overlay.Run, snapshot_id: str = "") -> str:
+    """Copy what the upper layer holds now; returns the snapshot's id (`snapshot_id`,
+    that of the session's other layers, or a new one). The session must be idle (see
+    the module's docstring)."""
+    entries = manifest(run)
+    snapshot_id = snapshot_id or (time.strftime("%H%M%S", time.gmtime()) + "-"
+                                  + os.urandom(3).hex())
     directory = os.path.join(snapshots_dir(run), snapshot_id)
     # Contents by SHA-256, shared by the session's snapshots: a file already kept is
     # not copied again, and a blob never changes once written.
@@ -174,22 +237,18 @@ def take(run: overlay.Run) -> str:
     os.makedirs(blobs, mode=0o700, exist_ok=True)
     os.mkdir(directory, 0o700)
     mtimes = {}
-    upper = os.open(run.upper, _DIR)
-    try:
-        for entry in entries:
-            if entry.what == "deleted" or entry.kind not in ("file", "dir"):
-                continue
-            parent_rel, name = os.path.split(entry.path)
-            parent = overlay.open_beneath(upper, parent_rel, layer=True)
-            try:
-                mtimes[entry.path] = os.stat(name, dir_fd=parent,
-                                             follow_symlinks=False).st_mtime_ns
-                if entry.kind == "file" and entry.what != "mode":
-                    _copy_blob(parent, name, blobs, entry.sha256)
-            finally:
-                os.close(parent)
-    finally:
-        os.close(upper)
+    for entry in entries:
+        if entry.what == "deleted" or entry.kind not in ("file", "dir"):
+            continue
+        parent = _open_in(run, os.path.dirname(entry.path), _DIR, upper=True)
+        name = os.path.basename(entry.path)
+        try:
+            mtimes[entry.path] = os.stat(name, dir_fd=parent,
+                                         follow_symlinks=False).st_mtime_ns
+            if entry.kind == "file" and entry.what != "mode":
+                _copy_blob(parent, name, blobs, entry.sha256)
+        finally:
+            os.close(parent)
     _write_json(os.path.join(directory, SNAPSHOT),
                 {"entries": [e.as_dict() for e in entries], "mtimes": mtimes})
     return snapshot_id
@@ -203,27 +262,36 @@ def load(run: overlay.Run, snapshot_id: str) -> Snapshot:
     return Snapshot(directory, entries, data["mtimes"])
 
 
-def of_kept_run(state_dir: str, run_id: str, workspace: str) -> Snapshot:
-    """What a kept run on the same workspace left, as a snapshot to restore; LookupError
-    if there is no such run, ValueError if it ran on another workspace."""
+def of_kept_run(state_dir: str, run_id: str, workspace: str, roots: tuple = ()) -> Snapshot:
+    """What a kept run on the same workspace (and extra roots) left, as a snapshot to
+    restore; LookupError if there is no such run, ValueError if it ran on other roots."""
     kept, _, entries = overlay.load(state_dir, run_id)
     if kept.workspace != workspace:
         raise ValueError(f"run {run_id} changed {kept.workspace}, not {workspace}")
+    if kept.roots != tuple(roots):
+        raise ValueError(f"run {run_id} had the writable roots {list(kept.roots)}, not "
+                         f"{list(roots)}")
     mtimes = {}
-    root = os.open(kept.upper, _DIR)
+    for entry in entries:
+        if entry.what != "deleted" and entry.kind in ("file", "dir"):
+            parent = _open_in(kept, os.path.dirname(entry.path), _DIR, upper=True)
+            try:
+                mtimes[entry.path] = os.stat(os.path.basename(entry.path), dir_fd=parent,
+                                             follow_symlinks=False).st_mtime_ns
+            finally:
+                os.close(parent)
+    return Snapshot(kept.dir, {e.path: e for e in entries}, mtimes, kept=kept)
+
+
+def _open_in(run: overlay.Run, path: str, flags: int, upper: bool = False) -> int:
+    """open_beneath the real tree (or `upper` layer) of the root a manifest path lies in;
+    an extra root's own path (its top) opens that root."""
+    _, part, rel = run.locate(path) if path != "/" else ("", run, "")
+    root = os.open(part.upper if upper else part.workspace, _DIR)
     try:
-        for entry in entries:
-            if entry.what != "deleted" and entry.kind in ("file", "dir"):
-                parent_rel, name = os.path.split(entry.path)
-                parent = overlay.open_beneath(root, parent_rel, layer=True)
-                try:
-                    mtimes[entry.path] = os.stat(name, dir_fd=parent,
-                                                 follow_symlinks=False).st_mtime_ns
-                finally:
-                    os.close(parent)
+        return overlay.open_beneath(root, rel, flags, layer=upper)
     finally:
         os.close(root)
-    return Snapshot(kept.dir, {e.path: e for e in entries}, mtimes, upper=kept.upper)
 
 
 def empty() -> Snapshot:
@@ -280,7 +348,7 @@ def actions(current, target: dict) -> list:
 
 def _ancestors(path: str):
     parent = os.path.dirname(path)
-    while parent:
+    while parent and parent != "/":  # "/": above an extra root's absolute paths
         yield parent
         parent = os.path.dirname(parent)
 
@@ -290,28 +358,24 @@ def write_stream(run: overlay.Run, steps: list, snapshot: Snapshot, out,
     """RESTORER's input for `steps` (from actions), written to the binary file `out`.
     `hidden`: absolute paths the sandbox is not shown (masked): left out of the real
     tree's content sent in."""
-    stream = _Stream(out, run.workspace, hidden)
-    lower = os.open(run.workspace, _DIR)
-    try:
-        for step in steps:
-            kind, path = step[0], step[1]
-            if kind == "rm":
-                stream.op("rm", path)
-            elif kind == "snapshot":
-                _from_snapshot(stream, snapshot, snapshot.entries[path])
-            elif kind == "real":
-                _from_real(stream, lower, path)
-            elif kind == "chmod":
-                mode = step[2]
-                if mode is None:
-                    info = _lstat_beneath(lower, path)
-                    if info is None:
-                        continue
-                    mode = stat.S_IMODE(info.st_mode)
-                stream.op("chmod", path, mode)
-        stream.op("end")
-    finally:
-        os.close(lower)
+    stream = _Stream(out, mount_of(run), hidden)
+    for step in steps:
+        kind, path = step[0], step[1]
+        if kind == "rm":
+            stream.op("rm", path)
+        elif kind == "snapshot":
+            _from_snapshot(stream, snapshot, snapshot.entries[path])
+        elif kind == "real":
+            _from_real(stream, run, path)
+        elif kind == "chmod":
+            mode = step[2]
+            if mode is None:
+                info = _lstat_in(run, path)
+                if info is None:
+                    continue
+                mode = stat.S_IMODE(info.st_mode)
+            stream.op("chmod", path, mode)
+    stream.op("end")
 
 
 def _from_snapshot(stream, snapshot: Snapshot, entry) -> None:
@@ -330,15 +394,14 @@ def _from_snapshot(stream, snapshot: Snapshot, entry) -> None:
         stream.op("fifo", entry.path, entry.mode or 0o600)
 
 
-def _from_real(stream, lower: int, path: str) -> None:
+def _from_real(stream, run: overlay.Run, path: str) -> None:
     """The real tree's `path` and all it holds; nothing if it is gone."""
-    parent_rel, name = os.path.split(path)
     try:
-        parent = overlay.open_beneath(lower, parent_rel)
+        parent = _open_in(run, os.path.dirname(path), _DIR)
     except (FileNotFoundError, NotADirectoryError):
         return
     try:
-        _real_entry(stream, parent, name, path)
+        _real_entry(stream, parent, os.path.basename(path), path)
     finally:
         os.close(parent)
 
@@ -371,14 +434,13 @@ def _real_entry(stream, parent: int, name: str, path: str) -> None:
         stream.op("fifo", path, mode)
 
 
-def _lstat_beneath(root: int, path: str):
-    parent_rel, name = os.path.split(path)
+def _lstat_in(run: overlay.Run, path: str):
     try:
-        parent = overlay.open_beneath(root, parent_rel)
+        parent = _open_in(run, os.path.dirname(path), _DIR)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+        return os.stat(os.path.basename(path), dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return None
     finally:
@@ -388,14 +450,16 @@ def _lstat_beneath(root: int, path: str):
 class _Stream:
     def __init__(self, out, workspace: str = "", hidden=()):
         self.out = out
-        self._hidden = {os.path.relpath(h, workspace) for h in hidden
-                        if workspace and (h + "/").startswith(workspace + "/")}
+        # The workspace's manifest paths are relative, the extra roots' absolute.
+        self._hidden = {os.path.relpath(h, workspace) if workspace and (
+            h + "/").startswith(workspace.rstrip("/") + "/") else h for h in hidden}
 
     def hidden(self, path: str) -> bool:
         return any(path == h or path.startswith(h + "/") for h in self._hidden)
 
     def op(self, *fields) -> None:
-        data = json.dumps(list(fields)).encode()
+        data = b"\0".join(os.fsencode(f) if isinstance(f, str) else b"%d" % f
+                          for f in fields)
         self.out.write(len(data).to_bytes(4, "big") + data)
 
     def file(self, path: str, mode: int, mtime: int, fd: int, size: int) -> None:
@@ -424,25 +488,20 @@ def apply_now(run: overlay.Run, applied: dict, paths=(),
     allowed = ("",) if include_protected is True else tuple(include_protected or ())
     chosen, skipped = applying.select(entries, paths or (), allowed, state.home(),
                                       run.workspace)
-    workspace = os.open(run.workspace, _DIR)
-    try:
-        found = [c for c in applying.conflicts(workspace, chosen, started_ns)
-                 if applied.get(c.path) is None
-                 or _identity(workspace, c.path) != applied[c.path]]
-        if found:
-            lines = "\n".join(f"  {c.path}: {c.why}" for c in found)
-            raise applying.ApplyError(f"not applied: the real workspace changed where the "
-                                      f"session did:\n{lines}")
-        done, not_applicable = applying.apply(run, chosen, force=True)
-        for entry in done:
-            applied[entry.path] = _identity(workspace, entry.path)
-    finally:
-        os.close(workspace)
+    found = [c for c in applying.run_conflicts(run, chosen, started_ns)
+             if applied.get(c.path) is None or _identity(run, c.path) != applied[c.path]]
+    if found:
+        lines = "\n".join(f"  {c.path}: {c.why}" for c in found)
+        raise applying.ApplyError(f"not applied: the real workspace changed where the "
+                                  f"session did:\n{lines}")
+    done, not_applicable = applying.apply(run, chosen, force=True)
+    for entry in done:
+        applied[entry.path] = _identity(run, entry.path)
     return applying.Outcome(tuple(done), tuple(skipped), tuple(not_applicable))
 
 
-def _identity(root: int, path: str):
-    info = _lstat_beneath(root, path)
+def _identity(run: overlay.Run, path: str):
+    info = _lstat_in(run, path)
     return None if info is None else (info.st_ino, info.st_ctime_ns)
 
 

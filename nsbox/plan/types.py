@@ -42,10 +42,11 @@ class LaunchPlan(Record):
     git_layers: tuple = ()  # plan.gitsync.Layer: git dirs copy-on-write, applied after the run
     rootfs_layer: object = None  # plan.container.Layer: rootfs_writable's private upper layer
     # PID 1 builds the root in a mount namespace of its own, so that the caller, which
-    # waits in the sandbox's namespaces, keeps the host's files (container mode).
+    # waits in the sandbox's other namespaces, keeps the host's files (full isolation).
     own_mount_ns: bool = False
     # plan.denial_rules.DenialWatch: the command loads this reporting variant of the seccomp
-    # filter instead and PID 1 supervises it (full isolation with report_denials only)
+    # filter instead; PID 1 supervises it, or in landlock-only isolation the caller
+    # (report_denials, not container mode)
     denial_watch: object = None
 
 

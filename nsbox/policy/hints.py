@@ -65,6 +65,13 @@ def _hint(denial, policy) -> tuple:
         named = rule[len("seccomp profile "):] if rule.startswith("seccomp profile ") else ""
         profile = named or (policy.seccomp if policy is not None else "")
         profile = f"'{profile}'" if profile else "in force"
+        if call == "socket" and policy is not None and policy.network == "none" \
+                and policy.isolation != "full":
+            # Without a network namespace (landlock-only), inet sockets are refused too.
+            return "seccomp-socket", (
+                "socket() is refused for inet sockets while the network is closed "
+                "(--network host opens it) and for the families the seccomp profile "
+                f"{profile} refuses (--seccomp FILE)")
         return f"seccomp-{call}", (
             f"{call}() is refused by the seccomp profile {profile}; only a profile of your "
             "own allows it: --seccomp FILE (see 'nsbox profiles list')")

@@ -1,13 +1,9 @@
-"""Resource limits: frozen data, parsing of sizes and durations, and which
+"""Resource limits: frozen data (limit_values parses sizes and durations), and which
 mechanism enforces each limit. Pure: nsbox.plan.limits supplies what the host offers.
 """
 
 import math
 from nsbox.record import Record, fields, replace
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_DURATION_UNITS = {"": 1, "s": 1, "ms": 0.001, "m": 60, "h": 3600}
-_OFF = ("none", "unlimited", "off", "max")
 
 DEFAULT_PIDS = 4096
 # Largest values accepted: what the kernel's 64-bit limits and timers can hold.
@@ -60,6 +56,8 @@ class Limits(Record):
                 _raise(f"limit {name} must be a positive integer or None; got {value!r}")
             ceiling = MAX_BYTES if name in ("memory", "tmp", "fsize") else MAX_COUNT
             if value is not None and value > ceiling:
+                from nsbox.policy.limit_values import format_size
+
                 _raise(f"limit {name}: {self.describe(name)} is too large (at most "
                        f"{format_size(ceiling) if ceiling == MAX_BYTES else ceiling}); "
                        f"use {name}=none for no limit")
@@ -75,11 +73,15 @@ class Limits(Record):
 
     def with_options(self, *items: str) -> "Limits":
         """Apply `NAME=VALUE` options, as given to `--limit`."""
+        from nsbox.policy.limit_values import parse_options
+
         return replace(self, **parse_options(items))
 
     @classmethod
     def from_mapping(cls, values) -> "Limits":
         """Limits from a policy file's `[limits]` table; values may be strings or numbers."""
+        from nsbox.policy.limit_values import parse_value
+
         return cls(**{name: parse_value(name, value) for name, value in dict(values or {}).items()})
 
     def describe(self, name: str) -> str:
@@ -88,6 +90,8 @@ class Limits(Record):
         if value is None:
             return "unlimited"
         if name in ("memory", "tmp", "fsize"):
+            from nsbox.policy.limit_values import format_size
+
             return format_size(value)
         if name == "wall":
             return f"{value:g}s"
@@ -101,94 +105,6 @@ class Limits(Record):
 
 
 NAMES = tuple(f.name for f in fields(Limits))
-
-
-def parse_options(items) -> dict:
-    """`--limit NAME=VALUE` options -> {name: value}, each checked; the last of a name wins."""
-    chosen = {}
-    for text in items:
-        name, eq, value = text.partition("=")
-        name = name.strip()
-        if not eq or not value.strip():
-            _raise(f"--limit expects NAME=VALUE (e.g. memory=512M); got {text!r}")
-        chosen[name] = parse_value(name, value)
-    return chosen
-
-
-def parse_value(name: str, value):
-    """Parse one limit's value; `none`/`unlimited` turns the limit off."""
-    if name not in NAMES:
-        _raise(f"unknown limit {name!r}; known limits: {', '.join(NAMES)}")
-    if value is None or (isinstance(value, str) and value.strip().lower() in _OFF):
-        return None
-    if name in ("memory", "tmp", "fsize"):
-        return parse_size(value, name)
-    if name == "wall":
-        return parse_duration(value, name)
-    if name == "cpu":
-        return _parse_number(value, name, "cores, e.g. 1.5")
-    return _parse_count(value, name)
-
-
-def parse_size(value, what: str = "size") -> int:
-    """`512M`, `1G`, `1GiB`, `64k`, `4096`: binary units, as tmpfs and ulimit use."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
-    scaled = _with_unit(text, _SIZE_UNITS)
-    if scaled is None:
-        _raise(f"limit {what}: {value!r} is not a size; use e.g. 512M, 1G or a byte count")
-    return int(scaled)
-
-
-def parse_duration(value, what: str = "duration") -> float:
-    """`30`, `30s`, `500ms`, `2m`, `1h` -> seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    scaled = _with_unit(str(value).strip().lower(), _DURATION_UNITS)
-    if scaled is None:
-        _raise(f"limit {what}: {value!r} is not a duration; use e.g. 30, 30s, 500ms, 2m or 1h")
-    return scaled
-
-
-def _with_unit(text: str, units: dict):
-    """A positive finite number followed by one of `units` (a suffix -> scale), scaled; else None."""
-    digits = text.rstrip("".join(set("".join(units))))
-    unit = text[len(digits):]
-    try:
-        number = float(digits)
-    except ValueError:
-        return None
-    if unit not in units or not number > 0 or math.isinf(number):  # NaN fails `> 0`
-        return None
-    return number * units[unit]
-
-
-def format_size(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if size >= _SIZE_UNITS[unit.lower()] and size % _SIZE_UNITS[unit.lower()] == 0:
-            return f"{size // _SIZE_UNITS[unit.lower()]}{unit}"
-    return f"{size}B"
-
-
-def _parse_number(value, name: str, hint: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1
-    if not number > 0 or math.isinf(number):
-        _raise(f"limit {name}: {value!r} is not a positive number ({hint})")
-    return number
-
-
-def _parse_count(value, name: str) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = 0
-    if number < 1:
-        _raise(f"limit {name}: {value!r} is not a positive whole number")
-    return number
 
 
 # --- which mechanism enforces what ------------------------------------------------

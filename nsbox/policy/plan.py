@@ -72,13 +72,15 @@ def _depth(path: str) -> int:
     return path.rstrip("/").count("/")
 
 
-def visible_hidden(hidden: tuple, writable: tuple) -> tuple:
-    """The (path, is_dir) masks worth mounting: none under another mask or a private tree."""
+def visible_hidden(hidden: tuple, writable: tuple, private: tuple = ()) -> tuple:
+    """The (path, is_dir) masks worth mounting: none under another mask or a private tree
+    (nsbox's own or the policy's `private`, each a fresh tmpfs where nothing hidden is)."""
     kept, masked = [], set()
+    fresh = PRIVATE_TREES + tuple(private)
     for path, is_dir in sorted(set(hidden), key=lambda h: (_depth(h[0]), h[0])):
         if _has_ancestor_in(path, masked):
             continue
-        if any(under(path, t) for t in PRIVATE_TREES) and not any(under(path, w) for w in writable):
+        if any(under(path, t) for t in fresh) and not any(under(path, w) for w in writable):
             continue
         kept.append((path, is_dir))
         masked.add(path.rstrip("/") or "/")
@@ -129,11 +131,14 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
                 protections: tuple = (), overlay: tuple = (), root=None,
                 read_only_binds: tuple = (), hidden_parents: tuple = ()) -> tuple:
     """The new root, in order. Later steps mount on top of earlier ones.
-    overlay: (root, upper, work) to mount `root` copy-on-write instead of writable.
+    overlay: (root, upper, work), or a tuple of them, to mount each `root` copy-on-write
+    instead of writable.
     read_only_binds: resolved (host dir, path in the sandbox) pairs.
     hidden_parents: resolved host directories shown empty but for the writable roots inside.
     root: container mode's first step (a root_image or an overlay of "/"), else the host's."""
     steps = []
+    layers = {o[0]: o for o in ((overlay,) if overlay and isinstance(overlay[0], str)
+                                else overlay)}
     if root is not None:
         steps.append(root)
     elif policy.preset == "full-access":
@@ -163,11 +168,11 @@ def mount_steps(policy: Policy, writable: tuple, var_run_is_dir: bool = False,
                              key=lambda layer: layer[:2]):
         if isinstance(step, MountStep):
             steps.append(step)
-        elif overlay and step == overlay[0]:
+        elif step in layers:
             # volatile: no sync of the state directory's filesystem when the sandbox's
             # mounts go (ms, on nsbox exec's path); a kept run is synced then (overlay.conclude).
-            steps.append(MountStep("overlay", step, step, upper=overlay[1], work=overlay[2],
-                                   volatile=True))
+            steps.append(MountStep("overlay", step, step, upper=layers[step][1],
+                                   work=layers[step][2], volatile=True))
         else:
             steps.append(MountStep("bind_rw", step, step))
     for source, target in sorted(read_only_binds, key=lambda b: (_depth(b[1]), b[1])):

@@ -6,7 +6,7 @@ it in TOML (`network`, `filesystem.unhide`, `limits.memory`, ...). A key these
 rules do not know counts as widening: new settings fail closed.
 """
 
-from nsbox.policy import limits as policy_limits
+from nsbox.policy import limit_values
 
 # Most open first; a file may only move toward the end.
 PRESET_ORDER = ("full-access", "workspace-write", "read-only")
@@ -87,7 +87,7 @@ def _limits(table: dict, base) -> tuple:
     """Each limit narrows when set where the base has none, or to at most the base's value."""
     narrower, widening = {}, []
     for name, raw in dict(table).items():
-        value = policy_limits.parse_value(name, raw)
+        value = limit_values.parse_value(name, raw)
         current = getattr(base, name)
         if current is None or (value is not None and value <= current):
             narrower[name] = raw

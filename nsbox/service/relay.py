@@ -89,7 +89,10 @@ def main(payload: bytes, fds: list, server_fd: int, server_pid: int):
             os.close(channel.lifeline_r)
             os.close(channel.lifeline_w)
             top = scope.fork_command(plan, channel.error_r, channel.error_w, active,
-                                              serve=channel.serve)
+                                              serve=channel.serve, denials=opened.denials)
+            step = "denial reporting"
+            scope.watch_denials(opened, plan, top, session=kind == SESSION)
+            channel.denials = opened.denials  # its events go to the runner as PID 1's do
         else:
             step = "namespaces"
             sequence.enter_namespaces(plan)

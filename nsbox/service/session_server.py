@@ -152,25 +152,73 @@ def _start(plan, record: bytes, stdio, reply) -> int:
     posix_spawn (a vfork underneath) instead of fork: no page tables to copy,
     and an exec failure comes back as its errno.
     """
-    argv, cwd, env = wire.decode_command(record)
+    python = record[:1] == wire.PYTHON
+    argv, cwd, env = wire.decode_command(record[1:] if python else record)
     if env is None:
         env = plan.env
+    # The denial supervisor's tally before the command: the same at its end means it
+    # was stopped nowhere, and its exit record says so (no query for its events).
+    tally = denial_channel.flush() if plan.denial_watch is not None else None
     step = "chdir"
     try:
         os.chdir(cwd)  # the spawned command inherits it; this process needs no particular one
-        step = "exec"
-        path = sequence.find_executable(argv[0], env.get("PATH", os.defpath))
-        # A process group of its own: a per-command timeout kills the group, not the session.
-        pid = os.posix_spawn(path, argv, env, file_actions=_stdio_actions(stdio),
-                             setpgroup=0, setsigdef=_DEFAULT_SIGNALS)
+        if python:
+            step = "fork"
+            pid = run_python(argv, stdio)
+        else:
+            step = "exec"
+            path = sequence.find_executable(argv[0], env.get("PATH", os.defpath))
+            # A process group of its own: a per-command timeout kills the group, not the
+            # session.
+            pid = os.posix_spawn(path, argv, env, file_actions=_stdio_actions(stdio),
+                                 setpgroup=0, setsigdef=_DEFAULT_SIGNALS)
     except OSError as err:
         _report_failure(errorpipe.from_exception(step, err), reply)
         return 0
     finally:
         for fd in stdio:
             os.close(fd)
+    if tally is not None:
+        _TALLIES[reply.fileno()] = tally
     wire.send_quietly(reply, wire.STARTED)
     return pid
+
+
+_TALLIES = {}  # a running command's reply socket fd -> the denial tally at its start
+
+
+def run_python(argv, stdio) -> int:
+    """Run the source argv[0] (sys.argv: argv) in a fork of this server, for nsbox's own
+    work inside the sandbox (plan/session_overlay.RESTORER): an image may have no Python
+    of its own. The child is as a spawned command would be: this thread's Landlock
+    domain, a process group of its own, the given stdio and no other descriptor. It can
+    import only what this process has loaded."""
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)  # the fork's thread is its main one: this is allowed
+        for sig in _DEFAULT_SIGNALS + (signal.SIGINT,):
+            signal.signal(sig, signal.SIG_DFL)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        import sys
+
+        sys.argv = list(argv)
+        exec(compile(argv[0], "<nsbox>", "exec"), {"__name__": "__main__"})
+        status = 0
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else (done.code is not None)
+    except BaseException as err:
+        try:
+            os.write(2, f"{type(err).__name__}: {err}\n".encode(errors="replace"))
+        except BaseException:
+            pass
+    finally:
+        os._exit(status)
 
 
 def _refuse(err: OSError, stdio, reply) -> None:
@@ -210,9 +258,11 @@ def _reap(running: dict, by_reply: dict, poller) -> None:
                 poller.unregister(fd)
             except KeyError:
                 pass
+        before = _TALLIES.pop(fd, None)
         if status is not None:
-            denial_channel.flush()  # the command's repeated denials reach the relay first
-            wire.send_quietly(reply, wire.exited_from_status(status))
+            tally = denial_channel.flush()  # its repeated denials reach the relay first
+            wire.send_quietly(reply, wire.exited_from_status(
+                status, no_denials=before is not None and tally == before))
         reply.close()
 
 

@@ -14,7 +14,7 @@ from nsbox.launch import errorpipe
 
 STARTED = b"S"
 FAILED = b"F"  # + an errorpipe failure record
-EXITED = b"X"  # + returncode, signal (0: none) as two native ints
+EXITED = b"X"  # + returncode, signal (0: none) as two native ints [+ NO_DENIALS]
 NETWORK = b"N"  # + the allowlist proxy's report as JSON; just before EXITED
 READY = b"R"  # a spare sandbox, on its control socket: send the command
 PROBED = b"P"  # + why user namespaces cannot be made here (empty: they can)
@@ -127,21 +127,30 @@ def parse_failed(record: bytes) -> errorpipe.Failure:
     return errorpipe.decode(record[1:])
 
 
-def exited(returncode: int, signal: int | None) -> bytes:
-    return EXITED + _EXIT.pack(returncode, signal or 0)
+def exited(returncode: int, signal: int | None, no_denials: bool = False) -> bytes:
+    """no_denials: a session's command that the denial supervisor saw stopped nowhere
+    (its runner need not ask for its events)."""
+    return EXITED + _EXIT.pack(returncode, signal or 0) + (NO_DENIALS if no_denials else b"")
 
 
-def exited_from_status(status: int) -> bytes:
+NO_DENIALS = b"0"
+
+
+def exited_from_status(status: int, no_denials: bool = False) -> bytes:
     """From a raw wait status: shell-style 128+N for a signal, and N itself."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        return exited(128 + sig, sig)
-    return exited(os.waitstatus_to_exitcode(status), None)
+        return exited(128 + sig, sig, no_denials)
+    return exited(os.waitstatus_to_exitcode(status), None, no_denials)
 
 
 def parse_exited(record: bytes):
-    returncode, sig = _EXIT.unpack(record[1:])
+    returncode, sig = _EXIT.unpack_from(record, 1)
     return returncode, sig or None
+
+
+def exited_without_denials(record: bytes) -> bool:
+    return record[1 + _EXIT.size:] == NO_DENIALS
 
 
 def network_report(report: dict) -> bytes:
@@ -200,8 +209,15 @@ def parse_signal(record: bytes) -> int:
     return _SIGNAL.unpack(record)[0]
 
 
-def encode_command(argv, cwd: str, env) -> bytes:
+# First byte of a request whose argv is Python source and its arguments, run by the
+# session's server in a fork of its own (see session_server.run_python); a command's
+# request starts with its cwd, an absolute path.
+PYTHON = b"\x01"
+
+
+def encode_command(argv, cwd: str, env, python: bool = False) -> bytes:
     """cwd NUL argc NUL envc NUL argv... NUL NAME=value...; envc -1: the session's env.
+    `python`: argv[0] is Python source (the record then starts with PYTHON).
 
     NUL can't occur inside execve's strings, so it is a safe separator.
     """
@@ -209,7 +225,7 @@ def encode_command(argv, cwd: str, env) -> bytes:
     fields.extend(os.fsencode(a) for a in argv)
     if env is not None:
         fields.extend(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items())
-    return b"\0".join(fields)
+    return (PYTHON if python else b"") + b"\0".join(fields)
 
 
 def decode_command(record: bytes):

@@ -77,7 +77,7 @@ def test_benchmark_quickest_mode_runs(tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--runs", "2",
          "--warmup", "1", "--binds", "1,2", "--concurrency", "1,2", "--results", str(results)],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        capture_output=True, text=True, timeout=360, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     table = (results / "latest.md").read_text()
     assert "| nsbox exec -- true (CLI) |" in table and "Linux " in table
@@ -96,7 +96,7 @@ def test_benchmark_goals_and_host_size_measurements(tmp_path):
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--runs", "2",
          "--warmup", "1", "--binds", "1", "--concurrency", "1,2", "--entries", "10,100",
          "--env-vars", "0,10", "--results", str(results)],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        capture_output=True, text=True, timeout=360, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     table = (results / "latest.md").read_text()
     assert table.index("### Goals") < table.index("### Latency")
@@ -115,6 +115,9 @@ def test_benchmark_goals_and_host_size_measurements(tmp_path):
     assert isinstance(data["big_request"]["nsbox.run"]["ok"], bool)
     memory = data["session_memory"]
     assert len(memory["totals_kb"]) == memory["sessions"] + 1 and "first_kb" in memory
+    image = data["image_memory"]
+    assert image["sandboxes"] == 4 and len(image["kinds"]) >= 4 and not image["errors"]
+    assert "idle sandboxes held open at once on one image" in table
 
 
 def test_session_memory_holder_steps():
@@ -129,3 +132,34 @@ def test_session_memory_holder_steps():
     # every session adds processes under the holder: the fork server's and its own
     counts = [len(step["processes"]) for step in result["steps"]]
     assert counts[0] < counts[1] < counts[2]
+
+
+def test_image_memory_holds_every_kind_and_leaves_nothing_behind():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import image_memory
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    holder = [sys.executable, str(ROOT / "bench" / "image_memory.py"), "hold"]
+    result = image_memory.measure(holder, 2)
+    assert result["errors"] == []
+    rows = {row["kind"]: row for row in result["kinds"]}
+    assert set(rows) == {kind for kind, _ in image_memory.KINDS}
+    for row in rows.values():  # each kind's sandboxes were running under the holder
+        comms = [p["comm"] for p in row["processes"]]
+        assert comms.count("sleep" if "exec" in row["kind"] or "bwrap" in row["kind"]
+                           else "nsbox-init") >= 2, row
+    disk = rows["session-image-writable-disk"]
+    assert len(disk["layers"]) == 2
+    if os.getuid() == 0:  # only root reads the sandboxes' roots and layers
+        assert rows["session-image-writable"]["layer_kb"] == [0, 0]
+        assert len(disk["layer_kb"]) == 2 and min(disk["layer_kb"]) > 0
+    # nothing left: the image, the layers, the sandboxes
+    assert not os.path.exists(result["image"])
+    assert not any(os.path.exists(path) for path in disk["layers"])
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert result["image"].encode() not in f.read()
+        except OSError:
+            continue

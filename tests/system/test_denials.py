@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 import nsbox
-from conftest import assert_denied, nsbox_cmd
+from conftest import assert_denied, needs_landlock, nsbox_cmd
 from nsbox.policy.model import Policy
 # The allowlist's local servers and name mapping (a test module's fixtures, shared).
 from test_network_allowlist import certificate, resolve_env, servers  # noqa: F401
@@ -23,18 +23,25 @@ KEYCTL = ("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
           "print('keyctl', ret, os.strerror(ctypes.get_errno()))")
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64",
                                 reason="syscall numbers in these probes are x86_64's")
+# Each wall's refusal: a read-only mount with namespaces, Landlock without them
+# (where the caller, not a PID 1, supervises: more in test_denials_landlock.py).
+ISOLATIONS = pytest.mark.parametrize("isolation", [
+    "full", pytest.param("landlock", marks=needs_landlock(1))])
+REFUSAL = {"full": "Read-only file system", "landlock": "Permission denied"}
 
 
 @pytest.fixture
 def run_cli(workspace, var_tmp):
     """`nsbox exec` with --json-status: (CompletedProcess, the record's denials)."""
 
-    def run(cmd, *opts, env=None, timeout=120):
+    def run(cmd, *opts, env=None, timeout=120, isolation="full"):
         status = var_tmp / f"status-{uuid.uuid4().hex}.json"
-        argv = nsbox_cmd("exec", "--workspace", str(workspace), "--json-status", str(status),
-                         *opts, "--", "sh", "-c", cmd)
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        argv = nsbox_cmd("exec", "--isolation", isolation, "--workspace", str(workspace),
+                         "--json-status", str(status), *opts, "--", "sh", "-c", cmd)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                                cwd=str(workspace))
         record = json.loads(status.read_text())
+        assert record["protections"]["isolation"] == isolation, record["protections"]
         return result, record["denials"]
 
     return run
@@ -49,15 +56,17 @@ def only_event(denials: list) -> dict:
     return event
 
 
-def test_a_write_outside_the_workspace_is_one_filesystem_event(run_cli, workspace):
+@ISOLATIONS
+def test_a_write_outside_the_workspace_is_one_filesystem_event(run_cli, isolation):
     target = f"/etc/nsbox-denial-{uuid.uuid4().hex}"
-    result, denials = run_cli(f"echo started; echo x > {target}")
-    assert_denied(result, expect="Read-only file system", started_marker="started")
+    result, denials = run_cli(f"echo started; echo x > {target}", isolation=isolation)
+    assert_denied(result, expect=REFUSAL[isolation], started_marker="started")
     assert not os.path.exists(target)
     assert only_event(denials) == {"wall": "filesystem", "operation": "write", "target": target,
                                    "rule": "outside the writable roots", "count": 1}
     assert (f"nsbox: blocked 1 operation: write {target} (outside the writable roots)\n"
             in result.stderr)
+    assert "nsbox: hint: writes outside the workspace" in result.stderr
 
 
 def test_a_write_to_git_hooks_is_a_protected_path_event(run_cli, workspace):
@@ -72,8 +81,10 @@ def test_a_write_to_git_hooks_is_a_protected_path_event(run_cli, workspace):
     assert f"write {hooks}/pre-commit (protected path {hooks})" in result.stderr
 
 
-def test_a_keyctl_call_is_one_seccomp_event_and_still_fails(run_cli):
-    result, denials = run_cli(f'echo started; python3 -c "{KEYCTL}"; exit 1')
+@ISOLATIONS
+def test_a_keyctl_call_is_one_seccomp_event_and_still_fails(run_cli, isolation):
+    result, denials = run_cli(f'echo started; python3 -c "{KEYCTL}"; exit 1',
+                              isolation=isolation)
     assert_denied(result, expect="keyctl -1 Operation not permitted", started_marker="started")
     assert only_event(denials) == {"wall": "seccomp", "operation": "syscall",
                                    "target": "keyctl", "rule": "seccomp profile default",
@@ -163,12 +174,13 @@ def test_the_command_cannot_reach_the_listener_or_pid_1(run_cli):
     assert denials == []
 
 
-def test_without_a_supervisor_notified_calls_fail_closed(workspace):
-    """The kernel's answer when the listener is gone (PID 1 died): ENOSYS for every
-    notified call, a write-intent one and a denied one alike; never success."""
+@ISOLATIONS
+def test_without_a_supervisor_notified_calls_fail_closed(workspace, isolation):
+    """The kernel's answer when the listener is gone (its supervisor died): ENOSYS for
+    every notified call, write-intent and denied alike; never success."""
     from nsbox.plan import prepare
 
-    plan = prepare.prepare(["true"], Policy(workspace=str(workspace)))
+    plan = prepare.prepare(["true"], Policy(workspace=str(workspace), isolation=isolation))
     assert plan.denial_watch is not None
     read_r, read_w = os.pipe()
     pid = os.fork()
@@ -188,32 +200,41 @@ def test_without_a_supervisor_notified_calls_fail_closed(workspace):
                     results.append("ok")
                 except OSError as err:
                     results.append(str(err.errno))
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall(250, 0, 0, 0, 0, 0)  # keyctl, which the profile denies
+            results.append(str(ctypes.get_errno()))
             os.write(read_w, " ".join(results).encode())
         finally:
             os._exit(0)
     os.close(read_w)
     answer = os.read(read_r, 100).decode()
     os.waitpid(pid, 0)
-    assert answer == "38 38", answer  # ENOSYS twice
+    assert answer == "38 38 38", answer  # ENOSYS each time
     assert not (workspace / "made").exists() and not (workspace / "new").exists()
 
 
-def test_no_denial_events_runs_without_the_supervisor(run_cli):
+@ISOLATIONS
+def test_no_denial_events_runs_without_the_supervisor(run_cli, isolation):
     target = f"/etc/nsbox-denial-{uuid.uuid4().hex}"
     result, denials = run_cli(f"echo started; echo x > {target}; "
-                              "grep Seccomp_filters /proc/self/status", "--no-denial-events")
-    assert "Read-only file system" in result.stderr and not os.path.exists(target)
+                              "grep Seccomp_filters /proc/self/status", "--no-denial-events",
+                              isolation=isolation)
+    assert REFUSAL[isolation] in result.stderr and not os.path.exists(target)
     assert denials == [] and "blocked" not in result.stderr
 
 
 # --- the library ----------------------------------------------------------------------
 
-def test_library_one_shot_reports_live_and_in_the_result(workspace):
+@ISOLATIONS
+def test_library_one_shot_reports_live_and_in_the_result(workspace, isolation):
     target = f"/etc/nsbox-denial-{uuid.uuid4().hex}"
     live = []
     r = nsbox.run(["sh", "-c", f"echo x > {target}; echo x > {target}; python3 -c \"{KEYCTL}\""],
-                  policy=Policy(workspace=str(workspace)), on_denial=live.append, timeout=120)
-    assert b"Read-only file system" in r.stderr and b"Operation not permitted" in r.stdout
+                  policy=Policy(workspace=str(workspace), isolation=isolation),
+                  on_denial=live.append, timeout=120)
+    assert REFUSAL[isolation].encode() in r.stderr and b"Operation not permitted" in r.stdout
     assert not os.path.exists(target)
     got = [(d.wall, d.operation, d.target, d.rule, d.count) for d in r.denials]
     assert got == [("filesystem", "write", target, "outside the writable roots", 2),
@@ -256,10 +277,28 @@ def test_library_limit_and_network_events(workspace, servers, resolve_env):  # n
     assert [(d.wall, d.rule) for d in r.denials] == [("limit", "limit wall=1s")]
 
 
-def test_landlock_only_runs_report_no_filesystem_events_but_still_deny(workspace):
-    """The documented limit: no PID 1, no supervisor; the walls are unchanged."""
+
+def test_nsbox_installed_where_the_sandbox_cannot_see_it(tmp_path, workspace):
+    """nsbox's own files under /tmp (private in the sandbox): PID 1 imports the
+    supervisor before pivot_root, so writes work and denials are still reported."""
+    import shutil
+    import site
+    import sys
+
+    shutil.copytree(os.path.dirname(nsbox.__file__), tmp_path / "nsbox",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    # -S: no .pth files, so no editable install's finder; the copy comes first.
+    env = dict(os.environ, PYTHONPATH=":".join([str(tmp_path)] + site.getsitepackages()))
+    python = [sys.executable, "-S"]
+    assert subprocess.run(python + ["-c", "import nsbox; print(nsbox.__file__)"], env=env,
+                          cwd=str(workspace), capture_output=True,
+                          text=True).stdout.startswith(f"{tmp_path}/")
     target = f"/etc/nsbox-denial-{uuid.uuid4().hex}"
-    r = nsbox.run(["sh", "-c", f"echo x > {target}"],
-                  policy=Policy(workspace=str(workspace), isolation="landlock"), timeout=60)
-    assert r.returncode != 0 and not os.path.exists(target)
-    assert r.denials == ()
+    result = subprocess.run(
+        python + ["-m", "nsbox", "exec", "--workspace", str(workspace), "--",
+                  "sh", "-c", f"echo ok > made && echo x > {target}; cat made"],
+        capture_output=True, text=True, timeout=120, cwd=str(workspace), env=env)
+    assert result.stdout == "ok\n", result.stderr
+    assert "Read-only file system" in result.stderr and not os.path.exists(target)
+    assert f"nsbox: blocked 1 operation: write {target}" in result.stderr
+    assert (workspace / "made").read_text() == "ok\n"

@@ -57,3 +57,17 @@ def test_each_session_has_its_own_var_tmp_with_the_bind_read_only(place):
 def test_landlock_only_isolation_refuses_them(place):
     with pytest.raises(PolicyError, match="need full isolation"):
         Session(_policy(place, isolation="landlock"))
+
+
+def test_a_hidden_path_in_a_private_dir_needs_no_mask(place):
+    # The private tmpfs is fresh: the host's file is not in it, so nothing is masked
+    # there (a mask would need a mount point the tmpfs does not have).
+    (place / "secret").write_text("host secret\n")
+    policy = _policy(place).with_changes(hidden=_policy(place).hidden + (str(place / "secret"),))
+    with Session(policy) as session:
+        seen = session.run(["sh", "-c", f"cat {place / 'secret'}; echo rc=$?"])
+        assert b"host secret" not in seen.stdout + seen.stderr
+        assert seen.stdout.endswith(b"rc=1\n"), seen.stderr
+        wrote = session.run(["sh", "-c", f"echo pwned > {place / 'secret'}; echo done"])
+        assert wrote.stdout == b"done\n"  # its own tmpfs: the host's file is another
+    assert (place / "secret").read_text() == "host secret\n"

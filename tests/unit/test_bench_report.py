@@ -81,3 +81,23 @@ def test_denial_cost_goals_and_table():
     text = report.markdown(results)
     assert "2 of 3 goals met." in text  # --only: the goals not measured are left out
     assert f"| {report.DENIAL_MAKE} | 2 | 1035.0 | 1030.0 | 1040.0 | 1.035× | 0 |" in text
+
+
+def test_image_memory_table_compares_each_kind_with_its_reference():
+    def row(kind, total_kb, reference=None, **extra):
+        return {"kind": kind, "what": kind, "total_kb": total_kb, "per_sandbox_kb": total_kb / 4,
+                "metric": "pss", "reference": reference,
+                "processes": [{"comm": "nsbox-init", "kb": 1024}] * 2, **extra}
+    results = {"image_memory": {"sandboxes": 4, "measured_by": "root", "image_files": 3,
+                                "image_kb": 2048, "kinds": [
+                                    row("session-host", 8 * 1024),
+                                    row("session-image-writable", 4 * 1024, "session-host",
+                                        layer_kb=[0, 0, 0, 0]),
+                                    row("session-image-writable-disk", 8 * 1024, "session-host",
+                                        layer_kb=None)]}}
+    lines = report.image_memory_table(results)
+    assert "| session-host | 8.0 | 2.00 |  |  | nsbox-init 2 (2.0) |" in lines
+    assert "| session-image-writable | 4.0 | 1.00 | 0.50× | 0 | nsbox-init 2 (2.0) |" in lines
+    assert ("| session-image-writable-disk | 8.0 | 2.00 | 1.00× | n/a | nsbox-init 2 (2.0) |"
+            in lines)
+    assert report.image_memory_table({}) == []

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from nsbox.plan import bpf_cache, seccomp_filter
+from nsbox.plan import bpf_cache, bpf_cache_write, seccomp_filter
 from nsbox.plan.bpf_cache import sha256
 from nsbox.policy.model import Policy
 
@@ -16,7 +16,7 @@ SECRET = bytes(range(32))
 
 
 def _store(directory, key, program=PROGRAM, secret=SECRET):
-    bpf_cache.store(str(directory), key, program, secret)
+    bpf_cache_write.store(str(directory), key, program, secret)
 
 
 def _load(directory, key, secret=SECRET):

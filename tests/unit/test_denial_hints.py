@@ -98,6 +98,14 @@ def test_the_private_run_is_explained_not_unhidden():
         assert hint.startswith("/run inside the sandbox is its own empty directory")
 
 
+def test_a_refused_socket_without_a_network_namespace_names_the_network():
+    denial = Denial("seccomp", "syscall", "socket", "seccomp profile default")
+    [hint] = hints([denial], Policy(isolation="landlock"))
+    assert "--network host" in hint and "--seccomp FILE" in hint
+    [hint] = hints([denial], Policy(isolation="full"))
+    assert "--network" not in hint
+
+
 def test_seccomp_and_limits():
     [sec] = hints([Denial("seccomp", "syscall", "keyctl", "seccomp profile strict")], Policy())
     assert sec.startswith("keyctl() is refused by the seccomp profile 'strict'")

@@ -35,7 +35,7 @@ MAY_IMPORT = {
 # Narrow exceptions, each for a stated reason.
 ALSO = {
     # Reading policy files: where nsbox's state (the trust store) lives.
-    "nsbox.policy.files": {"state", "trust_store"},
+    "nsbox.policy.file_trust": {"state", "trust_store"},
     # Copying files in and out of a workspace without following its symlinks.
     "nsbox.integrations.inspect_sandbox": {"kernel"},
     # PID 1's denial supervisor classifies with the plan's own pure rules, so that a

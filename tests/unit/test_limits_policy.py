@@ -3,6 +3,7 @@
 import pytest
 
 from nsbox.errors import PolicyError
+from nsbox.policy import limit_values
 from nsbox.policy import limits as L
 from nsbox.policy import plan
 from nsbox.policy.limits import Limits
@@ -14,20 +15,20 @@ from nsbox.policy.model import Policy
     ("4096", 4096), ("1.5G", 3 << 29), ("2MB", 2 << 20), (1000, 1000),
 ])
 def test_sizes(text, size):
-    assert L.parse_size(text) == size
+    assert limit_values.parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "M", "-1M", "12X", "0", "inf", "1e999G"])
 def test_bad_sizes_name_the_limit(text):
     with pytest.raises(PolicyError, match="limit memory"):
-        L.parse_size(text, "memory")
+        limit_values.parse_size(text, "memory")
 
 
 @pytest.mark.parametrize("text, seconds", [
     ("30", 30), ("30s", 30), ("500ms", 0.5), ("2m", 120), ("1h", 3600), (1.5, 1.5),
 ])
 def test_durations(text, seconds):
-    assert L.parse_duration(text) == seconds
+    assert limit_values.parse_duration(text) == seconds
 
 
 def test_defaults_suit_agent_work():

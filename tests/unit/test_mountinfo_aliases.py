@@ -1,6 +1,6 @@
 """Finding other mounts of a hidden path in a recorded /proc/self/mountinfo (no mounts made)."""
 
-from nsbox.kernel import mountinfo
+from nsbox.kernel import mount_aliases, mountinfo
 
 # A host with its root disk (254:0) mounted again in several ways, and ~/.ssh of
 # /home/me visible through some of them.
@@ -26,7 +26,7 @@ def mount(mount_id: int) -> mountinfo.Mount:
 
 
 def aliases(path: str, on: int) -> list:
-    return sorted(alias[:3] for alias in mountinfo.aliases(RECORDED, [(path, mount(on))]))
+    return sorted(alias[:3] for alias in mount_aliases.aliases(RECORDED, [(path, mount(on))]))
 
 
 def test_lines_parse_into_mounts_with_their_root_and_device():
@@ -81,7 +81,7 @@ def test_a_path_on_its_own_filesystem_has_aliases_only_there():
 
 
 def test_several_paths_are_answered_in_one_pass():
-    found = mountinfo.aliases(RECORDED, [("/home/me/.ssh", mount(27)),
-                                         ("/home/other/x", mount(27))])
+    found = mount_aliases.aliases(RECORDED, [("/home/me/.ssh", mount(27)),
+                                             ("/home/other/x", mount(27))])
     assert ("/mnt/other/x", 63, False, "/home/other/x") in found
     assert ("/srv/keys", 61, False, "/home/me/.ssh") in found

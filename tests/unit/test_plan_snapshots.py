@@ -191,12 +191,12 @@ def _access_names(access: int) -> list:
 def seccomp_variant(plan) -> str:
     """Which program the plan carries, by comparison with the profile compiled here
     (its bytes depend on the machine's libseccomp, kernel and architecture)."""
-    from nsbox.plan import seccomp_filter
+    from nsbox.plan import profile_compiler
 
     path = profiles.find(plan.policy.seccomp)
     data = profiles.read(path)
     for name, network_off in (("profile", False), ("profile+deny-inet", True)):
-        if seccomp_filter.compile_profile(data, path, network_off) == plan.seccomp_bpf:
+        if profile_compiler.compile_profile(data, path, network_off) == plan.seccomp_bpf:
             return name
     return "other"
 

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from nsbox.policy import files as policy_files
+from nsbox.policy import file_trust
 from nsbox.errors import PolicyError
 from nsbox import trust_store
 from nsbox.policy import loader
@@ -188,7 +189,7 @@ def ws(tmp_path):
 
 
 def trust(path, env):
-    real, data = policy_files.read_exact(str(path))
+    real, data = file_trust.read_exact(str(path))
     trust_store.add(real, trust_store.digest(data), env)
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("pyseccomp")
 
 from nsbox.policy import profiles  # noqa: E402
 
-from nsbox.plan import seccomp_filter
+from nsbox.plan import profile_compiler
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 numbers")
 
@@ -28,7 +28,7 @@ ERRNO = 0x00050000
 
 def compiled(name="default", network_off=True) -> bytes:
     path = profiles.find(name)
-    return seccomp_filter.compile_profile(profiles.read(path), path, network_off)
+    return profile_compiler.compile_profile(profiles.read(path), path, network_off)
 
 
 def run_bpf(program: bytes, nr: int, arch: int = AUDIT_ARCH_X86_64, args=()) -> int:

@@ -80,11 +80,11 @@ def ops(data: bytes) -> list:
     out, at = [], 0
     while at < len(data):
         size = int.from_bytes(data[at:at + 4], "big")
-        op = json.loads(data[at + 4:at + 4 + size])
+        op = [os.fsdecode(f) for f in data[at + 4:at + 4 + size].split(b"\0")]
         at += 4 + size
         if op[0] == "file":
-            op.append(data[at:at + op[4]])
-            at += op[4]
+            op.append(data[at:at + int(op[4])])
+            at += int(op[4])
         out.append(op)
     return out
 
