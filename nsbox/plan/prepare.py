@@ -219,9 +219,9 @@ def _denial_watch(policy: Policy, full: bool, steps, landlock_rules, writable, c
                   state_dir: str, landlock_hidden=()):
     """The reporting variant of the seccomp filter (plan/denial_rules.py), or None.
     Full isolation: the sandbox's PID 1 supervises it; landlock-only: the caller
-    (launch/scope.py). Container mode has its own root, which these rules do not
-    describe yet. landlock_hidden: landlock-only's hidden paths (no mounts say them)."""
-    if not policy.report_denials or getattr(policy, "rootfs", None):
+    (launch/scope.py). In container mode the rules are the image root's mounts and
+    Landlock grants. landlock_hidden: landlock-only's hidden paths (no mounts say them)."""
+    if not policy.report_denials:
         return None
     from nsbox.plan import denial_rules
 

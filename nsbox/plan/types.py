@@ -46,7 +46,7 @@ class LaunchPlan(Record):
     own_mount_ns: bool = False
     # plan.denial_rules.DenialWatch: the command loads this reporting variant of the seccomp
     # filter instead; PID 1 supervises it, or in landlock-only isolation the caller
-    # (report_denials, not container mode)
+    # (report_denials)
     denial_watch: object = None
 
 

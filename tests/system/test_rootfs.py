@@ -228,6 +228,34 @@ def test_library_and_session_take_the_same_options(place, layer):
     assert sorted(os.listdir(place / "rootfs" / "etc")) == ["os-release"]
 
 
+def test_denials_are_reported_in_an_image(place):
+    """The supervisor's code is not in the image: PID 1 loads it before pivot_root."""
+    before = snapshot(place / "rootfs")
+    status = place / "status.json"
+    script = "echo x > /etc/planted; mkdir /opt2; echo ok > /tmp/t && echo ok > made"
+    r = run(place, script, "--json-status", str(status))
+    assert r.stderr.count("Read-only file system") == 2, r.stderr
+    assert (place / "ws" / "made").read_text() == "ok\n"
+    events = [(d["wall"], d["operation"], d["target"], d["rule"], d["count"])
+              for d in json.loads(status.read_text())["denials"]]
+    assert events == [("filesystem", "write", "/etc/planted", "outside the writable roots", 1),
+                      ("filesystem", "create", "/opt2", "outside the writable roots", 1)]
+    assert "nsbox: blocked 2 operations: write /etc/planted" in r.stderr
+    # A writable root: the same writes land in the layer, and nothing is reported.
+    r = run(place, script + "; cat /etc/planted", "--rootfs-writable", "--json-status",
+            str(status))
+    assert r.returncode == 0 and r.stdout == "x\n", r.stderr
+    assert json.loads(status.read_text())["denials"] == [] and "blocked" not in r.stderr
+    assert snapshot(place / "rootfs") == before
+    policy = nsbox.Policy(workspace=str(place / "ws"), rootfs=str(place / "rootfs"))
+    with nsbox.Session(policy) as session:
+        result = session.run(["/bin/sh", "-c", "echo x > /etc/again"], capture_output=True)
+    assert result.returncode != 0 and b"Read-only file system" in result.stderr
+    assert [(d.target, d.rule) for d in result.denials] == [
+        ("/etc/again", "outside the writable roots")]
+    assert snapshot(place / "rootfs") == before
+
+
 # --- images ------------------------------------------------------------------------------
 
 def tar_layer(entries, root=None) -> bytes:
