@@ -178,7 +178,7 @@ class Supervisor:
                                              follow)
             if verdict is not None:
                 found.append((verdict[0], operation, verdict[2], verdict[1]))
-        if found and _fails_otherwise(name, operation, args, found):
+        if found and _fails_otherwise(name, operation, args, found, self.rules):
             self.last_raw = None  # depends on the flags and on what exists: not kept
             return []
         if found and not seccomp_notify.still_waiting(listener, notif_id):
@@ -334,10 +334,13 @@ _O_ACCMODE, _O_TRUNC = 0o3, 0o1000
 _OPEN_FLAGS = {"open": 1, "openat": 2}
 
 
-def _fails_otherwise(name: str, operation: str, args, found) -> bool:
+def _fails_otherwise(name: str, operation: str, args, found, rules) -> bool:
     """The call would not be stopped by a wall: creating what already exists fails
-    with EEXIST first (`mkdir -p /etc`), and an O_CREAT open of an existing file that
-    neither writes nor truncates is a read."""
+    with EEXIST first (`mkdir -p /etc`), an O_CREAT open of an existing file that
+    neither writes nor truncates is a read, and under Landlock alone deleting what
+    does not exist fails with ENOENT (`rm -f /etc/missing`)."""
+    if operation == "delete" and rules.landlock_alone:
+        return not any(os.path.lexists(target) for _, _, target, _ in found)
     index = _OPEN_FLAGS.get(name)
     if index is not None:
         flags = args[index]

@@ -100,6 +100,10 @@ class Rules(Record):
     protected: tuple = ()  # read-only paths inside them
     pinned: tuple = ()  # mount points inside them: cannot be removed or renamed
     hidden: tuple = ()  # masked (unreadable, unwritable)
+    # Landlock alone decides (no read-only mounts): its check comes after the lookup, so
+    # deleting what does not exist fails with ENOENT, not as a denial (a read-only
+    # mount refuses first, with EROFS).
+    landlock_alone: bool = False
 
 
 class DenialWatch(Record):
@@ -127,7 +131,8 @@ def rules_for(mounts, landlock, writable) -> Rules:
     protected = [s.target for s in mounts if s.kind == "bind_ro"]
     pinned = [s.target for s in mounts if s.kind == "pin"]
     hidden = [s.target for s in mounts if s.kind in ("mask_dir", "mask_file")]
-    return Rules(_norm(roots), _norm(protected), _norm(pinned), _norm(hidden))
+    return Rules(_norm(roots), _norm(protected), _norm(pinned), _norm(hidden),
+                 landlock_alone=not mounts)
 
 
 def _norm(paths) -> tuple:

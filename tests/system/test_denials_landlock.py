@@ -69,6 +69,18 @@ def test_a_write_to_git_hooks_is_no_denial_but_a_reported_change(run_cli, worksp
     assert ".git/hooks/x (protected" not in result.stderr
 
 
+def test_deleting_what_does_not_exist_is_no_event(run_cli, var_tmp):
+    """Landlock checks a delete after the lookup: a missing file fails with ENOENT."""
+    (var_tmp / "kept").write_text("host\n")
+    missing = var_tmp / f"missing-{uuid.uuid4().hex}"
+    result, denials = run_cli(f"echo started; rm -f {missing}; echo rc=$?; rm {var_tmp}/kept")
+    assert_denied(result, expect="Permission denied", started_marker="started")
+    assert "rc=0" in result.stdout and (var_tmp / "kept").read_text() == "host\n"
+    assert only_event(denials) == {"wall": "filesystem", "operation": "delete",
+                                   "target": str(var_tmp / "kept"),
+                                   "rule": "outside the writable roots", "count": 1}
+
+
 def test_allowed_work_produces_no_events(run_cli):
     result, denials = run_cli(ALLOWED_WORK.replace("/tmp/", "$TMPDIR/").replace(
         "dir='/tmp'", "dir=os.environ['TMPDIR']"), timeout=300)
