@@ -205,6 +205,10 @@ def confine(plan, step: list, drop_caps: bool = True, expected_parent=None,
         step[0] = "seccomp"
         trace.mark("seccomp load")
         seccomp.load_filter(plan.seccomp_bpf)
+    elif plan.denial_watch is not None:  # never without a filter
+        step[0] = "seccomp"
+        raise RuntimeError("this process would have no seccomp filter: the plan has only "
+                           "the reporting one, and nothing here supervises it")
 
 
 def exec_command(plan, error_w: int) -> None:

@@ -190,13 +190,17 @@ def compile_plan(argv, policy: Policy | None = None, cwd: str | None = None,
     # A cached filter is trusted by later runs: never cache where this command can write.
     command_writes = writable + ((private_tmp,) if private_tmp else ()) + (
         ("/",) if any(step.kind == "root_writable" for step in steps) else ())
-    # Without a network namespace, seccomp is what keeps inet sockets from the host's network.
-    seccomp_bpf = seccomp_filter.bpf_for(
-        policy, command_writes, deny_inet=policy.network == "none" and not full,
-        state_dir=own.state)
     denial_watch = _denial_watch(policy, full, steps, landlock_rules, writable,
                                  command_writes, own.state,
                                  landlock_hidden=() if full else landlock_hidden)
+    # The plain filter, for what does not report: every process when nothing does, else
+    # the network forwarder (the command loads the reporting variant instead).
+    seccomp_bpf = None
+    if denial_watch is None or net_proxy is not None:
+        # Without a network namespace, seccomp keeps inet sockets from the host's network.
+        seccomp_bpf = seccomp_filter.bpf_for(
+            policy, command_writes, deny_inet=policy.network == "none" and not full,
+            state_dir=own.state)
     plan = LaunchPlan(
         argv=tuple(os.fsdecode(a) for a in argv), env=full_env, cwd=workdir,
         uid=os.getuid(), gid=os.getgid(), ns_flags=ns_flags, mounts=steps,

@@ -14,7 +14,8 @@ def protections(plan) -> dict:
         "fallback_reason": plan.isolation_fallback or None,
         "namespaces": list(plan.namespaces),
         "landlock_abi": ruleset.abi if ruleset is not None else None,
-        "seccomp_profile": plan.policy.seccomp if plan.seccomp_bpf is not None else None,
+        "seccomp_profile": plan.policy.seccomp if (
+            plan.seccomp_bpf is not None or plan.denial_watch is not None) else None,
         "no_new_privs": True,
     }
     if plan.isolation == LANDLOCK:

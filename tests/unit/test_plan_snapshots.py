@@ -189,15 +189,19 @@ def _access_names(access: int) -> list:
 
 
 def seccomp_variant(plan) -> str:
-    """Which program the plan carries, by comparison with the profile compiled here
-    (its bytes depend on the machine's libseccomp, kernel and architecture)."""
-    from nsbox.plan import profile_compiler
+    """Which program the command loads, by comparison with the profile compiled here
+    (its bytes depend on the machine's libseccomp, kernel and architecture): the plain
+    filter, or the reporting variant when the plan reports denials."""
+    from nsbox.plan import denial_rules, profile_compiler
 
     path = profiles.find(plan.policy.seccomp)
     data = profiles.read(path)
+    report = denial_rules.WRITE_INTENT if plan.denial_watch is not None else None
+    loaded = plan.denial_watch.program if report else plan.seccomp_bpf
     for name, network_off in (("profile", False), ("profile+deny-inet", True)):
-        if profile_compiler.compile_profile(data, path, network_off) == plan.seccomp_bpf:
-            return name
+        program = profile_compiler.compile_profile(data, path, network_off, report)
+        if (program[0] if report else program) == loaded:
+            return name + ("+report" if report else "")
     return "other"
 
 
@@ -260,7 +264,7 @@ def summarise(plan, lay: Layout) -> dict:
             "paths": [{"path": path, "access": _access_names(access)} for path, access in rules],
         }
     limits = plan.limits
-    bpf = plan.seccomp_bpf
+    bpf = plan.seccomp_bpf or (plan.denial_watch and plan.denial_watch.program)
     return {
         "argv": list(plan.argv),
         "cwd": p.text(plan.cwd),
@@ -398,8 +402,8 @@ def test_var_run_bind_follows_the_host(layout):
 
 
 def test_seccomp_program_is_the_same_for_the_same_input(layout):
-    first = compile_for(layout, "workspace-write", "landlock").plan.seccomp_bpf
-    again = compile_for(layout, "workspace-write", "landlock").plan.seccomp_bpf
+    first = compile_for(layout, "workspace-write", "landlock").plan.denial_watch.program
+    again = compile_for(layout, "workspace-write", "landlock").plan.denial_watch.program
     assert first and len(first) % 8 == 0  # struct sock_filter: 8 bytes each
     assert hashlib.sha256(first).digest() == hashlib.sha256(again).digest()
 
