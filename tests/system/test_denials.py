@@ -30,21 +30,22 @@ ISOLATIONS = pytest.mark.parametrize("isolation", [
 REFUSAL = {"full": "Read-only file system", "landlock": "Permission denied"}
 
 
+def exec_with_status(workspace, var_tmp, cmd, *opts, env=None, timeout=120,
+                     isolation="full"):
+    """`nsbox exec` with --json-status: (CompletedProcess, the record's denials)."""
+    status = var_tmp / f"status-{uuid.uuid4().hex}.json"
+    argv = nsbox_cmd("exec", "--isolation", isolation, "--workspace", str(workspace),
+                     "--json-status", str(status), *opts, "--", "sh", "-c", cmd)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                            cwd=str(workspace))
+    record = json.loads(status.read_text())
+    assert record["protections"]["isolation"] == isolation, record["protections"]
+    return result, record["denials"]
+
+
 @pytest.fixture
 def run_cli(workspace, var_tmp):
-    """`nsbox exec` with --json-status: (CompletedProcess, the record's denials)."""
-
-    def run(cmd, *opts, env=None, timeout=120, isolation="full"):
-        status = var_tmp / f"status-{uuid.uuid4().hex}.json"
-        argv = nsbox_cmd("exec", "--isolation", isolation, "--workspace", str(workspace),
-                         "--json-status", str(status), *opts, "--", "sh", "-c", cmd)
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                                cwd=str(workspace))
-        record = json.loads(status.read_text())
-        assert record["protections"]["isolation"] == isolation, record["protections"]
-        return result, record["denials"]
-
-    return run
+    return lambda cmd, *opts, **kw: exec_with_status(workspace, var_tmp, cmd, *opts, **kw)
 
 
 def only_event(denials: list) -> dict:

@@ -7,7 +7,6 @@ itself, checks the host afterwards, and then the event, in Result.denials,
 --json-status and the CLI's summary. Runs as root and as a user.
 """
 
-import json
 import os
 import select
 import signal
@@ -19,7 +18,7 @@ import pytest
 import nsbox
 from conftest import assert_denied, needs_landlock, nsbox_cmd
 from nsbox.policy.model import Policy
-from test_denials import ALLOWED_WORK, KEYCTL
+from test_denials import ALLOWED_WORK, KEYCTL, exec_with_status, only_event
 
 pytestmark = [needs_landlock(1),
               pytest.mark.skipif(os.uname().machine != "x86_64",
@@ -29,27 +28,8 @@ LANDLOCK = ("--isolation", "landlock")
 
 @pytest.fixture
 def run_cli(workspace, var_tmp):
-    """`nsbox exec --isolation landlock` with --json-status: (CompletedProcess, denials)."""
-
-    def run(cmd, *opts, timeout=120):
-        status = var_tmp / f"status-{uuid.uuid4().hex}.json"
-        argv = nsbox_cmd("exec", *LANDLOCK, "--workspace", str(workspace),
-                         "--json-status", str(status), *opts, "--", "sh", "-c", cmd)
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                cwd=str(workspace))
-        record = json.loads(status.read_text())
-        assert record["protections"]["isolation"] == "landlock", record["protections"]
-        return result, record["denials"]
-
-    return run
-
-
-def only_event(denials: list) -> dict:
-    assert len(denials) == 1, denials
-    event = dict(denials[0])
-    pid, command = event.pop("pid"), event.pop("command")
-    assert pid > 0 and command, (pid, command)
-    return event
+    return lambda cmd, *opts, **kw: exec_with_status(workspace, var_tmp, cmd, *opts,
+                                                     isolation="landlock", **kw)
 
 
 def test_a_write_to_git_hooks_is_no_denial_but_a_reported_change(run_cli, workspace):
