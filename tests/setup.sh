@@ -35,6 +35,8 @@ packages() {
   command -v java >/dev/null || need+=(default-jre-headless)
   # terminal tests drive an interactive shell in the sandbox.
   command -v tmux >/dev/null || need+=(tmux)
+  # container mode: a root made from the busybox-static package.
+  dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
   [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || ls /usr/lib/*/libseccomp.so.2 >/dev/null 2>&1 || need+=(libseccomp2)
   for extra in "$@"; do need+=("$extra"); done
   if [ ${#need[@]} -gt 0 ]; then
