@@ -227,14 +227,19 @@ def memory_layers_kb(root: int):
 def measure(holder_argv: list, count: int, kinds=None) -> dict:
     """For each kind: the holder tree's PSS before and with `count` sandboxes open."""
     started = time.monotonic()
+    errors = tempfile.TemporaryFile()  # the holder's stderr, quoted when it fails
     proc = subprocess.Popen(holder_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+                            stderr=errors, text=True)
     out = {"sandboxes": count, "kinds": [], "errors": [],
            "measured_by": "root" if os.getuid() == 0 else "the same user"}
     try:
         line = proc.stdout.readline().split()
         if line[:1] != ["ready"]:
-            raise RuntimeError(f"holder said {' '.join(line)!r}, expected 'ready IMAGE'")
+            proc.wait(timeout=60)
+            errors.seek(0)
+            said = errors.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"holder said {' '.join(line)!r}, expected 'ready IMAGE' "
+                               f"(exit {proc.returncode}; stderr: {said!r})")
         out["image"], out["image_kb"] = line[1], tree_kb(line[1])
         out["image_files"] = sum(len(f) for _, _, f in os.walk(line[1]))
         for kind, what in KINDS:
@@ -270,6 +275,7 @@ def measure(holder_argv: list, count: int, kinds=None) -> dict:
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
+        errors.close()
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     return out
 
