@@ -17,7 +17,6 @@ as root with the holder as the test user; a user measuring its own gets RSS inst
 and no layer sizes.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -281,20 +280,7 @@ def measure(holder_argv: list, count: int, kinds=None) -> dict:
 
 
 def main(argv) -> int:
-    if argv[:1] == ["hold"]:
-        return hold()
-    if argv[:1] != ["measure"] or "--" not in argv:
-        sys.stderr.write(__doc__)
-        return 2
-    opts, holder = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
-    count = int(opts[opts.index("--sandboxes") + 1]) if "--sandboxes" in opts else SANDBOXES
-    text = json.dumps(measure(holder, count), indent=1)
-    if "--out" in opts:
-        with open(opts[opts.index("--out") + 1], "w") as f:
-            f.write(text)
-    else:
-        print(text)
-    return 0
+    return session_memory.command(argv, __doc__, hold, measure, "--sandboxes", SANDBOXES)
 
 
 if __name__ == "__main__":

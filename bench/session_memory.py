@@ -131,22 +131,27 @@ def summarize(steps: list, measured_by: str) -> dict:
     return out
 
 
-def main(argv) -> int:
+def command(argv, doc: str, hold, measure, count_option: str, default_count: int) -> int:
+    """`hold` (run by the measured user) or `measure [COUNT_OPTION N] [--out FILE] --
+    HOLDER...` (run by root): the command line this module and image_memory.py share."""
     if argv[:1] == ["hold"]:
         return hold()
     if argv[:1] != ["measure"] or "--" not in argv:
-        sys.stderr.write(__doc__)
+        sys.stderr.write(doc)
         return 2
     opts, holder = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
-    sessions = int(opts[opts.index("--sessions") + 1]) if "--sessions" in opts else 4
-    result = measure(holder, sessions)
-    text = json.dumps(result, indent=1)
+    count = int(opts[opts.index(count_option) + 1]) if count_option in opts else default_count
+    text = json.dumps(measure(holder, count), indent=1)
     if "--out" in opts:
         with open(opts[opts.index("--out") + 1], "w") as f:
             f.write(text)
     else:
         print(text)
     return 0
+
+
+def main(argv) -> int:
+    return command(argv, __doc__, hold, measure, "--sessions", 4)
 
 
 if __name__ == "__main__":
