@@ -398,7 +398,11 @@ def extract_layer(layer: tarfile.TarFile, root_fd: int, budget: _Budget, what: s
             whiteouts.append(f"{parent_rel}/{name[len(WHITEOUT):]}".lstrip("/"))
             continue
         budget.take(member.size if member.isfile() else 0, f"layer {what}: {member.name}")
-        parent = _open_dirs(root_fd, parent_rel, what, member.name)
+        def beneath_a_link(part):
+            return ImageError(f"layer {what}: {member.name!r} lies beneath {part!r}, which is "
+                              "a symlink or a file in the layer; refusing to write through it")
+
+        parent = _open_dirs(root_fd, parent_rel, beneath_a_link, make_missing=True)
         try:
             _write_member(layer, member, parent, name, root_fd, what)
         finally:
@@ -433,23 +437,24 @@ def check_member(member: tarfile.TarInfo, what: str):
     return "/".join(parts) or None
 
 
-def _open_dirs(root_fd: int, rel: str, what: str, member_name: str) -> int:
-    """An fd of directory `rel` below root_fd, made where missing; never follows a
-    symlink (a member whose path crosses one is refused)."""
+def _open_dirs(root_fd: int, rel: str, refuse, make_missing: bool) -> int:
+    """An fd of directory `rel` below root_fd, never through a symlink; a missing part
+    is made when `make_missing`. refuse(part) is the ImageError for a part that cannot
+    be passed (a symlink or a file; or missing, when nothing is made)."""
     fd = os.dup(root_fd)
     try:
         for part in [p for p in rel.split("/") if p]:
             try:
                 nxt = os.open(part, _DIR, dir_fd=fd)
             except FileNotFoundError:
+                if not make_missing:
+                    raise refuse(part) from None
                 os.mkdir(part, 0o755, dir_fd=fd)
                 nxt = os.open(part, _DIR, dir_fd=fd)
             except OSError as err:
-                if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ImageError(
-                        f"layer {what}: {member_name!r} lies beneath {part!r}, which is a "
-                        "symlink or a file in the layer; refusing to write through it") from None
-                raise
+                if make_missing and err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise refuse(part) from None
             os.close(fd)
             fd = nxt
         return fd
@@ -472,7 +477,12 @@ def _write_member(layer, member, parent: int, name: str, root_fd: int, what: str
     elif member.islnk():
         source_rel = "/".join(p for p in member.linkname.split("/") if p not in ("", "."))
         source_parent_rel, _, source_name = source_rel.rpartition("/")
-        source_parent = _open_existing_dirs(root_fd, source_parent_rel, what, member)
+        not_earlier = ImageError(
+            f"layer {what}: {member.name!r} is a hard link to {member.linkname!r}, which is "
+            "not an earlier entry of this layer (links across layers, or through a symlink, "
+            "are refused)")
+        source_parent = _open_dirs(root_fd, source_parent_rel, lambda _: not_earlier,
+                                   make_missing=False)
         try:
             os.link(source_name, name, src_dir_fd=source_parent, dst_dir_fd=parent,
                     follow_symlinks=False)
@@ -498,25 +508,6 @@ def _write_member(layer, member, parent: int, name: str, root_fd: int, what: str
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
-
-
-def _open_existing_dirs(root_fd: int, rel: str, what: str, member) -> int:
-    fd = os.dup(root_fd)
-    try:
-        for part in [p for p in rel.split("/") if p]:
-            try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except OSError:
-                raise ImageError(f"layer {what}: {member.name!r} is a hard link to "
-                                 f"{member.linkname!r}, which is not an earlier entry of this "
-                                 "layer (links across layers, or through a symlink, are "
-                                 "refused)") from None
-            os.close(fd)
-            fd = nxt
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _clear(parent: int, name: str, keep_dir: bool) -> None:
