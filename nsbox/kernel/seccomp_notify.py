@@ -13,6 +13,8 @@ import struct
 _NOTIF_RECV = 0xC0502100
 _NOTIF_SEND = 0xC0182101
 _NOTIF_ID_VALID = 0x40082102
+_NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64), Linux 6.6
+_FD_SYNC_WAKE_UP = 1  # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
 # struct seccomp_notif { u64 id; u32 pid; u32 flags; struct seccomp_data { int nr;
 #   u32 arch; u64 instruction_pointer; u64 args[6]; } }
 _NOTIF = struct.Struct("=QIIiIQ6Q")
@@ -47,6 +49,16 @@ class Channel:
             fcntl.ioctl(self.fd, _NOTIF_SEND, self._resp, True)
         except (ProcessLookupError, FileNotFoundError):
             pass  # ENOENT: the caller was killed (or its call interrupted) meanwhile
+
+
+def set_sync_wake_up(listener: int, on: bool) -> bool:
+    """Have the kernel hand each notification to the supervisor, and its answer back,
+    on the CPU that is running (no wake-up of an idle CPU); False if the kernel lacks it."""
+    try:
+        fcntl.ioctl(listener, _NOTIF_SET_FLAGS, _FD_SYNC_WAKE_UP if on else 0)
+        return True
+    except OSError:
+        return False
 
 
 class MemoryReader:

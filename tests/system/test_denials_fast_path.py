@@ -104,3 +104,31 @@ def test_a_session_command_stopped_nowhere_has_no_events_and_repeats_still_count
     assert (workspace / "fine").exists() and (workspace / "fine2").exists()
     assert [[(d.target, d.count) for d in r.denials] for r in runs] == [
         [], [(target, 1)], [], [(target, 1)], [(target, 1)]]
+
+
+def test_counts_stay_exact_as_one_process_loops_and_then_several_call_at_once(
+        workspace, var_tmp):
+    """The supervisor switches to same-CPU wake-ups while one process makes call after
+    call and back when several do: every denied write is still counted, every allowed
+    one lands, and nothing reaches the host."""
+    name = f"nsbox-serial-{uuid.uuid4().hex}"
+    loop = ("i=0; while [ $i -lt {n} ]; do true 2>/dev/null >/etc/{target}; "
+            "echo x >{mine}; i=$((i+1)); done")
+    script = "; ".join([
+        loop.format(n=300, target=f"{name}-a", mine="mine-a"),
+        "(" + loop.format(n=200, target=f"{name}-b", mine="mine-b") + ") & "
+        + loop.format(n=200, target=f"{name}-c", mine="mine-c") + "; wait",
+        loop.format(n=300, target=f"{name}-a", mine="mine-d"),
+        "echo finished"])
+    status = var_tmp / "status.json"
+    result = subprocess.run(
+        nsbox_cmd("exec", "--workspace", str(workspace), "--json-status", str(status), "--",
+                  "sh", "-c", script),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "finished" in result.stdout, result.stderr
+    events = {d["target"]: d["count"] for d in json.loads(status.read_text())["denials"]}
+    assert events == {f"/etc/{name}-a": 600, f"/etc/{name}-b": 200,
+                      f"/etc/{name}-c": 200}, events
+    for mine in ("mine-a", "mine-b", "mine-c", "mine-d"):
+        assert (workspace / mine).read_text() == "x\n"
+    assert not any(os.path.exists(f"/etc/{name}-{x}") for x in "abc")
