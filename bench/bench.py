@@ -563,10 +563,11 @@ def big_request(count: int = 5000, value_len: int = 100) -> dict:
 def denial_cost(script, workspace: str, runs: int, build_runs: int, warmup: int,
                 notes: list) -> dict:
     """The cost of reporting denials: `nsbox exec -- true` and two builds in the workspace
-    (`make -j2` of a C project, `pip install` of a local wheel into a venv), each with
-    reporting on against `--no-denial-events`, interleaved in pairs. A build is reset
-    (untimed) before each run. One more run of each build with --json-status counts its
-    events: allowed work should make none."""
+    (`make -j2` of a C project, `pip install` of a local wheel into a venv) and a loop of
+    100,000 denied writes, each with reporting on against `--no-denial-events`,
+    interleaved in pairs. A build is reset (untimed) before each run. One more run of
+    each with --json-status counts its events: allowed work should make none, the loop
+    one event with its count."""
     out = {"startup": [], "builds": [], "events": {}}
     off = ["--no-denial-events"]
     startup = [Case(report.CLI, nsbox_argv(script), note="reporting on"),
@@ -595,6 +596,10 @@ def denial_cost(script, workspace: str, runs: int, build_runs: int, warmup: int,
                                      "a venv in the workspace, offline, no cache")
     except (OSError, subprocess.SubprocessError) as err:
         notes.append(f"denial cost: no venv for the pip install case ({err}): skipped")
+    builds[report.DENIAL_LOOP] = (
+        ["sh", "-c", "i=0; while [ $i -lt 100000 ]; do true 2>/dev/null >/etc/nsbox-bench-x; "
+                     "i=$((i+1)); done"],
+        lambda: None, "`true >/etc/x` in a `sh` loop, one event expected")
     cases = []
     for name, (command, reset, note) in builds.items():
         exec_on = script + ["exec", "--workspace", base, "--quiet-denials", "--"]

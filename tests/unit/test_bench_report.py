@@ -69,8 +69,11 @@ def test_denial_cost_goals_and_table():
                "denial_builds": [case(report.DENIAL_MAKE, [1030, 1040]),
                                  case(report.DENIAL_MAKE + report.NO_DENIALS, [1000, 1000]),
                                  case(report.DENIAL_PIP, [1200, 1200]),
-                                 case(report.DENIAL_PIP + report.NO_DENIALS, [1000, 1000])],
-               "denial_events": {report.DENIAL_MAKE: 0, report.DENIAL_PIP: 0}}
+                                 case(report.DENIAL_PIP + report.NO_DENIALS, [1000, 1000]),
+                                 case(report.DENIAL_LOOP, [2600, 2700]),
+                                 case(report.DENIAL_LOOP + report.NO_DENIALS, [1400, 1400])],
+               "denial_events": {report.DENIAL_MAKE: 0, report.DENIAL_PIP: 0,
+                                 report.DENIAL_LOOP: 100000}}
     rows = {r[0]: r for r in report.goals(results) if r[0].startswith("denial reporting")}
     startup = next(r for goal, r in rows.items() if "exec -- true" in goal)
     make = next(r for goal, r in rows.items() if report.DENIAL_MAKE in goal)
@@ -78,8 +81,10 @@ def test_denial_cost_goals_and_table():
     assert startup[1].startswith("+0.20 ms") and startup[2] is True
     assert make[1] == "1.03×" and make[2] is True
     assert pip[1] == "1.20×" and pip[2] is False
+    loop = next(r for goal, r in rows.items() if report.DENIAL_LOOP in goal)
+    assert loop[1] == "1.89×" and loop[2] is True
     text = report.markdown(results)
-    assert "2 of 3 goals met." in text  # --only: the goals not measured are left out
+    assert "3 of 4 goals met." in text  # --only: the goals not measured are left out
     assert f"| {report.DENIAL_MAKE} | 2 | 1035.0 | 1030.0 | 1040.0 | 1.035× | 0 |" in text
 
 
