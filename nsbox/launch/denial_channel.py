@@ -41,7 +41,6 @@ class Channel:
         under_stage = here.startswith(stage.rstrip("/") + "/")
         if built == under_stage or (built and os.path.exists(f"{stage}{here}/denial_watch.py")):
             return  # (under the stage: imported before it was covered)
-        import json  # noqa: F401  (the supervisor's reports use it)
         import select  # noqa: F401
 
         from nsbox.kernel import seccomp_notify  # noqa: F401  (its _ffi: loaded by now)

@@ -32,8 +32,8 @@ from nsbox.service import relay, wire
 # Loaded once here so a child never imports on its way to exec (the plan's types
 # are what unpickling a request needs).
 from nsbox.launch import errorpipe, probe, sequence  # noqa: F401
-# and denial reporting's (its lines are JSON), which each sandbox's PID 1 and relay
-# would otherwise import anew: memory of their own in every session
+# and denial reporting's (the relay reads its JSON lines), which each sandbox's PID 1
+# and relay would otherwise import anew: memory of their own in every session
 import json  # noqa: E402,F401
 from nsbox.launch import denial_channel, denial_watch  # noqa: F401
 from nsbox.plan import types  # noqa: F401
