@@ -205,9 +205,9 @@ def build_cases(workspace: str, notes: list) -> tuple:
     if image is not None:
         cleanups.append(lambda: shutil.rmtree(image, ignore_errors=True))
         rootfs = list(nsbox_script()) + ["exec", "--rootfs", image]
-        cases.append(Case("nsbox exec --rootfs -- true", rootfs + ["--", "/bin/true"],
+        cases.append(Case(report.CLI_ROOTFS, rootfs + ["--", "/bin/true"],
                           note="CLI, container mode: an image as /, read-only"))
-        cases.append(Case("nsbox exec --rootfs --rootfs-writable -- true",
+        cases.append(Case(report.CLI_ROOTFS_WRITABLE,
                           rootfs + ["--rootfs-writable", "--", "/bin/true"],
                           note="CLI, container mode, private copy-on-write root"))
         if bwrap:

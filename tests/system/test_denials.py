@@ -280,8 +280,8 @@ def test_library_limit_and_network_events(workspace, servers, resolve_env):  # n
 
 
 def test_nsbox_installed_where_the_sandbox_cannot_see_it(tmp_path, workspace):
-    """nsbox's own files under /tmp (private in the sandbox): PID 1 imports the
-    supervisor before pivot_root, so writes work and denials are still reported."""
+    """nsbox's own files under /tmp (private in the sandbox): PID 1 reads the
+    supervisor's code before pivot_root, so writes work and denials are still reported."""
     import shutil
     import site
     import sys
