@@ -85,6 +85,8 @@ def hidden_inside(rootfs: str, entries, homes: tuple, bound: tuple, host_hidden)
     found = [(p, d) for p, d in host_hidden if any(policy_plan.under(p, b) for b in bound)]
     missing = set()  # directories the image lacks: ~180 default entries share a few
     homes = tuple(dict.fromkeys(h.rstrip("/") for h in homes if h and h != "/"))
+    # Most default entries are under a home: none to look for in a home the image lacks.
+    homes = tuple(h for h in homes if _is_dir(_plain_path(rootfs, h, missing)))
     for entry in entries:
         if "*" in entry or entry.startswith("$"):
             continue
@@ -114,6 +116,10 @@ def denied_inside(hidden, entries, homes: tuple, bound: tuple, host_denied) -> t
     denied = set(host_denied)
     return tuple(p for p, _ in hidden if p in denied or not (
         p in as_empty or any(policy_plan.under(p, b) for b in bound)))
+
+
+def _is_dir(info) -> bool:
+    return info is not None and stat.S_ISDIR(info.st_mode)
 
 
 def var_run_is_dir(rootfs: str) -> bool:
