@@ -599,7 +599,7 @@ def denial_cost(script, workspace: str, runs: int, build_runs: int, warmup: int,
     builds[report.DENIAL_LOOP] = (
         ["sh", "-c", "i=0; while [ $i -lt 100000 ]; do true 2>/dev/null >/etc/nsbox-bench-x; "
                      "i=$((i+1)); done"],
-        lambda: None, "`true >/etc/x` in a `sh` loop, one event expected")
+        lambda: None, "`true 2>/dev/null >/etc/x` in a `sh` loop, one event expected")
     cases = []
     for name, (command, reset, note) in builds.items():
         exec_on = script + ["exec", "--workspace", base, "--quiet-denials", "--"]
