@@ -1,8 +1,10 @@
 import contextlib
 import functools
+import hashlib
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -70,6 +72,28 @@ def nsbox_cmd(*args):
 
 
 GIT = shutil.which("git")
+
+
+def tree_state(root, times: bool = False, dir_times: bool = False) -> dict:
+    """Every entry below `root`: mode, owner, content hash or link target, and with
+    `times` its mtime (directories' too with `dir_times`), for "left unchanged" checks."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                content = os.readlink(path)
+            elif stat.S_ISREG(info.st_mode):
+                with open(path, "rb") as f:
+                    content = hashlib.sha256(f.read()).hexdigest()
+            else:
+                content = None
+            entry = (info.st_mode, info.st_uid, info.st_gid, content)
+            if times and (dir_times or not stat.S_ISDIR(info.st_mode)):
+                entry += (info.st_mtime_ns,)
+            out[os.path.relpath(path, root)] = entry
+    return out
 
 
 def git(*args, cwd, check=True, env=None):

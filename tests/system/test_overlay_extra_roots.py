@@ -11,7 +11,7 @@ import time
 import pytest
 
 import nsbox
-from conftest import nsbox_cmd
+from conftest import nsbox_cmd, tree_state
 from nsbox.policy.model import Policy
 
 # A write, a new file in a new directory, a deletion and a whole tree's removal.
@@ -30,18 +30,6 @@ def fill(extra):
     (extra / "gone").write_text("bye\n")
     (extra / "tree" / "a").mkdir(parents=True)
     (extra / "tree" / "a" / "leaf").write_text("leaf\n")
-
-
-def snapshot(root) -> dict:
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            content = open(path, "rb").read() if os.path.isfile(path) else None
-            out[os.path.relpath(path, root)] = (info.st_mode, content,
-                                                None if content is None else info.st_mtime_ns)
-    return out
 
 
 @pytest.fixture
@@ -86,11 +74,11 @@ def expected(ws, extra):
 
 def test_an_extra_root_is_unchanged_and_its_changes_are_in_the_manifest(env, dirs, var_tmp):
     ws, extra = dirs
-    before = snapshot(extra)
+    before = tree_state(extra, times=True)
     done, record = overlay_exec(env, ws, extra, SCRIPT + "cat {extra}/f; ls {extra}")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "new\nf\nmade\n"  # the command saw its own writes
-    assert snapshot(extra) == before and os.listdir(ws) == []
+    assert tree_state(extra, times=True) == before and os.listdir(ws) == []
     assert sorted(record["protections"]["copy_on_write"]) == sorted([str(ws), str(extra)])
     assert record["changes"] == []  # the real trees did not change
     found = {c["path"]: c["what"] for c in record["workspace_changes"]}
@@ -116,16 +104,15 @@ def test_apply_writes_the_extra_root_and_discard_leaves_nothing(env, dirs, var_t
     assert (extra / "f").read_text() == "new\n" and (extra / "gone").exists()
     applied = nsbox_run(env, "apply", run_id, check=True)
     assert "applied 3 created, 0 modified, 2 deleted" in applied.stdout
-    assert {k: v[:2] for k, v in snapshot(extra).items()} == {
-        k: v[:2] for k, v in snapshot(direct).items()}
+    assert tree_state(extra) == tree_state(direct)
     assert (ws / "w").read_text() == "ws\n"
     assert os.listdir(runs_dir(var_tmp)) == []
 
-    before = snapshot(extra)
+    before = tree_state(extra, times=True)
     run_id = overlay_exec(env, ws, extra, "echo again > {extra}/f; rm -rf {extra}/made")[1][
         "run_id"]
     nsbox_run(env, "discard", run_id, check=True)
-    assert snapshot(extra) == before
+    assert tree_state(extra, times=True) == before
     assert os.listdir(runs_dir(var_tmp)) == []
 
 
@@ -178,7 +165,7 @@ def test_session_snapshot_restore_apply_and_discard_cover_an_extra_root(dirs, va
                                                                          monkeypatch):
     ws, extra = dirs
     monkeypatch.setenv("XDG_STATE_HOME", str(var_tmp / "state"))
-    before = snapshot(extra)
+    before = tree_state(extra, times=True)
     # The session's start is stamped by a coarse clock: a file written in the same tick
     # just before would count as changed since (an apply conflict).
     time.sleep(0.05)
@@ -197,7 +184,7 @@ def test_session_snapshot_restore_apply_and_discard_cover_an_extra_root(dirs, va
         session.restore(taken)
         assert sh("cat {extra}/f; ls {extra}") == "one\nf\ngone\ntree\n"
         assert sh("cat {extra}/tree/a/leaf") == "leaf\n"
-        assert snapshot(extra) == before  # the real root is never written by a restore
+        assert tree_state(extra, times=True) == before  # the real root is never written by a restore
         applied = session.apply([str(extra / "f")])
         assert [c.path for c in applied.applied] == [str(extra / "f")]
         assert (extra / "f").read_text() == "one\n" and not (ws / "w").exists()

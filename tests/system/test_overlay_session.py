@@ -12,7 +12,7 @@ import time
 import pytest
 
 import nsbox
-from conftest import overlay_runs
+from conftest import overlay_runs, tree_state
 from nsbox.errors import SandboxError
 
 PYTHON = os.path.realpath(sys.executable)
@@ -49,18 +49,6 @@ def ws(var_tmp, monkeypatch):
     (path / "gone").write_text("bye\n")
     os.symlink("keep", path / "link")
     return path
-
-
-def host_tree(root) -> dict:
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            with open(path, "rb") if os.path.isfile(path) and not os.path.islink(path) \
-                    else open(os.devnull, "rb") as f:
-                out[os.path.relpath(path, root)] = (info.st_mode, info.st_mtime_ns, f.read())
-    return out
 
 
 def seen(session) -> dict:
@@ -102,7 +90,7 @@ mkdir -p extra/dir && echo e > extra/dir/e
 
 
 def test_snapshot_and_restore_round_trip_a_tree_of_1000_files(ws, var_tmp):
-    real = host_tree(ws)
+    real = tree_state(ws, times=True, dir_times=True)
     with session_for(ws) as s:
         done = s.run(["sh", "-c", MAKE_1000])
         assert done.returncode == 0, done.stderr
@@ -126,19 +114,19 @@ def test_snapshot_and_restore_round_trip_a_tree_of_1000_files(ws, var_tmp):
         assert seen(s).keys() == {"sub", "sub/deeper", "sub/deeper/leaf", "keep", "gone", "link"}
         s.restore(snapshot_id)
         assert seen(s) == at_snapshot
-        assert host_tree(ws) == real  # the real tree never changed
+        assert tree_state(ws, times=True, dir_times=True) == real  # the real tree never changed
     assert s.run_id is not None  # what it changed is kept, as a one-shot run's
     assert overlay_runs(var_tmp) == [s.run_id]
     assert not os.path.exists(var_tmp / "state" / "nsbox" / "runs" / s.run_id / "snapshots")
 
 
 def test_apply_of_some_paths_then_discard_leaves_nothing(ws, var_tmp):
-    real = host_tree(ws)
+    real = tree_state(ws, times=True, dir_times=True)
     with session_for(ws) as s:
         done = s.run(["sh", "-c", "echo new > made; echo more >> keep; mkdir -p d/e; "
                                   "echo x > d/e/x; rm gone"])
         assert done.returncode == 0, done.stderr
-        assert host_tree(ws) == real
+        assert tree_state(ws, times=True, dir_times=True) == real
         listed = {os.path.relpath(c.path, ws): c.what for c in s.changes()}
         assert listed == {"made": "created", "keep": "modified", "d": "created",
                           "d/e": "created", "d/e/x": "created", "gone": "deleted"}

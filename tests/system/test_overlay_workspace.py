@@ -2,17 +2,15 @@
 unchanged, its manifest says exactly what changed, and `nsbox apply` / `discard` turn
 it into the same tree a direct run gives, or into nothing."""
 
-import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 
 import pytest
 
 import nsbox
-from conftest import nsbox_cmd
+from conftest import nsbox_cmd, tree_state
 from nsbox.policy.model import Policy
 
 GIT = shutil.which("git")
@@ -55,26 +53,6 @@ def fill(ws):
     os.symlink("untouched", ws / "link")
 
 
-def tree(root, times=True) -> dict:
-    """Every entry below `root`: type, mode, content hash or link target (and mtime)."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            if stat.S_ISLNK(info.st_mode):
-                what = ("link", os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                what = ("dir", stat.S_IMODE(info.st_mode))
-            else:
-                with open(path, "rb") as f:
-                    what = ("file", stat.S_IMODE(info.st_mode), hashlib.sha256(f.read()).hexdigest())
-            out[rel] = what + ((info.st_mtime_ns,) if times and not stat.S_ISDIR(info.st_mode)
-                               else ())
-    return out
-
-
 @pytest.fixture
 def env(var_tmp):
     """This test's own nsbox state directory, so that its runs are its own."""
@@ -108,11 +86,11 @@ def overlay_exec(env, ws, script, *extra):
 
 def test_an_overlay_run_leaves_the_real_tree_unchanged_and_lists_what_changed(env, ws, var_tmp):
     fill(ws)
-    before = tree(ws)
+    before = tree_state(ws, times=True)
     done, record = overlay_exec(env, ws, SCRIPT + "cat edited; ls was_file")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "first\nmore\nx\n"  # the command saw its own writes
-    assert tree(ws) == before
+    assert tree_state(ws, times=True) == before
     run_id = record["run_id"]
     found = {os.path.relpath(c["path"], ws): c["what"] for c in record["workspace_changes"]}
     assert found == EXPECTED
@@ -140,7 +118,7 @@ def test_apply_gives_the_tree_a_direct_run_gives(env, ws, var_tmp):
     assert done.returncode == 0, done.stderr
     applied = nsbox_run(env, "apply", record["run_id"], check=True)
     assert "applied 6 created, 5 modified, 3 deleted" in applied.stdout
-    assert tree(ws, times=False) == tree(direct, times=False)
+    assert tree_state(ws) == tree_state(direct)
     assert os.listdir(runs_dir(var_tmp)) == []  # removed after a full apply
 
 

@@ -18,7 +18,7 @@ import tarfile
 import pytest
 
 import nsbox
-from conftest import SETUP_FAILED, WITHOUT_USERNS, needs_blocked_userns, nsbox_cmd
+from conftest import SETUP_FAILED, WITHOUT_USERNS, needs_blocked_userns, nsbox_cmd, tree_state
 
 TOOLS = ("sh", "cat", "id", "chown", "touch", "ls", "stat", "mkdir", "rm")
 IMAGE_NAME = "nsbox-rootfs-test-image"
@@ -62,21 +62,6 @@ def build_busybox_rootfs(root) -> None:
     os.chmod(root / "tmp", 0o1777)
 
 
-def snapshot(root) -> dict:
-    """Every entry below `root`: type, mode, owner and content hash."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            info = os.lstat(path)
-            digest = ""
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(path, root)] = (info.st_mode, info.st_uid, info.st_gid, digest)
-    return out
-
-
 @pytest.fixture(params=["host tools", "busybox-static"])
 def place(tmp_path, request):
     """A workspace, a rootfs (the host's tools with their libraries, or the busybox-static
@@ -110,7 +95,7 @@ def layers_left(place) -> list:
 
 
 def test_rootfs_shows_its_own_root_read_only(place):
-    before = snapshot(place / "rootfs")
+    before = tree_state(place / "rootfs")
     host = place / "host.txt"
     r = run(place, f"""
         cat /etc/os-release
@@ -130,13 +115,13 @@ def test_rootfs_shows_its_own_root_read_only(place):
     assert "tmp=ok" in r.stdout and "ws=ok" in r.stdout
     assert f"pwd={place / 'ws'}" in r.stdout  # the workspace at its host path
     assert (place / "ws" / "made").read_text() == "ok\n"
-    assert snapshot(place / "rootfs") == before  # nothing made in the image, not even mount points
+    assert tree_state(place / "rootfs") == before  # nothing made in the image, not even mount points
     assert host.read_text() == "host\n"
 
 
 @pytest.mark.parametrize("layer", ["memory", "disk"])
 def test_writable_root_copy_on_write_20_concurrent(place, layer):
-    before = snapshot(place / "rootfs")
+    before = tree_state(place / "rootfs")
     procs = []
     for i in range(20):
         script = f"echo {i} > /etc/mine-{i} && mkdir -p /opt/{i} && ls /etc"
@@ -149,13 +134,13 @@ def test_writable_root_copy_on_write_20_concurrent(place, layer):
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         assert sorted(out.split()) == sorted(["os-release", f"mine-{i}"])
-    assert snapshot(place / "rootfs") == before
+    assert tree_state(place / "rootfs") == before
     assert layers_left(place) == []  # each run's layer is removed at its end
 
 
 def test_root_inside_chowns_in_its_overlay_only(place):
     image_file = place / "rootfs" / "etc" / "os-release"
-    before = snapshot(place / "rootfs")
+    before = tree_state(place / "rootfs")
     ws_file = place / "ws" / "mine"
     ws_file.write_text("x\n")
     owner = os.stat(ws_file)
@@ -175,20 +160,20 @@ def test_root_inside_chowns_in_its_overlay_only(place):
     assert values["chown_new"] == "ok" and values["stat"] == "0"
     assert "chown_other_id" not in values  # only the caller's own id is mapped
     assert "Invalid argument" in r.stderr
-    assert snapshot(place / "rootfs") == before  # the chown hit the copy, not the image
+    assert tree_state(place / "rootfs") == before  # the chown hit the copy, not the image
     after = os.stat(ws_file)
     assert (after.st_uid, after.st_gid) == (owner.st_uid, owner.st_gid)  # 0 inside is the caller
     assert os.stat(image_file).st_uid == before["etc/os-release"][1]
 
 
 def test_root_inside_read_only_root_refuses_chown(place):
-    before = snapshot(place / "rootfs")
+    before = tree_state(place / "rootfs")
     r = run(place, "id -u; chown 0:0 /etc/os-release && echo chowned; true", "--root-inside")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "0"
     assert "chowned" not in r.stdout
     assert "Read-only file system" in r.stderr
-    assert snapshot(place / "rootfs") == before
+    assert tree_state(place / "rootfs") == before
 
 
 @pytest.mark.parametrize("what, expect", [
@@ -252,7 +237,7 @@ def test_library_and_session_take_the_same_options(place, layer):
 
 def test_denials_are_reported_in_an_image(place):
     """The supervisor's code is not in the image: PID 1 loads it before pivot_root."""
-    before = snapshot(place / "rootfs")
+    before = tree_state(place / "rootfs")
     status = place / "status.json"
     script = "echo x > /etc/planted; mkdir /opt2; echo ok > /tmp/t && echo ok > made"
     r = run(place, script, "--json-status", str(status))
@@ -268,14 +253,14 @@ def test_denials_are_reported_in_an_image(place):
             str(status))
     assert r.returncode == 0 and r.stdout == "x\n", r.stderr
     assert json.loads(status.read_text())["denials"] == [] and "blocked" not in r.stderr
-    assert snapshot(place / "rootfs") == before
+    assert tree_state(place / "rootfs") == before
     policy = nsbox.Policy(workspace=str(place / "ws"), rootfs=str(place / "rootfs"))
     with nsbox.Session(policy) as session:
         result = session.run(["/bin/sh", "-c", "echo x > /etc/again"], capture_output=True)
     assert result.returncode != 0 and b"Read-only file system" in result.stderr
     assert [(d.target, d.rule) for d in result.denials] == [
         ("/etc/again", "outside the writable roots")]
-    assert snapshot(place / "rootfs") == before
+    assert tree_state(place / "rootfs") == before
 
 
 # --- images ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import pytest
 
 import nsbox
 from nsbox.errors import SandboxError
-from test_rootfs import _copy_with_libs, build_rootfs, snapshot
+from conftest import tree_state
+from test_rootfs import _copy_with_libs, build_rootfs
 
 EXTRA_TOOLS = ("find", "sha256sum", "chmod", "ln", "mkfifo")
 # Every entry of the root's own filesystem as the sandbox sees it: path (with a link's
@@ -69,8 +70,8 @@ def layers_left(place) -> list:
 
 
 def test_snapshot_and_restore_the_image_root(place):
-    image_before = snapshot(place / "rootfs")
-    ws_before = snapshot(place / "ws")
+    image_before = tree_state(place / "rootfs")
+    ws_before = tree_state(place / "ws")
     with nsbox.Session(policy(place)) as s:
         at_start = dump(s)
         assert any(line.startswith("'/etc/delete-me'") for line in at_start)
@@ -112,12 +113,12 @@ def test_snapshot_and_restore_the_image_root(place):
         assert dump(s) == at_snapshot
         assert len(layers_left(place)) == 1
     assert layers_left(place) == []  # the layer and its snapshots went with the session
-    assert snapshot(place / "rootfs") == image_before  # the image, byte for byte
-    assert snapshot(place / "ws") == ws_before  # the workspace was never rewritten
+    assert tree_state(place / "rootfs") == image_before  # the image, byte for byte
+    assert tree_state(place / "ws") == ws_before  # the workspace was never rewritten
 
 
 def test_two_sessions_on_one_image_share_nothing(place):
-    image_before = snapshot(place / "rootfs")
+    image_before = tree_state(place / "rootfs")
     with nsbox.Session(policy(place)) as one, nsbox.Session(policy(place)) as two:
         sh(one, "echo one > /etc/one && rm /etc/keep.conf")
         first = one.snapshot()
@@ -134,7 +135,7 @@ def test_two_sessions_on_one_image_share_nothing(place):
             two.restore(first)  # another session's id
         assert len(layers_left(place)) == 2
     assert layers_left(place) == []
-    assert snapshot(place / "rootfs") == image_before
+    assert tree_state(place / "rootfs") == image_before
 
 
 def test_one_snapshot_covers_the_overlay_workspace_and_the_root(place):
