@@ -104,6 +104,14 @@ def git(*args, cwd, check=True, env=None):
                           check=check, capture_output=True, text=True, env=env)
 
 
+def nsbox_run(env, *args, check=False):
+    """The nsbox CLI with `args` in environment `env`; output as text."""
+    done = subprocess.run(nsbox_cmd(*args), capture_output=True, text=True, env=env)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
 def overlay_runs(var_tmp) -> list:
     """The overlay runs kept in the nsbox state of XDG_STATE_HOME=<var_tmp>/state."""
     try:

@@ -5,13 +5,12 @@ the manifest under absolute paths, `nsbox apply` writes them and `discard` drops
 import json
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 
 import nsbox
-from conftest import nsbox_cmd, tree_state
+from conftest import nsbox_run, overlay_runs, tree_state
 from nsbox.policy.model import Policy
 
 # A write, a new file in a new directory, a deletion and a whole tree's removal.
@@ -44,17 +43,6 @@ def dirs(var_tmp):
     extra.mkdir()
     fill(extra)
     return ws, extra
-
-
-def runs_dir(var_tmp):
-    return var_tmp / "state" / "nsbox" / "runs"
-
-
-def nsbox_run(env, *args, check=False):
-    done = subprocess.run(nsbox_cmd(*args), capture_output=True, text=True, env=env)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 def overlay_exec(env, ws, extra, script, *more):
@@ -106,14 +94,14 @@ def test_apply_writes_the_extra_root_and_discard_leaves_nothing(env, dirs, var_t
     assert "applied 3 created, 0 modified, 2 deleted" in applied.stdout
     assert tree_state(extra) == tree_state(direct)
     assert (ws / "w").read_text() == "ws\n"
-    assert os.listdir(runs_dir(var_tmp)) == []
+    assert overlay_runs(var_tmp) == []
 
     before = tree_state(extra, times=True)
     run_id = overlay_exec(env, ws, extra, "echo again > {extra}/f; rm -rf {extra}/made")[1][
         "run_id"]
     nsbox_run(env, "discard", run_id, check=True)
     assert tree_state(extra, times=True) == before
-    assert os.listdir(runs_dir(var_tmp)) == []
+    assert overlay_runs(var_tmp) == []
 
 
 def test_apply_refuses_a_host_change_in_an_extra_root(env, dirs, var_tmp):
@@ -145,7 +133,7 @@ def test_a_root_holding_the_workspace_is_refused(env, var_tmp):
     assert done.returncode == 125
     assert f"writable root {var_tmp}/top holds the workspace" in done.stderr
     assert not (var_tmp / "top" / "x").exists()
-    assert not runs_dir(var_tmp).exists() or os.listdir(runs_dir(var_tmp)) == []
+    assert overlay_runs(var_tmp) == []
 
 
 def test_the_library_reports_an_extra_roots_changes(dirs, var_tmp, monkeypatch):
@@ -158,7 +146,7 @@ def test_the_library_reports_an_extra_roots_changes(dirs, var_tmp, monkeypatch):
     assert {(c.path, c.what) for c in result.changes} == {
         (str(extra / "f"), "modified"), (str(ws / "n"), "created")}
     assert (extra / "f").read_text() == "old\n" and not (ws / "n").exists()
-    assert result.run_id in os.listdir(runs_dir(var_tmp))
+    assert result.run_id in overlay_runs(var_tmp)
 
 
 def test_session_snapshot_restore_apply_and_discard_cover_an_extra_root(dirs, var_tmp,
@@ -199,7 +187,7 @@ def test_a_run_that_changed_nothing_is_removed_while_the_next_one_starts(env, di
     ws, extra = dirs
     gone = var_tmp / "state" / "nsbox" / "gone"
     first = overlay_exec(env, ws, extra, "cat {extra}/f > /dev/null")[1]
-    assert first["run_id"] is None and os.listdir(runs_dir(var_tmp)) == []
+    assert first["run_id"] is None and overlay_runs(var_tmp) == []
     [aside] = os.listdir(gone)  # moved aside, not yet removed: no run lists it
     assert "no kept run" in nsbox_run(env, "changes", aside).stderr
     overlay_exec(env, ws, extra, "true")

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import nsbox
-from conftest import nsbox_cmd, tree_state
+from conftest import nsbox_run, overlay_runs, tree_state
 from nsbox.policy.model import Policy
 
 GIT = shutil.which("git")
@@ -66,17 +66,6 @@ def ws(var_tmp):
     return path
 
 
-def runs_dir(var_tmp):
-    return var_tmp / "state" / "nsbox" / "runs"
-
-
-def nsbox_run(env, *args, check=False):
-    done = subprocess.run(nsbox_cmd(*args), capture_output=True, text=True, env=env)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
-
-
 def overlay_exec(env, ws, script, *extra):
     status = ws.parent / "status.json"
     done = nsbox_run(env, "exec", "--workspace", str(ws), "--workspace-mode", "overlay",
@@ -119,7 +108,7 @@ def test_apply_gives_the_tree_a_direct_run_gives(env, ws, var_tmp):
     applied = nsbox_run(env, "apply", record["run_id"], check=True)
     assert "applied 6 created, 5 modified, 3 deleted" in applied.stdout
     assert tree_state(ws) == tree_state(direct)
-    assert os.listdir(runs_dir(var_tmp)) == []  # removed after a full apply
+    assert overlay_runs(var_tmp) == []  # removed after a full apply
 
 
 def test_apply_of_some_paths_keeps_the_rest(env, ws, var_tmp):
@@ -135,7 +124,7 @@ def test_apply_of_some_paths_keeps_the_rest(env, ws, var_tmp):
         "edited", "made", "made/deeper", "made/deeper/blob"}
     nsbox_run(env, "apply", run_id, check=True)
     assert not (ws / "gone").exists() and (ws / "new_name").read_text() == "renamed\n"
-    assert os.listdir(runs_dir(var_tmp)) == []
+    assert overlay_runs(var_tmp) == []
 
 
 def test_apply_refuses_after_a_host_change_unless_forced(env, ws, var_tmp):
@@ -155,13 +144,13 @@ def test_discard_leaves_nothing_behind(env, ws, var_tmp):
     (ws / "f").write_text("one\n")
     first = overlay_exec(env, ws, "echo two > f; mkdir d; chmod 000 d")[1]["run_id"]
     second = overlay_exec(env, ws, "rm f")[1]["run_id"]
-    assert sorted(os.listdir(runs_dir(var_tmp))) == sorted([first, second])
+    assert sorted(overlay_runs(var_tmp)) == sorted([first, second])
     nsbox_run(env, "discard", first, check=True)
-    assert os.listdir(runs_dir(var_tmp)) == [second]
+    assert overlay_runs(var_tmp) == [second]
     assert "kept" not in nsbox_run(env, "discard", "--older-than", "1d", check=True).stdout
-    assert os.listdir(runs_dir(var_tmp)) == [second]
+    assert overlay_runs(var_tmp) == [second]
     nsbox_run(env, "discard", "--older-than", "0s", check=True)
-    assert os.listdir(runs_dir(var_tmp)) == []
+    assert overlay_runs(var_tmp) == []
     assert (ws / "f").read_text() == "one\n"
 
 
@@ -170,7 +159,7 @@ def test_a_run_that_changes_nothing_is_not_kept(env, ws, var_tmp):
     done, record = overlay_exec(env, ws, "cat f > /dev/null; touch /tmp/x")
     assert record["run_id"] is None and record["workspace_changes"] == []
     assert "no changes in the workspace" in done.stderr
-    assert os.listdir(runs_dir(var_tmp)) == []
+    assert overlay_runs(var_tmp) == []
 
 
 @pytest.mark.skipif(GIT is None, reason="git is not installed")
@@ -226,5 +215,5 @@ def test_the_library_reports_the_manifest_and_the_run(ws, var_tmp, monkeypatch):
     assert {(c.path, c.what, c.size) for c in result.changes} == {
         (str(ws / "f"), "modified", 4), (str(ws / "g"), "created", 4),
         (str(ws / "c"), "created", None), (str(ws / "c" / "x"), "created", 2)}
-    assert result.run_id in os.listdir(runs_dir(var_tmp))
+    assert result.run_id in overlay_runs(var_tmp)
     assert (ws / "f").read_text() == "one\n" and not (ws / "g").exists()
