@@ -121,13 +121,20 @@ def test_benchmark_goals_and_host_size_measurements(tmp_path):
     assert "idle sandboxes held open at once on one image" in table
 
 
-def test_session_memory_holder_steps():
+def bench_holder(name: str):
+    """bench/<name>.py as a module, and the command line of its holder process."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import session_memory
+        module = importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    holder = [sys.executable, str(ROOT / "bench" / "session_memory.py"), "hold"]
+    return module, [sys.executable, str(ROOT / "bench" / f"{name}.py"), "hold"]
+
+
+def test_session_memory_holder_steps():
+    session_memory, holder = bench_holder("session_memory")
     result = session_memory.measure(holder, 2)
     assert len(result["totals_kb"]) == 3 and result["metric"].split()[0] in ("pss", "rss")
     # every session adds processes under the holder: the fork server's and its own
@@ -136,12 +143,7 @@ def test_session_memory_holder_steps():
 
 
 def test_image_memory_holds_every_kind_and_leaves_nothing_behind():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import image_memory
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    holder = [sys.executable, str(ROOT / "bench" / "image_memory.py"), "hold"]
+    image_memory, holder = bench_holder("image_memory")
     result = image_memory.measure(holder, 2)
     assert result["errors"] == []
     rows = {row["kind"]: row for row in result["kinds"]}
