@@ -37,8 +37,8 @@ class Channel:
         built: when the sandbox will not see nsbox's own files (installed under /tmp, in
         a hidden path, an image as root), read the supervisor's code while the host's
         files are still there. Its C modules are loaded now unless built in; its Python
-        modules run later, in the supervisor's thread, while the command starts (a
-        fresh fork's imports cost 1-2 ms in copy-on-write faults alone)."""
+        modules run later, in the supervisor's thread, while the command starts
+        (importing them here cost 1.3 ms of start-up, reading them 0.3 ms)."""
         here = os.path.dirname(os.path.abspath(__file__))
         under_stage = here.startswith(stage.rstrip("/") + "/")
         if built == under_stage or (built and os.path.exists(f"{stage}{here}/denial_watch.py")):

@@ -123,8 +123,7 @@ def _is_dir(info) -> bool:
 
 
 def var_run_is_dir(rootfs: str) -> bool:
-    info = _lstat(rootfs, "var/run")
-    return info is not None and stat.S_ISDIR(info.st_mode)
+    return _is_dir(_lstat(rootfs, "var/run"))
 
 
 # --- a writable root's layer -----------------------------------------------------------
