@@ -178,6 +178,8 @@ class Supervisor:
     # --- what a call names --------------------------------------------------------
 
     def _classify(self, name: str, pid: int, args, listener: int, notif_id: int):
+        if name == "connect":
+            return self._connect(pid, args, listener, notif_id)
         operation, paths, _ = denial_rules.CALLS[name]
         if name == "openat2" and not self._open_how_writes(pid, args[2]):
             return None
@@ -199,6 +201,25 @@ class Supervisor:
         if found and not seccomp_notify.still_waiting(listener, notif_id):
             return None  # the memory read may not have been this call's
         return found
+
+    def _connect(self, pid: int, args, listener: int, notif_id: int):
+        """A connect(2) that cannot reach what it names (plan/denial_rules.py)."""
+        fd = self._mem_fd(pid) if args[1] else None
+        size = min(args[2] & 0xFFFFFFFF, 110)  # sizeof(struct sockaddr_un)
+        data = seccomp_notify.read_memory(fd, args[1], size) if fd is not None else b""
+        address = denial_rules.socket_address(data)
+        if address is None:
+            return None
+        if address[0] == "unix" and not address[1].startswith("/"):
+            cwd = self._cwd(pid)
+            if not cwd:
+                return None
+            address = ("unix", posixpath.join(cwd, address[1]))
+        verdict = denial_rules.classify_connect(address, self.rules, os.path.lexists)
+        if verdict is None or not seccomp_notify.still_waiting(listener, notif_id):
+            return None
+        wall, target, rule = verdict
+        return [(wall, "connect", target, rule)]
 
     def _path_verdict(self, operation, pid, args, dirfd_index, path_index, follow):
         address = args[path_index]
@@ -448,6 +469,8 @@ def _base(pid: int, args, dirfd_index) -> bytes:
 def _single_path(name: str):
     """The index of the path argument of a call that names one path from the current
     directory or absolutely (open, creat, mkdir, ...), else None."""
+    if name not in denial_rules.CALLS:
+        return None  # connect: an address, not a path
     _, paths, _ = denial_rules.CALLS[name]
     if name == "openat2":
         return None  # its flags are in memory: a read-only open must not count
@@ -479,7 +502,9 @@ def drain(fd: int) -> bytes:
 
 
 class Collector:
-    """Reads the supervisor's lines, in pieces as they arrive."""
+    """Reads the supervisor's lines, in pieces as they arrive, on the host: a socket the
+    sandbox missed under its own /run counts only where the host has one (glibc asks
+    for nscd's on every name lookup, and most hosts run none)."""
 
     def __init__(self, on_new=None):
         from nsbox.policy import denials
@@ -489,6 +514,17 @@ class Collector:
         self.dropped = 0
         self.on_new = on_new
         self.partial = b""
+        self.host_has = {}  # path -> whether the host has it
+
+    def _kept(self, denial) -> bool:
+        from nsbox.policy.denials import NOT_IN_PRIVATE_RUN
+
+        if denial.rule != NOT_IN_PRIVATE_RUN:
+            return True
+        found = self.host_has.get(denial.target)
+        if found is None:
+            found = self.host_has[denial.target] = os.path.exists(denial.target)
+        return found
 
     def feed(self, data: bytes) -> list:
         """Take bytes from the pipe; the complete lines in them, parsed."""
@@ -507,14 +543,19 @@ class Collector:
             messages.append(message)
             if "new" in message:
                 denial = denials.from_dict(message["new"])
+                if not self._kept(denial):
+                    continue
                 self.log.add(denial)
                 if self.on_new is not None:
                     self.on_new(denial)
             elif "more" in message:
                 for wall, operation, target, rule, count in message["more"]:
-                    self.log.add(denials.Denial(wall, operation, target, rule, count=count))
+                    denial = denials.Denial(wall, operation, target, rule, count=count)
+                    if self._kept(denial):
+                        self.log.add(denial)
             elif "final" in message:
-                self.final = tuple(denials.from_dict(item) for item in message["final"])
+                self.final = tuple(d for d in map(denials.from_dict, message["final"])
+                                   if self._kept(d))
                 self.dropped = int(message.get("dropped", 0))
         return messages
 

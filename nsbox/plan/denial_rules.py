@@ -85,9 +85,14 @@ CALLS = {
 # file (fchmod, fchown, futimens, fsetxattr ...) are left out: a write-intent open came
 # first, and they are most of an archive extraction's calls.
 WRITE_INTENT = tuple((name, spec[2]) for name, spec in CALLS.items())
+# connect(2), notified under full isolation only (landlock-only: the host's /run, and
+# seccomp already refuses inet sockets with the network closed). Reported only when it
+# cannot reach what it names: see classify_connect.
+CONNECT = (("connect", ALWAYS),)
 WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 
 OUTSIDE = "outside the writable roots"
+PRIVATE_RUN = ("/run", "/var/run")
 # Pseudo filesystems decide per file (/dev/null, /proc/self/fd/1, ...): never reported.
 PSEUDO = ("/proc", "/dev", "/sys")
 _WRITABLE_MOUNTS = ("root_writable", "tmpfs", "bind_rw", "bind_new", "overlay", "dev")
@@ -104,6 +109,8 @@ class Rules(Record):
     # deleting what does not exist fails with ENOENT, not as a denial (a read-only
     # mount refuses first, with EROFS).
     landlock_alone: bool = False
+    network: str = "host"  # the policy's network mode, for connect(2)
+    private_run: bool = False  # /run is the sandbox's own (full isolation)
 
 
 class DenialWatch(Record):
@@ -156,6 +163,66 @@ def classify(operation: str, path: str, rules: Rules):
     if protected is not None and _depth(protected) > _depth(root):
         return ("filesystem", f"protected path {protected}")
     return None
+
+
+def classify_connect(address, rules: Rules, exists):
+    """(wall, target, rule) for a connect(2) that cannot reach what it names, else None.
+    address: socket_address's result, a unix path made absolute; exists(path) -> bool in
+    the sandbox's view. A socket under the sandbox's own /run that is not there (the
+    host's daemons: docker, D-Bus), or an address off the loopback while the network is
+    closed or only reached through the allowlist's proxy."""
+    # Here, not at the top: the supervisor has it loaded, the launch path need not.
+    from nsbox.policy.denials import DIRECT, NETWORK_CLOSED, NOT_IN_PRIVATE_RUN
+
+    if address[0] == "unix":
+        path = posixpath.normpath(address[1])
+        if rules.private_run and _deepest(path, PRIVATE_RUN) is not None and not exists(path):
+            return ("hidden", path, NOT_IN_PRIVATE_RUN)
+        return None
+    _, host, port = address
+    if rules.network not in ("none", "allowlist") or _loopback(host):
+        return None
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ("network", target, NETWORK_CLOSED if rules.network == "none" else DIRECT)
+
+
+def socket_address(data: bytes):
+    """A struct sockaddr as ("unix", path) or ("inet", host, port); None for an abstract
+    or unnamed unix socket, a short read or another family."""
+    family = int.from_bytes(data[:2], "little") if len(data) >= 2 else -1
+    if family == 1:  # AF_UNIX
+        path = data[2:].split(b"\0", 1)[0]
+        return ("unix", path.decode(errors="surrogateescape")) if path else None
+    if family == 2 and len(data) >= 8:  # AF_INET
+        return ("inet", ".".join(str(b) for b in data[4:8]), int.from_bytes(data[2:4], "big"))
+    if family == 10 and len(data) >= 24:  # AF_INET6
+        raw = data[8:24]
+        if raw[:12] == bytes(10) + b"\xff\xff":  # an IPv4-mapped address
+            host = ".".join(str(b) for b in raw[12:])
+        else:
+            host = _ipv6_text(raw)
+        return ("inet", host, int.from_bytes(data[2:4], "big"))
+    return None
+
+
+def _ipv6_text(raw: bytes) -> str:
+    groups = [int.from_bytes(raw[i:i + 2], "big") for i in range(0, 16, 2)]
+    best, best_len, at = -1, 1, 0  # the longest run of zero groups (two or more)
+    while at < 8:
+        end = at
+        while end < 8 and groups[end] == 0:
+            end += 1
+        if end - at > best_len:
+            best, best_len = at, end - at
+        at = end + 1 if end == at else end
+    text = [f"{g:x}" for g in groups]
+    if best < 0:
+        return ":".join(text)
+    return ":".join(text[:best]) + "::" + ":".join(text[best + best_len:])
+
+
+def _loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "::", "0.0.0.0")
 
 
 def lexically_allowed(path: str, rules: Rules) -> bool:

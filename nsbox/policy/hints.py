@@ -6,6 +6,7 @@ writable roots, a protected path, a hidden path, the sandbox's private /run, a n
 allowlist refused, a seccomp rule, a resource limit. Nothing blocked, no hint.
 """
 
+from nsbox.policy.denials import DIRECT
 from nsbox.policy.netallow import NOT_LISTED, RAW_IP
 
 # Per-user places package managers write to on their own. The first group is what the
@@ -49,6 +50,10 @@ def _hint(denial, policy) -> tuple:
         if rule == RAW_IP:
             return "raw-ip", (f"{target} was asked for by address: allowlists match names; list "
                               "the address itself only if you mean it (--allow-domain ADDRESS)")
+        if rule == DIRECT:
+            return "direct", (f"{target} was connected to directly: with --network allowlist "
+                              "only the proxy nsbox names in HTTPS_PROXY, HTTP_PROXY and "
+                              "ALL_PROXY reaches the allowed names; point the tool at it")
         if rule.startswith("resolves to non-public address"):
             host = _host(target)
             return "private", (f"{host} resolves to a non-public address, which only an exactly "

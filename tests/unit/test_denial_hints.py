@@ -146,3 +146,14 @@ def test_the_note_names_each_wall_before_repeating_one():
     assert note == ("[nsbox] blocked by policy: create /home/u/.pyenv/shims/0 (outside the "
                     "writable roots); create /home/u/.pyenv/shims/1 (outside the writable "
                     "roots); GET denied.test:80 (not in allowlist); and 2 more\n")
+
+
+def test_connections_name_the_network_mode_or_the_proxy():
+    from nsbox.policy.denials import DIRECT, NETWORK_CLOSED, NOT_IN_PRIVATE_RUN
+
+    [closed] = hints([Denial("network", "connect", "10.0.0.7:53", NETWORK_CLOSED)])
+    assert closed.startswith("the network is closed: --network allowlist")
+    [direct] = hints([Denial("network", "connect", "10.0.0.7:443", DIRECT)])
+    assert direct.startswith("10.0.0.7:443 was connected to directly") and "HTTPS_PROXY" in direct
+    [run] = hints([Denial("hidden", "connect", "/var/run/docker.sock", NOT_IN_PRIVATE_RUN)])
+    assert run.startswith("/run inside the sandbox is its own empty directory")

@@ -123,3 +123,64 @@ def test_the_supervisor_lines_give_the_final_counts_or_what_was_seen():
                    b'"dropped": 3}\n')
     events, dropped = collector.result()
     assert [d.count for d in events] == [9] and dropped == 3
+
+
+def _sockaddr(family: int, body: bytes) -> bytes:
+    return family.to_bytes(2, "little") + body
+
+
+@pytest.mark.parametrize("data, address", [
+    (_sockaddr(1, b"/run/docker.sock\0junk"), ("unix", "/run/docker.sock")),
+    (_sockaddr(1, b"rel.sock\0"), ("unix", "rel.sock")),
+    (_sockaddr(1, b"\0abstract"), None), (_sockaddr(1, b""), None),
+    (_sockaddr(2, (443).to_bytes(2, "big") + bytes([10, 0, 0, 7]) + bytes(8)),
+     ("inet", "10.0.0.7", 443)),
+    (_sockaddr(10, (53).to_bytes(2, "big") + bytes(4) + bytes.fromhex(
+        "20010db8000000000000000000000001") + bytes(4)), ("inet", "2001:db8::1", 53)),
+    (_sockaddr(10, (80).to_bytes(2, "big") + bytes(4) + bytes(10) + b"\xff\xff"
+               + bytes([127, 0, 0, 1]) + bytes(4)), ("inet", "127.0.0.1", 80)),
+    (_sockaddr(10, bytes(6) + bytes(15) + b"\x01" + bytes(4)), ("inet", "::1", 0)),
+    (_sockaddr(10, bytes(6) + bytes.fromhex("00010000000000020000000000000003") + bytes(4)),
+     ("inet", "1:0:0:2::3", 0)),
+    (_sockaddr(2, b"\0"), None), (b"\x01", None), (_sockaddr(16, bytes(12)), None),
+])
+def test_socket_addresses_as_the_supervisor_reads_them(data, address):
+    assert denial_rules.socket_address(data) == address
+
+
+def test_connects_that_cannot_reach_what_they_name():
+    full = Rules(network="none", private_run=True)
+    absent, present = (lambda path: False), (lambda path: True)
+    verdict = denial_rules.classify_connect
+    assert verdict(("unix", "/run/./docker.sock"), full, absent) == (
+        "hidden", "/run/docker.sock", denials.NOT_IN_PRIVATE_RUN)
+    assert verdict(("unix", "/run/docker.sock"), full, present) is None  # bound inside
+    assert verdict(("unix", "/tmp/x.sock"), full, absent) is None
+    assert verdict(("unix", "/run/docker.sock"), Rules(), absent) is None  # the host's /run
+    assert verdict(("inet", "10.0.0.7", 443), full, absent) == (
+        "network", "10.0.0.7:443", denials.NETWORK_CLOSED)
+    assert verdict(("inet", "2001:db8::1", 443), full, absent)[1] == "[2001:db8::1]:443"
+    for local in ("127.0.0.1", "127.1.2.3", "::1", "0.0.0.0", "::"):
+        assert verdict(("inet", local, 80), full, absent) is None
+    proxied = Rules(network="allowlist", private_run=True)
+    assert verdict(("inet", "10.0.0.7", 443), proxied, absent)[2] == denials.DIRECT
+    assert verdict(("inet", "10.0.0.7", 443), Rules(network="host"), absent) is None
+
+
+def test_the_collector_keeps_a_missing_run_socket_only_where_the_host_has_it(tmp_path):
+    there = tmp_path / "daemon.sock"
+    there.write_text("")
+
+    def line(kind, target):
+        item = {"wall": "hidden", "operation": "connect", "target": target,
+                "rule": denials.NOT_IN_PRIVATE_RUN, "pid": 2, "command": "x", "count": 1}
+        return denial_watch.json_line({kind: item if kind == "new" else [item]})
+
+    live = []
+    collector = denial_watch.Collector(live.append)
+    collector.feed(line("new", str(there)) + line("new", "/run/nscd-absent/socket"))
+    assert [d.target for d in collector.result()[0]] == [str(there)] == \
+        [d.target for d in live]
+    collector.feed(line("final", "/run/nscd-absent/socket")[:-1].replace(
+        b"}]}", b'}], "dropped": 0}') + b"\n")
+    assert collector.result() == ((), 0)

@@ -1,0 +1,125 @@
+"""Connections that cannot reach what they name, reported with a hint that points at the
+sandbox: a host daemon's socket under the sandbox's own /run, an address off the loopback
+with the network closed, and a direct connection that bypasses the allowlist's proxy.
+Each attack is made for real; the host's listener must see nothing."""
+
+import contextlib
+import os
+import socket
+import uuid
+
+import pytest
+
+from conftest import needs_landlock
+
+pytestmark = needs_landlock(1)
+
+RUN_HINT = "nsbox: hint: /run inside the sandbox is its own empty directory"
+CLOSED_HINT = "nsbox: hint: the network is closed: --network allowlist"
+CONNECT = ("import socket, sys\n"
+           "family = socket.AF_UNIX if sys.argv[1].startswith('/') else socket.AF_INET\n"
+           "s = socket.socket(family); s.settimeout(3)\n"
+           "target = sys.argv[1] if family == socket.AF_UNIX else (sys.argv[1], int(sys.argv[2]))\n"
+           "print('started', flush=True)\n"
+           "try:\n    s.connect(target); print('connected')\n"
+           "except OSError as err:\n    print('refused', err.errno)\n")
+
+
+def host_address() -> str:
+    """The host's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        return probe.getsockname()[0]
+
+
+@contextlib.contextmanager
+def listening(family, address):
+    """A host listener; afterwards asserts that nothing connected to it."""
+    server = socket.socket(family)
+    server.bind(address)
+    if family == socket.AF_UNIX:
+        os.chmod(address, 0o777)
+    server.listen(4)
+    try:
+        yield server.getsockname()
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # the probe has exited: a connection would be queued
+    finally:
+        server.close()
+        if family == socket.AF_UNIX:
+            os.unlink(address)
+
+
+def connect(nsbox_exec, *target, opts=()):
+    return nsbox_exec(["python3", "-c", CONNECT, *map(str, target)], *opts)
+
+
+def test_a_host_daemon_socket_under_run_is_named_with_the_hint(nsbox_exec):
+    # /run/lock is world-writable on Debian: a daemon's socket any test user can make.
+    path = f"/run/lock/nsbox-test-{uuid.uuid4().hex[:8]}.sock"
+    with listening(socket.AF_UNIX, path):
+        r = connect(nsbox_exec, "/var" + path)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out == "started\nrefused 2\n", err
+    assert (f"nsbox: blocked 1 operation: connect /var{path} (the sandbox's own /run: "
+            "the host's sockets are not in it)") in err
+    assert RUN_HINT in err
+
+
+def test_a_socket_the_host_lacks_is_no_denial(nsbox_exec):
+    """glibc asks for nscd's socket on every name lookup; most hosts have none."""
+    r = connect(nsbox_exec, f"/run/nsbox-test-missing-{uuid.uuid4().hex[:8]}.sock")
+    assert r.stdout.decode() == "started\nrefused 2\n", r.stderr
+    assert b"blocked" not in r.stderr and b"hint" not in r.stderr, r.stderr
+
+
+def test_an_address_off_the_loopback_with_the_network_closed(nsbox_exec):
+    with listening(socket.AF_INET, ("0.0.0.0", 0)) as (_, port):
+        address = host_address()
+        r = connect(nsbox_exec, address, port)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out == "started\nrefused 101\n", err  # ENETUNREACH: the sandbox has no route
+    assert f"nsbox: blocked 1 operation: connect {address}:{port} (network none)" in err
+    assert CLOSED_HINT in err
+
+
+def test_ipv6_and_the_loopback(nsbox_exec):
+    script = ("import socket\n"
+              "for family, where in ((socket.AF_INET6, ('2001:db8::1', 443)),"
+              " (socket.AF_INET, ('127.0.0.1', 9))):\n"
+              "    try:\n        socket.socket(family).connect(where)\n"
+              "    except OSError as err:\n        print(err.errno)\n")
+    r = nsbox_exec(["python3", "-c", script])
+    assert r.stdout.decode() == "101\n111\n", r.stderr
+    err = r.stderr.decode()
+    # The loopback is the sandbox's own: a refused connection there is no denial.
+    assert "nsbox: blocked 1 operation: connect [2001:db8::1]:443 (network none)" in err, err
+
+
+def test_a_direct_connection_past_the_allowlist_proxy(nsbox_exec):
+    with listening(socket.AF_INET, ("0.0.0.0", 0)) as (_, port):
+        address = host_address()
+        r = connect(nsbox_exec, address, port, opts=("--allow-domain", "allowed.test"))
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert out == "started\nrefused 101\n", err
+    assert (f"connect {address}:{port} (a direct connection: the allowlist is reached only "
+            "through its proxy)") in err
+    assert f"nsbox: hint: {address}:{port} was connected to directly" in err
+
+
+def test_without_denial_events_nothing_is_watched(nsbox_exec):
+    r = connect(nsbox_exec, "192.0.2.1", 443, opts=("--no-denial-events",))
+    assert r.stdout.decode() == "started\nrefused 101\n", r.stderr
+    assert b"blocked" not in r.stderr and b"hint" not in r.stderr, r.stderr
+
+
+def test_library_results_carry_the_event(workspace):
+    import nsbox
+    from nsbox.policy.model import Policy
+
+    result = nsbox.run(["python3", "-c", CONNECT, "192.0.2.1", "443"],
+                       policy=Policy(workspace=str(workspace)))
+    assert result.stdout == b"started\nrefused 101\n", result.stderr
+    assert [(d.wall, d.operation, d.target, d.rule) for d in result.denials] == [
+        ("network", "connect", "192.0.2.1:443", "network none")]
