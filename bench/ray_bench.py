@@ -163,6 +163,38 @@ class NodeHost:
         return pss_kib(tree(os.getpid()))
 
 
+@ray.remote(num_cpus=0, max_concurrency=256)
+class FloorHost:
+    """The same two calls per sandbox with no sandbox behind them: what Ray alone costs
+    (`empty`), and Ray plus one unsandboxed process per command (`process`), the floor
+    under any backend that runs the command."""
+
+    def __init__(self, mode: str):
+        self.mode, self.next = mode, 0
+
+    def create(self):
+        self.next += 1
+        return self.next, 0.0
+
+    def exec(self, sid, argv):
+        return subprocess.run(argv).returncode if self.mode == "process" else 0
+
+    def delete_all(self) -> float:
+        return 0.0
+
+
+async def floors() -> dict:
+    """16 at once in the cluster, create -> first command, with no sandbox behind."""
+    found = {}
+    for mode in ("empty", "process"):
+        hosts = [FloorHost.options(resources={n: 1}).remote(mode) for n in NODES]
+        await asyncio.gather(*(h.delete_all.remote() for h in hosts))
+        found[mode] = await bursts(hosts, GOAL_PER_NODE, 6, 0.3)
+        for h in hosts:
+            ray.kill(h)
+    return found
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else None
@@ -491,6 +523,11 @@ async def main_async(args, out, cluster):
               f"{level['burst_warm']['p50_ms']:.1f} p99 {level['burst_warm']['p99_ms']:.1f} ms",
               flush=True)
     await stop_hosts(hosts)
+    out["goal_16"]["floors"] = await floors()
+    print(f"16 at once with no sandbox behind the calls: p99 "
+          f"{out['goal_16']['floors']['empty']['p99_ms']:.1f} ms (Ray alone), "
+          f"{out['goal_16']['floors']['process']['p99_ms']:.1f} ms (Ray and a plain `true`)",
+          flush=True)
 
     for c in (1, 4) if args.quick else (1, 4, 16):
         if time.monotonic() > deadline:
@@ -608,6 +645,12 @@ def where_time_goes(out) -> str:
                      f"p50 / p99: {goal['cold']['p50_ms']:.1f} / {goal['cold']['p99_ms']:.1f} ms "
                      f"cold, {goal['warm']['p50_ms']:.1f} / {goal['warm']['p99_ms']:.1f} ms "
                      f"with the warm pool")
+        for mode, what in (("empty", "Ray alone, two empty calls"),
+                           ("process", "Ray and one unsandboxed `true` per first command")):
+            floor = goal.get("floors", {}).get(mode)
+            if floor:
+                lines.append(f"the same with no sandbox behind the calls ({what}): p50 / p99 "
+                             f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} ms")
     call = out.get("ray_call_cpu_ms", {})
     lines.append(f"one Ray actor call round trip: p50 {out['ray_call_p50_ms']:.2f} ms; CPU of "
                  f"an empty call {call.get('worker', 0):.2f} ms in the worker, "

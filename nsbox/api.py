@@ -454,6 +454,7 @@ class Session:
             ruleset is not None and ruleset.handled_fs & FS_RESOLVE_UNIX)
         self._lock = threading.Lock()
         self._query_lock = threading.Lock()  # one network query on the status socket at a time
+        self._host_has = {}  # paths the host was asked about (policy.denials.confirmed_on_host)
         self._watch = self._plan.watch  # compared after each command, then renewed
         self._closed = False
         # workspace_mode overlay: the run kept at close() (None: nothing changed)
@@ -783,7 +784,8 @@ class Session:
                     record = self._status.recv(wire.MAX_RECORD)
                     if record[:1] == wire.DENIALS:
                         found = json.loads(record[1:]).get("since", ())
-                        return tuple(denials.from_dict(item) for item in found)
+                        return tuple(d for d in map(denials.from_dict, found)
+                                     if denials.confirmed_on_host(d, self._host_has))
                     if not record or record[:1] == wire.EXITED:
                         break  # the session has ended
             except (OSError, ValueError):

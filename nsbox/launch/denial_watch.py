@@ -502,9 +502,8 @@ def drain(fd: int) -> bytes:
 
 
 class Collector:
-    """Reads the supervisor's lines, in pieces as they arrive, on the host: a socket the
-    sandbox missed under its own /run counts only where the host has one (glibc asks
-    for nscd's on every name lookup, and most hosts run none)."""
+    """Reads the supervisor's lines, in pieces as they arrive, on the host (which
+    confirms some events: policy.denials.confirmed_on_host)."""
 
     def __init__(self, on_new=None):
         from nsbox.policy import denials
@@ -517,14 +516,9 @@ class Collector:
         self.host_has = {}  # path -> whether the host has it
 
     def _kept(self, denial) -> bool:
-        from nsbox.policy.denials import NOT_IN_PRIVATE_RUN
+        from nsbox.policy.denials import confirmed_on_host
 
-        if denial.rule != NOT_IN_PRIVATE_RUN:
-            return True
-        found = self.host_has.get(denial.target)
-        if found is None:
-            found = self.host_has[denial.target] = os.path.exists(denial.target)
-        return found
+        return confirmed_on_host(denial, self.host_has)
 
     def feed(self, data: bytes) -> list:
         """Take bytes from the pipe; the complete lines in them, parsed."""

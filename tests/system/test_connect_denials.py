@@ -123,3 +123,16 @@ def test_library_results_carry_the_event(workspace):
     assert result.stdout == b"started\nrefused 101\n", result.stderr
     assert [(d.wall, d.operation, d.target, d.rule) for d in result.denials] == [
         ("network", "connect", "192.0.2.1:443", "network none")]
+
+
+def test_a_session_names_a_host_daemon_socket_and_not_a_missing_one(workspace):
+    import nsbox
+    from nsbox.policy.model import Policy
+
+    path = f"/run/lock/nsbox-test-{uuid.uuid4().hex[:8]}.sock"
+    with listening(socket.AF_UNIX, path), nsbox.Session(Policy(workspace=str(workspace))) as s:
+        present = s.run(["python3", "-c", CONNECT, path])
+        missing = s.run(["python3", "-c", CONNECT, f"/run/nsbox-test-missing-{uuid.uuid4()}"])
+    assert present.stdout == missing.stdout == b"started\nrefused 2\n", present.stderr
+    assert [(d.wall, d.target) for d in present.denials] == [("hidden", path)]
+    assert missing.denials == ()
