@@ -126,6 +126,7 @@ class NodeHost:
             SessionPlans.MAX_AGE = 0
         if warm_settle is not None:  # to compare: refills at once (0) or later
             WarmPool.SETTLE_S = warm_settle
+        self.cgroup = _own_cgroup("node")  # before the fork server starts: it inherits it
         self.rt = SandboxRuntime(warm=warm)
         sid = self.rt.create("host")
         self.rt.exec(sid, ["true"])  # the fork server is up, `auto` isolation resolved
@@ -158,6 +159,11 @@ class NodeHost:
     def cpu_ms(self) -> float:
         t = os.times()
         return (t.user + t.system) * 1000
+
+    def tree_cpu_ms(self):
+        """CPU of this worker and every process it started, gone ones included (its
+        cgroup's cpu.stat), or None without a cgroup of its own (not root)."""
+        return _cgroup_usage_ms(self.cgroup) if self.cgroup else None
 
     def pss_kib(self) -> int:
         return pss_kib(tree(os.getpid()))
@@ -216,12 +222,18 @@ async def runtime_level(hosts, c, per_client, seconds, host_pids, ray_pids):
             sids[host].append(sid)
 
     cpu0, host_cpu0 = busy_ms(), [await h.cpu_ms.remote() for h in hosts]
+    tree0 = [await h.tree_cpu_ms.remote() for h in hosts]
     t0 = time.perf_counter()
     await asyncio.gather(*(client(h) for h in hosts for _ in range(c)))
     create_wall = time.perf_counter() - t0
     cpu1, host_cpu1 = busy_ms(), [await h.cpu_ms.remote() for h in hosts]
+    tree1 = [await h.tree_cpu_ms.remote() for h in hosts]
     created = sum(len(v) for v in sids.values())
     by_whom = cpu_breakdown(snap0, cpu_snapshot(), host_pids, ray_pids())
+    if None not in tree0:  # the workers' cgroups count the sandboxes' gone processes too
+        by_whom["nsbox fork server and sandboxes"] = sum(
+            (b - a) for a, b in zip(tree0, tree1)) - sum(
+            (b - a) for a, b in zip(host_cpu0, host_cpu1))
     by_whom["processes gone meanwhile, interrupts"] = max(0.0, cpu1 - cpu0 - sum(by_whom.values()))
 
     count = 0
@@ -379,6 +391,7 @@ def runsc_main(runs: int, burst: int, bundle: str) -> None:
     import resource
 
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    group = _own_cgroup("runsc")  # counted as nsbox is (nsbox_own_cpu)
     state = os.path.join(bundle, "state")
     count = 0
 
@@ -397,6 +410,8 @@ def runsc_main(runs: int, burst: int, bundle: str) -> None:
                 return
 
     def cpu():
+        if group:
+            return _cgroup_usage_ms(group)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (ru.ru_utime + ru.ru_stime) * 1000
 
@@ -420,7 +435,11 @@ def runsc_main(runs: int, burst: int, bundle: str) -> None:
     print(json.dumps({"runs": runs, "p50_ms": pct(seq, 50) * 1000, "p99_ms": pct(seq, 99) * 1000,
                       "cpu_ms_each": cpu_each, "burst": burst,
                       "burst_p50_ms": pct(ends, 50) * 1000, "burst_p99_ms": pct(ends, 99) * 1000,
-                      "burst_per_s": burst / max(ends)}))
+                      "burst_per_s": burst / max(ends),
+                      "cpu_method": "cgroup cpu.stat" if group else "rusage"}))
+    if group:
+        with open(os.path.join(_cgroup2_root(), "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 def _image_tar(path: str) -> None:
@@ -504,6 +523,19 @@ async def main_async(args, out, cluster):
               f"{level['commands_per_s_per_node']:.0f} cmds/s/node, saturated p50 "
               f"{level['latency_p50_ms']:.1f} p99 {level['latency_p99_ms']:.1f} ms, burst p99 "
               f"{level['burst_cold']['p99_ms']:.1f} ms", flush=True)
+    # How the numbers grow with nodes: one node's actor alone at 16 clients, against both
+    # (the level above). Both nodes share this machine's cores.
+    if time.monotonic() < deadline:
+        one = await runtime_level(hosts[:1], 16, 1 if args.quick else 2, 1.0, host_pids, ray_pids)
+        both = next((lv for lv in out["runtime"] if lv["concurrency_per_node"] == 16), None)
+        out["nodes"] = {"1": {"creates_per_s": one["creates_per_s_per_node"],
+                              "commands_per_s": one["commands_per_s_per_node"]}}
+        if both:
+            out["nodes"]["2"] = {"creates_per_s": both["creates_per_s_per_node"] * len(hosts),
+                                 "commands_per_s": both["commands_per_s_per_node"] * len(hosts)}
+        print("by nodes, 16 clients per node: " + ", ".join(
+            f"{k} node(s) {v['creates_per_s']:.0f} creations/s and {v['commands_per_s']:.0f} "
+            f"commands/s in all" for k, v in out["nodes"].items()), flush=True)
     # The goal's point: 16 sandboxes at once in the cluster (8 per node).
     out["goal_16"] = {"cold": await bursts(hosts, GOAL_PER_NODE, 6, 0.3)}
     await stop_hosts(hosts)
@@ -558,13 +590,94 @@ rt.close()
 """
 
 
+def _own_cgroup(kind: str):
+    """As root: move this process into a new cgroup (children inherit it); its path,
+    or None. Removed by remove_bench_cgroups once empty."""
+    root = _cgroup2_root()
+    if os.getuid() != 0 or root is None:
+        return None
+    group = os.path.join(root, f"nsbox-bench-{kind}-{os.getpid()}")
+    try:
+        os.mkdir(group)
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError:
+        return None
+    return group
+
+
+def _cgroup_usage(group: str) -> tuple:
+    """(user, system) CPU ms of everything that ran in `group`."""
+    with open(os.path.join(group, "cpu.stat")) as f:
+        stat = dict(line.split() for line in f)
+    return int(stat["user_usec"]) / 1000, int(stat["system_usec"]) / 1000
+
+
+def _cgroup_usage_ms(group: str) -> float:
+    return sum(_cgroup_usage(group))
+
+
+def remove_bench_cgroups() -> None:
+    root = _cgroup2_root()
+    if os.getuid() != 0 or root is None:
+        return
+    for name in os.listdir(root):
+        if name.startswith("nsbox-bench-"):
+            try:
+                os.rmdir(os.path.join(root, name))
+            except OSError:
+                pass  # still holds a process: left for the next run
+
+
+def _cgroup2_root():
+    """Where the cgroup2 hierarchy is mounted (mountinfo), or None."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup2":
+                return fields[4]
+    return None
+
+
+def _cgroup_cpu(n: int, plan_reuse: str):
+    """As root: the script's whole process tree in a cgroup of its own, whose cpu.stat
+    counts every process that ran in it, reaped by the kernel or not (the fork server
+    lets the kernel reap its children, so their rusage reaches no parent). None when
+    no cgroup can be made here."""
+    group = _own_cgroup("alone")
+    if group is None:
+        return None
+    try:
+        found = []
+        for count in (0, n):
+            before = _cgroup_usage(group)
+            subprocess.run([sys.executable, "-c", _OWN_CPU_SCRIPT, str(count), plan_reuse],
+                           check=True, timeout=120)
+            time.sleep(0.2)  # the sandboxes' last processes end after the runner's close
+            after = _cgroup_usage(group)
+            found.append((after[0] - before[0], after[1] - before[1]))
+        (base_user, base_sys), (user, system) = found
+        return {"user_ms": (user - base_user) / n, "system_ms": (system - base_sys) / n,
+                "sandboxes": n, "method": "cgroup cpu.stat"}
+    finally:
+        with open(os.path.join(_cgroup2_root(), "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        remove_bench_cgroups()
+
+
 def own_cpu_main(n: int, plan_reuse: str) -> None:
     """In a helper process: the CPU of nsbox's whole process tree per sandbox (create,
-    first command, delete), whatever else the machine runs: a subreaper collects every
-    descendant's rusage. Prints JSON."""
+    first command, delete), whatever else the machine runs. As root a cgroup of its
+    own counts it; otherwise a subreaper collects the rusage of the descendants that
+    reach it (the fork server's children do not: a floor). Prints JSON."""
     import ctypes
     import resource
 
+    counted = _cgroup_cpu(n, plan_reuse)
+    if counted is not None:
+        print(json.dumps(counted))
+        return
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
     def run(count):
@@ -583,7 +696,8 @@ def own_cpu_main(n: int, plan_reuse: str) -> None:
 
     base, full = run(0), run(n)
     print(json.dumps({"user_ms": (full[0] - base[0]) * 1000 / n,
-                      "system_ms": (full[1] - base[1]) * 1000 / n, "sandboxes": n}))
+                      "system_ms": (full[1] - base[1]) * 1000 / n, "sandboxes": n,
+                      "method": "rusage (a floor)"}))
 
 
 def nsbox_own_cpu(n: int, plan_reuse: str) -> dict:
@@ -651,6 +765,10 @@ def where_time_goes(out) -> str:
             if floor:
                 lines.append(f"the same with no sandbox behind the calls ({what}): p50 / p99 "
                              f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} ms")
+    for k, v in out.get("nodes", {}).items():
+        lines.append(f"{k} node(s), 16 clients each: {v['creates_per_s']:.0f} creations/s and "
+                     f"{v['commands_per_s']:.0f} commands/s in all (the nodes share "
+                     f"{os.cpu_count()} cores)")
     call = out.get("ray_call_cpu_ms", {})
     lines.append(f"one Ray actor call round trip: p50 {out['ray_call_p50_ms']:.2f} ms; CPU of "
                  f"an empty call {call.get('worker', 0):.2f} ms in the worker, "
@@ -658,12 +776,19 @@ def where_time_goes(out) -> str:
     r = out.get("runsc_alone", {})
     if r.get("ran"):
         lines.append(f"gVisor runsc alone ({r['runsc']}): {r['cpu_ms_each']:.0f} ms of CPU per "
-                     f"container (runsc's whole process tree, by rusage)")
+                     f"container (runsc's whole process tree, by "
+                     f"{r.get('cpu_method', 'rusage')})")
     own = out.get("nsbox_own_cpu", {})
     if "user_ms" in own:
-        lines.append(f"nsbox alone, no Ray (its whole process tree, by rusage): "
-                     f"{own['user_ms']:.1f} ms user + {own['system_ms']:.1f} ms system CPU per "
-                     f"sandbox (create, first command, delete)")
+        lines.append(f"nsbox alone, no Ray (its whole process tree, by "
+                     f"{own.get('method', 'rusage')}): {own['user_ms']:.1f} ms user + "
+                     f"{own['system_ms']:.1f} ms system CPU per sandbox (create, first "
+                     f"command, delete)")
+        need = GOAL_PER_NODE * len(NODES) * (own["user_ms"] + own["system_ms"])
+        cores = os.cpu_count() or 1
+        lines.append(f"16 cold sandboxes at once need {need:.0f} ms of CPU for nsbox alone, "
+                     f"{need / cores:.0f} ms of the {cores} cores with perfect spreading, "
+                     f"before Ray's two calls each")
     return "\n".join(lines)
 
 
@@ -719,6 +844,7 @@ def main():
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(temp, ignore_errors=True)
+        remove_bench_cgroups()
     out["total_s"] = time.monotonic() - started
     out["load_after"] = os.getloadavg()
     os.makedirs(args.results, exist_ok=True)
