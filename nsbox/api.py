@@ -454,7 +454,6 @@ class Session:
             ruleset is not None and ruleset.handled_fs & FS_RESOLVE_UNIX)
         self._lock = threading.Lock()
         self._query_lock = threading.Lock()  # one network query on the status socket at a time
-        self._host_has = {}  # paths the host was asked about (policy.denials.confirmed_on_host)
         self._watch = self._plan.watch  # compared after each command, then renewed
         self._closed = False
         # workspace_mode overlay: the run kept at close() (None: nothing changed)
@@ -784,8 +783,7 @@ class Session:
                     record = self._status.recv(wire.MAX_RECORD)
                     if record[:1] == wire.DENIALS:
                         found = json.loads(record[1:]).get("since", ())
-                        return tuple(d for d in map(denials.from_dict, found)
-                                     if denials.confirmed_on_host(d, self._host_has))
+                        return tuple(denials.from_dict(item) for item in found)
                     if not record or record[:1] == wire.EXITED:
                         break  # the session has ended
             except (OSError, ValueError):

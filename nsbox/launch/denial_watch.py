@@ -502,8 +502,7 @@ def drain(fd: int) -> bytes:
 
 
 class Collector:
-    """Reads the supervisor's lines, in pieces as they arrive, on the host (which
-    confirms some events: policy.denials.confirmed_on_host)."""
+    """Reads the supervisor's lines, in pieces as they arrive."""
 
     def __init__(self, on_new=None):
         from nsbox.policy import denials
@@ -513,12 +512,6 @@ class Collector:
         self.dropped = 0
         self.on_new = on_new
         self.partial = b""
-        self.host_has = {}  # path -> whether the host has it
-
-    def _kept(self, denial) -> bool:
-        from nsbox.policy.denials import confirmed_on_host
-
-        return confirmed_on_host(denial, self.host_has)
 
     def feed(self, data: bytes) -> list:
         """Take bytes from the pipe; the complete lines in them, parsed."""
@@ -537,19 +530,14 @@ class Collector:
             messages.append(message)
             if "new" in message:
                 denial = denials.from_dict(message["new"])
-                if not self._kept(denial):
-                    continue
                 self.log.add(denial)
                 if self.on_new is not None:
                     self.on_new(denial)
             elif "more" in message:
                 for wall, operation, target, rule, count in message["more"]:
-                    denial = denials.Denial(wall, operation, target, rule, count=count)
-                    if self._kept(denial):
-                        self.log.add(denial)
+                    self.log.add(denials.Denial(wall, operation, target, rule, count=count))
             elif "final" in message:
-                self.final = tuple(d for d in map(denials.from_dict, message["final"])
-                                   if self._kept(d))
+                self.final = tuple(denials.from_dict(item) for item in message["final"])
                 self.dropped = int(message.get("dropped", 0))
         return messages
 

@@ -93,6 +93,9 @@ WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUN
 
 OUTSIDE = "outside the writable roots"
 PRIVATE_RUN = ("/run", "/var/run")
+# Sockets the C library's name services try on every lookup and do without when absent
+# (nscd; systemd's userdb and resolved for NSS): no event, whatever the host runs.
+NAME_SERVICE_SOCKETS = ("/run/nscd", "/run/systemd/userdb", "/run/systemd/resolve")
 # Pseudo filesystems decide per file (/dev/null, /proc/self/fd/1, ...): never reported.
 PSEUDO = ("/proc", "/dev", "/sys")
 _WRITABLE_MOUNTS = ("root_writable", "tmpfs", "bind_rw", "bind_new", "overlay", "dev")
@@ -168,17 +171,21 @@ def classify(operation: str, path: str, rules: Rules):
 def classify_connect(address, rules: Rules, exists):
     """(wall, target, rule) for a connect(2) that cannot reach what it names, else None.
     address: socket_address's result, a unix path made absolute; exists(path) -> bool in
-    the sandbox's view. A socket under the sandbox's own /run that is not there (the
-    host's daemons: docker, D-Bus), or an address off the loopback while the network is
-    closed or only reached through the allowlist's proxy."""
+    the sandbox's view. A socket under the sandbox's own /run that is not there (a
+    daemon's: docker, D-Bus; not a name service's), or an address off the loopback
+    while the network is closed or only reached through the allowlist's proxy. Whether
+    the host has that socket is not asked: its /run is hidden, existence included."""
     # Here, not at the top: the supervisor has it loaded, the launch path need not.
     from nsbox.policy.denials import DIRECT, NETWORK_CLOSED, NOT_IN_PRIVATE_RUN
 
     if address[0] == "unix":
         path = posixpath.normpath(address[1])
-        if rules.private_run and _deepest(path, PRIVATE_RUN) is not None and not exists(path):
-            return ("hidden", path, NOT_IN_PRIVATE_RUN)
-        return None
+        if not rules.private_run or _deepest(path, PRIVATE_RUN) is None or exists(path):
+            return None
+        as_run = "/run" + path[len("/var/run"):] if path.startswith("/var/run/") else path
+        if _deepest(as_run, NAME_SERVICE_SOCKETS) is not None:
+            return None
+        return ("hidden", path, NOT_IN_PRIVATE_RUN)
     _, host, port = address
     if rules.network not in ("none", "allowlist") or _loopback(host):
         return None

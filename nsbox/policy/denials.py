@@ -95,21 +95,6 @@ class DenialLog:
         return len(self._events)
 
 
-def confirmed_on_host(denial: Denial, seen: dict) -> bool:
-    """Whether the host confirms `denial` (read on the host, after the supervisor): a
-    socket the sandbox missed under its own /run counts only where the host has one
-    (glibc asks for nscd's on every name lookup, and most hosts run none). `seen`
-    remembers paths already looked at."""
-    if denial.rule != NOT_IN_PRIVATE_RUN:
-        return True
-    found = seen.get(denial.target)
-    if found is None:
-        import os
-
-        found = seen[denial.target] = os.path.exists(denial.target)
-    return found
-
-
 def from_refusal(refusal) -> Denial:
     """A network allowlist refusal (policy.netallow.Refusal, or its as_dict()) as a
     denial event."""

@@ -67,10 +67,22 @@ def test_a_host_daemon_socket_under_run_is_named_with_the_hint(nsbox_exec):
     assert RUN_HINT in err
 
 
-def test_a_socket_the_host_lacks_is_no_denial(nsbox_exec):
-    """glibc asks for nscd's socket on every name lookup; most hosts have none."""
-    r = connect(nsbox_exec, f"/run/nsbox-test-missing-{uuid.uuid4().hex[:8]}.sock")
+def test_the_host_is_not_asked_whether_it_has_the_socket(nsbox_exec):
+    """Whatever the host runs, the same line: its /run is hidden, existence included."""
+    path = f"/run/nsbox-test-missing-{uuid.uuid4().hex[:8]}.sock"
+    r = connect(nsbox_exec, path)
     assert r.stdout.decode() == "started\nrefused 2\n", r.stderr
+    assert f"nsbox: blocked 1 operation: connect {path} (the sandbox's own /run" \
+        in r.stderr.decode()
+
+
+def test_name_lookups_are_quiet(nsbox_exec):
+    """glibc's name services try nscd's and systemd's sockets on every lookup and do
+    without them: no event, no hint."""
+    r = nsbox_exec(["sh", "-c", "getent passwd root >/dev/null; getent group nsbox-no-such-group; "
+                    "python3 -c \"import socket; s = socket.socket(socket.AF_UNIX); "
+                    "s.connect('/var/run/nscd/socket')\" 2>/dev/null; echo done"])
+    assert r.stdout.decode().endswith("done\n"), r.stderr
     assert b"blocked" not in r.stderr and b"hint" not in r.stderr, r.stderr
 
 
@@ -125,14 +137,14 @@ def test_library_results_carry_the_event(workspace):
         ("network", "connect", "192.0.2.1:443", "network none")]
 
 
-def test_a_session_names_a_host_daemon_socket_and_not_a_missing_one(workspace):
+def test_a_session_names_a_daemon_socket_per_command(workspace):
     import nsbox
     from nsbox.policy.model import Policy
 
     path = f"/run/lock/nsbox-test-{uuid.uuid4().hex[:8]}.sock"
     with listening(socket.AF_UNIX, path), nsbox.Session(Policy(workspace=str(workspace))) as s:
-        present = s.run(["python3", "-c", CONNECT, path])
-        missing = s.run(["python3", "-c", CONNECT, f"/run/nsbox-test-missing-{uuid.uuid4()}"])
-    assert present.stdout == missing.stdout == b"started\nrefused 2\n", present.stderr
-    assert [(d.wall, d.target) for d in present.denials] == [("hidden", path)]
-    assert missing.denials == ()
+        daemon = s.run(["python3", "-c", CONNECT, path])
+        lookup = s.run(["python3", "-c", CONNECT, "/run/nscd/socket"])
+    assert daemon.stdout == lookup.stdout == b"started\nrefused 2\n", daemon.stderr
+    assert [(d.wall, d.target) for d in daemon.denials] == [("hidden", path)]
+    assert lookup.denials == ()

@@ -157,6 +157,11 @@ def test_connects_that_cannot_reach_what_they_name():
     assert verdict(("unix", "/run/docker.sock"), full, present) is None  # bound inside
     assert verdict(("unix", "/tmp/x.sock"), full, absent) is None
     assert verdict(("unix", "/run/docker.sock"), Rules(), absent) is None  # the host's /run
+    for probe in ("/var/run/nscd/socket", "/run/nscd/socket",
+                  "/run/systemd/userdb/io.systemd.Multiplexer",
+                  "/run/systemd/resolve/io.systemd.Resolve"):
+        assert verdict(("unix", probe), full, absent) is None  # a name service's
+    assert verdict(("unix", "/run/systemd/private"), full, absent)[0] == "hidden"
     assert verdict(("inet", "10.0.0.7", 443), full, absent) == (
         "network", "10.0.0.7:443", denials.NETWORK_CLOSED)
     assert verdict(("inet", "2001:db8::1", 443), full, absent)[1] == "[2001:db8::1]:443"
@@ -165,22 +170,3 @@ def test_connects_that_cannot_reach_what_they_name():
     proxied = Rules(network="allowlist", private_run=True)
     assert verdict(("inet", "10.0.0.7", 443), proxied, absent)[2] == denials.DIRECT
     assert verdict(("inet", "10.0.0.7", 443), Rules(network="host"), absent) is None
-
-
-def test_the_collector_keeps_a_missing_run_socket_only_where_the_host_has_it(tmp_path):
-    there = tmp_path / "daemon.sock"
-    there.write_text("")
-
-    def line(kind, target):
-        item = {"wall": "hidden", "operation": "connect", "target": target,
-                "rule": denials.NOT_IN_PRIVATE_RUN, "pid": 2, "command": "x", "count": 1}
-        return denial_watch.json_line({kind: item if kind == "new" else [item]})
-
-    live = []
-    collector = denial_watch.Collector(live.append)
-    collector.feed(line("new", str(there)) + line("new", "/run/nscd-absent/socket"))
-    assert [d.target for d in collector.result()[0]] == [str(there)] == \
-        [d.target for d in live]
-    collector.feed(line("final", "/run/nscd-absent/socket")[:-1].replace(
-        b"}]}", b'}], "dropped": 0}') + b"\n")
-    assert collector.result() == ((), 0)
