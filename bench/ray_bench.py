@@ -438,8 +438,7 @@ def runsc_main(runs: int, burst: int, bundle: str) -> None:
                       "burst_per_s": burst / max(ends),
                       "cpu_method": "cgroup cpu.stat" if group else "rusage"}))
     if group:
-        with open(os.path.join(_cgroup2_root(), "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
+        _leave_cgroup()
 
 
 def _image_tar(path: str) -> None:
@@ -606,6 +605,12 @@ def _own_cgroup(kind: str):
     return group
 
 
+def _leave_cgroup() -> None:
+    """Back to the root cgroup, so that the one made here can be removed."""
+    with open(os.path.join(_cgroup2_root(), "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
 def _cgroup_usage(group: str) -> tuple:
     """(user, system) CPU ms of everything that ran in `group`."""
     with open(os.path.join(group, "cpu.stat")) as f:
@@ -661,8 +666,7 @@ def _cgroup_cpu(n: int, plan_reuse: str):
         return {"user_ms": (user - base_user) / n, "system_ms": (system - base_sys) / n,
                 "sandboxes": n, "method": "cgroup cpu.stat"}
     finally:
-        with open(os.path.join(_cgroup2_root(), "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
+        _leave_cgroup()
         remove_bench_cgroups()
 
 

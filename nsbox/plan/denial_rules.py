@@ -89,10 +89,16 @@ WRITE_INTENT = tuple((name, spec[2]) for name, spec in CALLS.items())
 # seccomp already refuses inet sockets with the network closed). Reported only when it
 # cannot reach what it names: see classify_connect.
 CONNECT = (("connect", ALWAYS),)
+
+
+def notified(full: bool) -> tuple:
+    """The calls the reporting filter notifies, for the seccomp compiler."""
+    return WRITE_INTENT + (CONNECT if full else ())
+
+
 WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 
 OUTSIDE = "outside the writable roots"
-PRIVATE_RUN = ("/run", "/var/run")
 # Sockets the C library's name services try on every lookup and do without when absent
 # (nscd; systemd's userdb and resolved for NSS): no event, whatever the host runs.
 NAME_SERVICE_SOCKETS = ("/run/nscd", "/run/systemd/userdb", "/run/systemd/resolve")
@@ -176,7 +182,7 @@ def classify_connect(address, rules: Rules, exists):
     while the network is closed or only reached through the allowlist's proxy. Whether
     the host has that socket is not asked: its /run is hidden, existence included."""
     # Here, not at the top: the supervisor has it loaded, the launch path need not.
-    from nsbox.policy.denials import DIRECT, NETWORK_CLOSED, NOT_IN_PRIVATE_RUN
+    from nsbox.policy.denials import DIRECT, NETWORK_CLOSED, NOT_IN_PRIVATE_RUN, PRIVATE_RUN
 
     if address[0] == "unix":
         path = posixpath.normpath(address[1])

@@ -229,9 +229,8 @@ def _denial_watch(policy: Policy, full: bool, steps, landlock_rules, writable, c
         return None
     from nsbox.plan import denial_rules
 
-    report = denial_rules.WRITE_INTENT + (denial_rules.CONNECT if full else ())
     program, syscalls = seccomp_filter.bpf_for(
-        policy, command_writes, state_dir=state_dir, report=report,
+        policy, command_writes, state_dir=state_dir, report=denial_rules.notified(full),
         # As the plain filter: without a network namespace, inet sockets are denied.
         deny_inet=policy.network == "none" and not full)
     rules = denial_rules.rules_for(steps, landlock_rules, writable)

@@ -13,6 +13,8 @@ WALLS = ("filesystem", "hidden", "seccomp", "network", "limit", "signal")
 # hits many distinct targets keeps the first MAX_EVENTS and counts the rest.
 MAX_EVENTS = 256
 
+# The sandbox's own /run (full isolation), under both of its names.
+PRIVATE_RUN = ("/run", "/var/run")
 # Rules of connect(2) events (plan/denial_rules.py classify_connect), matched by hints.
 NOT_IN_PRIVATE_RUN = "the sandbox's own /run: the host's sockets are not in it"
 NETWORK_CLOSED = "network none"

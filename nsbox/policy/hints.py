@@ -6,7 +6,7 @@ writable roots, a protected path, a hidden path, the sandbox's private /run, a n
 allowlist refused, a seccomp rule, a resource limit. Nothing blocked, no hint.
 """
 
-from nsbox.policy.denials import DIRECT
+from nsbox.policy.denials import DIRECT, PRIVATE_RUN
 from nsbox.policy.netallow import NOT_LISTED, RAW_IP
 
 # Per-user places package managers write to on their own. The first group is what the
@@ -15,7 +15,6 @@ CACHE_AREA_DIRS = (".cache", ".npm", ".local/pipx", ".local/share/pipx", "go/pkg
 OTHER_TOOL_DIRS = (".cargo", ".rustup", ".m2", ".gradle", ".yarn", ".pnpm-store",
                    ".local/share/pnpm", ".bun", ".local/share/uv", ".local/share/virtualenv",
                    ".local/lib", ".local/bin", ".nvm", ".node-gyp", ".conda", ".ivy2", ".sbt")
-PRIVATE_RUN = ("/run", "/var/run")
 MAX_HINTS = 4
 
 

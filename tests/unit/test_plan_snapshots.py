@@ -197,9 +197,8 @@ def seccomp_variant(plan) -> str:
     path = profiles.find(plan.policy.seccomp)
     data = profiles.read(path)
     report = None
-    if plan.denial_watch is not None:  # full isolation also watches connect(2)
-        report = denial_rules.WRITE_INTENT + (
-            denial_rules.CONNECT if plan.isolation == "full" else ())
+    if plan.denial_watch is not None:
+        report = denial_rules.notified(plan.isolation == "full")
     loaded = plan.denial_watch.program if report else plan.seccomp_bpf
     for name, network_off in (("profile", False), ("profile+deny-inet", True)):
         program = profile_compiler.compile_profile(data, path, network_off, report)
