@@ -204,9 +204,8 @@ class Supervisor:
 
     def _connect(self, pid: int, args, listener: int, notif_id: int):
         """A connect(2) that cannot reach what it names (plan/denial_rules.py)."""
-        fd = self._mem_fd(pid) if args[1] else None
         size = min(args[2] & 0xFFFFFFFF, 110)  # sizeof(struct sockaddr_un)
-        data = seccomp_notify.read_memory(fd, args[1], size) if fd is not None else b""
+        data = self._read(pid, args[1], size) if args[1] else b""
         address = denial_rules.socket_address(data)
         if address is None:
             return None
@@ -271,21 +270,30 @@ class Supervisor:
         return found[0], found[1], resolved
 
     def _open_how_writes(self, pid: int, address: int) -> bool:
-        fd = self._mem_fd(pid)
-        data = seccomp_notify.read_memory(fd, address, 8) if fd is not None else b""
+        data = self._read(pid, address, 8)
         if len(data) < 8:
             return True  # unknown: classify it
         return bool(int.from_bytes(data, "little") & denial_rules.WRITE_FLAGS)
 
     def _read_path(self, pid: int, address: int):
+        return self._through_mem_fd(pid, lambda fd: seccomp_notify.read_path(fd, address))
+
+    def _read(self, pid: int, address: int, size: int) -> bytes:
+        """Up to `size` bytes of the process's memory at `address`; b"" if unreadable."""
+        return self._through_mem_fd(
+            pid, lambda fd: seccomp_notify.read_memory(fd, address, size) or None) or b""
+
+    def _through_mem_fd(self, pid: int, read):
+        """read(fd of /proc/PID/mem), None if it read nothing. A cached fd reads nothing
+        once its process has run a new program (exec) or its pid is reused: open again."""
         for _ in range(2):
             fd = self._mem_fd(pid)
             if fd is None:
                 return None
-            raw = seccomp_notify.read_path(fd, address)
-            if raw is not None:
-                return raw
-            self._forget(pid)  # a new program (exec) or a reused pid: open again
+            found = read(fd)
+            if found is not None:
+                return found
+            self._forget(pid)
         return None
 
     def _mem_fd(self, pid: int):

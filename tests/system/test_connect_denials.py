@@ -76,6 +76,20 @@ def test_the_host_is_not_asked_whether_it_has_the_socket(nsbox_exec):
         in r.stderr.decode()
 
 
+def test_a_process_that_runs_a_new_program_is_read_anew(nsbox_exec):
+    """The supervisor read this process's memory before its exec (the shell's refused
+    write; a version manager's shim does the like): the connect after it is read from
+    the new program's memory, not lost."""
+    path = f"/run/nsbox-test-missing-{uuid.uuid4().hex[:8]}.sock"
+    refused = f"/etc/nsbox-test-{uuid.uuid4().hex[:8]}"
+    r = nsbox_exec(["sh", "-c", f'echo x > {refused} 2>/dev/null; exec python3 -c "$0" "$1"',
+                    CONNECT, path])
+    assert r.stdout.decode() == "started\nrefused 2\n", r.stderr
+    assert (f"nsbox: blocked 2 operations: write {refused} (outside the writable roots); "
+            f"connect {path} (the sandbox's own /run") in r.stderr.decode()
+    assert not os.path.exists(refused)
+
+
 def test_name_lookups_are_quiet(nsbox_exec):
     """glibc's name services try nscd's and systemd's sockets on every lookup and do
     without them: no event, no hint."""
